@@ -1,0 +1,139 @@
+"""The experiment config: one YAML file, validated at start-up.
+
+Every field is documented here (the YAML files in `configs/` repeat the important ones). Validation
+errors name the field and say what would work, before any model is loaded or any call is made.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from arena10k.errors import ConfigError
+
+LOGGING_POLICY = "p0"
+TARGET_POLICIES = ("pi_clone", "pi_cot", "pi_bigger_model", "pi_bad")
+HOSTED_PROVIDERS = ("openai", "fireworks")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    """Where a model runs. `provider: local` runs a GGUF file in-process with llama-cpp-python."""
+
+    provider: Literal["local", "openai", "fireworks"] = Field(description="Which provider serves the model.")
+    model: str = Field(
+        description="Local: a model name from arena10k.models.LOCAL_MODELS or a path to a .gguf file. "
+        "Hosted: the provider's model id."
+    )
+    api_key_env: str | None = Field(None, description="Hosted only: name of the environment variable holding the key.")
+    base_url: str | None = Field(None, description="Hosted only: API base URL (any OpenAI-compatible server).")
+    n_ctx: int = Field(4096, ge=256, description="Local only: context window in tokens (prompt + response).")
+
+
+class PolicyConfig(_Strict):
+    """A policy is a model plus the exact context and sampling distribution it generates with."""
+
+    model: str = Field(description="A key of `models`.")
+    system_prompt: str | None = Field(
+        description="System message; null means none (the model's chat template then applies its own default)."
+    )
+    temperature: float = Field(gt=0, le=2, description="Sampling temperature; log-probs are taken at this temperature.")
+    top_p: float = Field(
+        1.0,
+        description="Must be 1.0: importance weights need the full sampling distribution, "
+        "and nucleus truncation would give target policies zero probability for some P0 tokens.",
+    )
+    max_tokens: int = Field(gt=0, description="Responses longer than this are cut and recorded with finish_reason=length.")
+
+    @model_validator(mode="after")
+    def _full_distribution(self) -> PolicyConfig:
+        if self.top_p != 1.0:
+            raise ValueError("top_p must be 1.0 (log-probs and importance weights are under the untruncated distribution)")
+        return self
+
+
+class JudgeConfig(_Strict):
+    """An LLM judge scores a response on a 0..9 scale, reported as score/9 in [0, 1]."""
+
+    model: str = Field(description="A key of `models`.")
+    max_tokens: int = Field(8, gt=0, description="Room for the reply that should contain the digit.")
+    top_logprobs: int = Field(20, ge=10, description="Alternatives per position used for the score distribution.")
+
+
+class OracleConfig(JudgeConfig):
+    """A stronger judge on a seeded slice, sampled by prompt."""
+
+    enabled: bool = Field(True, description="Skip stage 5 entirely when false.")
+    calibration_fraction: float = Field(0.25, gt=0, le=1, description="Share of prompts whose P0 response is labelled.")
+    validation_fraction: float = Field(0.25, ge=0, le=1, description="Share of prompts whose target responses are labelled.")
+    calibration_seed: int = Field(1, description="Seed for choosing the calibration prompts.")
+    validation_seed: int = Field(2, description="Seed for choosing the validation prompts.")
+
+
+class ExperimentConfig(_Strict):
+    """Root of the YAML file."""
+
+    name: str = Field(description="Experiment name, recorded in dataset_info.json.")
+    seed: int = Field(description="Run seed: prompt sampling and every per-item sampling seed derive from it.")
+    samples: int | Literal["all"] = Field(description="How many prompts to sample after filtering (the runner's N overrides it).")
+    dataset: str = Field(
+        description="Hugging Face dataset id, or a local JSON/JSONL/Parquet file (relative paths are resolved "
+        "against the project root) with ChatBot Arena rows."
+    )
+    max_attempts: int = Field(3, ge=1, description="A failing item is tried at most this many times over all runs.")
+    models: dict[str, ModelConfig]
+    policies: dict[str, PolicyConfig] = Field(description=f"Exactly {LOGGING_POLICY} and {', '.join(TARGET_POLICIES)}.")
+    judge: JudgeConfig
+    oracle: OracleConfig
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExperimentConfig:
+        expected = {LOGGING_POLICY, *TARGET_POLICIES}
+        if set(self.policies) != expected:
+            raise ValueError(f"policies must be exactly {sorted(expected)}, got {sorted(self.policies)}")
+        references = {f"policies.{n}": p.model for n, p in self.policies.items()}
+        references |= {"judge": self.judge.model, "oracle": self.oracle.model}
+        for where, model in references.items():
+            if model not in self.models:
+                raise ValueError(f"{where}.model '{model}' is not a key of models ({sorted(self.models)})")
+        return self
+
+    def used_models(self) -> dict[str, ModelConfig]:
+        names = {p.model for p in self.policies.values()} | {self.judge.model}
+        if self.oracle.enabled:
+            names.add(self.oracle.model)
+        return {name: self.models[name] for name in sorted(names)}
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file {path} does not exist (pass --config PATH).")
+    try:
+        raw = yaml.safe_load(path.read_text())
+        config = ExperimentConfig.model_validate(raw)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    except ValidationError as error:
+        problems = "\n".join(
+            f"  - {'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in error.errors()
+        )
+        raise ConfigError(f"{path} is not a valid experiment config:\n{problems}") from None
+    _check_providers_available(config, path)
+    return config
+
+
+def _check_providers_available(config: ExperimentConfig, path: Path) -> None:
+    hosted = {name: m.provider for name, m in config.used_models().items() if m.provider in HOSTED_PROVIDERS}
+    if hosted:
+        listed = ", ".join(f"{name} ({provider})" for name, provider in hosted.items())
+        raise ConfigError(
+            f"{path} is valid, but it uses hosted providers that this version cannot call yet: {listed}. "
+            "Use provider: local (see configs/local.yaml) until hosted providers are supported."
+        )

@@ -1,0 +1,82 @@
+"""Stage 1: ChatBot Arena conversations -> a seeded sample of unique English first-turn prompts."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from arena10k.errors import ConfigError
+from arena10k.language import is_english
+from arena10k.records import Prompt
+
+HUB_DATASET = "agie-ai/lmsys-chatbot_arena_conversations"
+LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+@dataclass
+class FilterReport:
+    rows: int = 0
+    empty: int = 0
+    duplicate: int = 0
+    non_english: int = 0
+    sampled_out: int = 0
+    kept: int = 0
+
+
+def prompt_id_for(text: str) -> str:
+    # Derived from the text, not the row, so the same prompt keeps its id across dataset versions.
+    return "arena_" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def load_conversations(dataset: str):
+    """Local files and the hub dataset go through the same `datasets` loader."""
+    import datasets
+
+    path = Path(dataset)
+    if path.suffix in LOCAL_FORMATS:
+        if not path.is_file():
+            raise ConfigError(f"Dataset file {path} does not exist.")
+        return datasets.load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
+    try:
+        return datasets.load_dataset(dataset, split="train")
+    except Exception as error:  # the hub client raises many types when offline
+        raise ConfigError(
+            f"Could not load the Hugging Face dataset '{dataset}' ({type(error).__name__}: {error}). "
+            "Without network access, pass --dataset PATH with a local JSON/JSONL/Parquet file of ChatBot Arena rows."
+        ) from None
+
+
+def first_user_turn(row: dict) -> str:
+    for message in row.get("conversation_a") or []:
+        if message.get("role") == "user":
+            return (message.get("content") or "").strip()
+    return ""
+
+
+def prepare_prompts(rows, samples: int | str, seed: int) -> tuple[list[Prompt], FilterReport]:
+    report = FilterReport()
+    seen: set[str] = set()
+    candidates: list[Prompt] = []
+    for row in rows:
+        report.rows += 1
+        text = first_user_turn(row)
+        if not text:
+            report.empty += 1
+        elif text in seen:
+            report.duplicate += 1
+        else:
+            seen.add(text)
+            if not is_english(text):
+                report.non_english += 1
+            else:
+                source_id = row.get("question_id")
+                candidates.append(Prompt(prompt_id_for(text), text, None if source_id is None else str(source_id)))
+    # Shuffling the whole pool and taking a prefix makes a larger N a superset of a smaller one,
+    # so growing an experiment reuses every finished item.
+    random.Random(seed).shuffle(candidates)
+    chosen = candidates if samples == "all" else candidates[: int(samples)]
+    report.sampled_out = len(candidates) - len(chosen)
+    report.kept = len(chosen)
+    return chosen, report

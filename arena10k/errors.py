@@ -1,0 +1,32 @@
+"""The few errors arena10k raises, with messages written for the person running the pipeline.
+
+The split matters for a multi-day run: an `ItemError` fails one work item (it is recorded and retried
+on the next run), while any other `Arena10kError` stops the stage at once.
+"""
+
+
+class Arena10kError(Exception):
+    """Something the user has to fix; the message says what and how."""
+
+
+class ConfigError(Arena10kError):
+    """The experiment config is invalid or asks for something that cannot work."""
+
+
+class CheckpointMismatchError(Arena10kError):
+    """A checkpoint was written under a different configuration than the one now in use."""
+
+
+class AuthenticationError(Arena10kError):
+    """The provider rejected the credentials. Every further call would fail the same way,
+    so the stage stops instead of recording thousands of failures (or fake scores)."""
+
+
+class ItemError(Arena10kError):
+    """One work item failed. `retryable` tells whether trying again could help;
+    `raw` keeps what the model said when its reply could not be used."""
+
+    def __init__(self, message: str, *, retryable: bool, raw: str | None = None):
+        super().__init__(message)
+        self.retryable = retryable
+        self.raw = raw

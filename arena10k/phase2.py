@@ -1,0 +1,245 @@
+"""Stage 6: check every stage's coverage, compute weight diagnostics, and write the Phase 2 dataset.
+
+The Phase 2 files are what cje-eval 0.3.0 loads with its own loader (`cje.analyze_dataset`):
+`{variant}/logged.jsonl` (P0 responses with all five log-probs, judge score and oracle label) and
+`{variant}/fresh_draws/{policy}_responses.jsonl` (each target's own judged responses), once with the
+deterministic judge score and once with the mean of the judge's score distribution. A value that is
+missing stays null with its reason in `metadata`; rows cje cannot use without a value (no judge score)
+are left out and listed in dataset_info.json, never filled in.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from arena10k.checkpoint import ItemState, dumps, load_states, write_atomic
+from arena10k.config import LOGGING_POLICY, TARGET_POLICIES, ExperimentConfig
+from arena10k.records import SCHEMA_VERSION
+from arena10k.stages import oracle_slice
+from arena10k.workspace import Workspace, item_key
+
+POLICIES = (LOGGING_POLICY, *TARGET_POLICIES)
+CHECKPOINTS = ("generate", "teacher_force", "judge", "oracle_calibration", "oracle_validation")
+CLONE_ERROR_NATS = 5.0  # |log pi_clone - log P0| beyond this is an error, not noise
+EXTREME_LOG_WEIGHT = math.log(10)  # weights above 10 or below 0.1 count as extreme
+VARIANTS = {"deterministic": "score", "uncertainty": "score_mean"}
+
+
+@dataclass
+class Coverage:
+    expected: int = 0
+    done: int = 0
+    failed: Counter = field(default_factory=Counter)
+
+    @property
+    def missing(self) -> int:
+        return self.expected - self.done - sum(self.failed.values())
+
+
+@dataclass
+class WeightDiagnostics:
+    policy: str
+    n: int
+    null_logprobs: int
+    median_weight: float | None
+    ess_fraction: float | None
+    max_log_weight: float | None
+    extreme_weights: int
+    clone_check: str | None = None  # PASS/FAIL, for pi_clone only
+    clone_errors: list[str] = field(default_factory=list)
+
+
+def weight_diagnostics(policy: str, log_ratios: list[float | None]) -> WeightDiagnostics:
+    known = np.array([r for r in log_ratios if r is not None], dtype=np.float64)
+    nulls = len(log_ratios) - len(known)
+    if len(known) == 0:
+        return WeightDiagnostics(policy, 0, nulls, None, None, None, 0)
+    scaled = np.exp(known - known.max())  # ESS is scale-free; this keeps huge log-weights finite
+    return WeightDiagnostics(
+        policy=policy,
+        n=len(known),
+        null_logprobs=nulls,
+        median_weight=float(np.exp(np.median(known))),
+        ess_fraction=float(scaled.sum() ** 2 / (len(known) * (scaled ** 2).sum())),
+        max_log_weight=float(known.max()),
+        extreme_weights=int((np.abs(known) > EXTREME_LOG_WEIGHT).sum()),
+    )
+
+
+def _clone_check(diagnostics: WeightDiagnostics, log_ratios: dict[str, float | None]) -> None:
+    diagnostics.clone_errors = [
+        f"{pid}: log-ratio {ratio:+.3f}" for pid, ratio in log_ratios.items() if ratio is not None and abs(ratio) > CLONE_ERROR_NATS
+    ]
+    exact = diagnostics.null_logprobs == 0 and all(ratio == 0.0 for ratio in log_ratios.values())
+    diagnostics.clone_check = "PASS" if exact and diagnostics.n > 0 else "FAIL"
+
+
+def _states(workspace: Workspace, name: str) -> dict[str, ItemState]:
+    return load_states(workspace.checkpoint_path(name))[0]
+
+
+def _reason(states: dict[str, ItemState], key: str, stage: str) -> str:
+    state = states.get(key)
+    if state is None:
+        return f"{stage}: not run"
+    return f"{stage}: {state.last_error}"
+
+
+def build(config: ExperimentConfig, workspace: Workspace) -> dict:
+    prompts = workspace.load_prompts()
+    states = {name: _states(workspace, name) for name in CHECKPOINTS}
+    records = {name: {k: s.record for k, s in st.items() if s.record is not None} for name, st in states.items()}
+    coverage = _coverage(config, prompts, states)
+
+    logged: dict[str, list[dict]] = {variant: [] for variant in VARIANTS}
+    fresh: dict[str, dict[str, list[dict]]] = {variant: {p: [] for p in TARGET_POLICIES} for variant in VARIANTS}
+    excluded: dict[str, str] = {}
+    log_ratios: dict[str, dict[str, float | None]] = {p: {} for p in TARGET_POLICIES}
+    for prompt in prompts:
+        base_key = item_key(prompt.prompt_id, LOGGING_POLICY)
+        response = records["generate"].get(base_key)
+        judgement = records["judge"].get(base_key)
+        logprobs = {p: records["teacher_force"].get(item_key(prompt.prompt_id, p)) for p in POLICIES}
+        base = logprobs[LOGGING_POLICY]
+        for policy in TARGET_POLICIES:
+            target = logprobs[policy]
+            if response is not None:
+                log_ratios[policy][prompt.prompt_id] = None if base is None or target is None else target["logprob"] - base["logprob"]
+        if response is None:
+            excluded[f"{prompt.prompt_id} (logged)"] = _reason(states["generate"], base_key, "generate")
+        elif judgement is None:
+            excluded[f"{prompt.prompt_id} (logged)"] = _reason(states["judge"], base_key, "judge")
+        else:
+            oracle = records["oracle_calibration"].get(base_key)
+            for variant, score_field in VARIANTS.items():
+                logged[variant].append(_logged_row(prompt, response, judgement, score_field, logprobs, oracle, states))
+        for policy in TARGET_POLICIES:
+            key = item_key(prompt.prompt_id, policy)
+            draw, draw_judgement = records["generate"].get(key), records["judge"].get(key)
+            if draw is None or draw_judgement is None:
+                excluded[f"{prompt.prompt_id} ({policy} fresh draw)"] = (
+                    _reason(states["generate"], key, "generate") if draw is None else _reason(states["judge"], key, "judge"))
+                continue
+            oracle = records["oracle_validation"].get(key)
+            for variant, score_field in VARIANTS.items():
+                fresh[variant][policy].append(_fresh_row(prompt, draw, draw_judgement, score_field, oracle))
+
+    diagnostics = {policy: weight_diagnostics(policy, list(ratios.values())) for policy, ratios in log_ratios.items()}
+    _clone_check(diagnostics["pi_clone"], log_ratios["pi_clone"])
+    _write(workspace, logged, fresh)
+    info = {
+        "schema": SCHEMA_VERSION,
+        "experiment": config.name,
+        "prompts": len(prompts),
+        "logged_rows": len(logged["deterministic"]),
+        "fresh_draws": {p: len(rows) for p, rows in fresh["deterministic"].items()},
+        "oracle_labels": {"calibration": sum(r["oracle_label"] is not None for r in logged["deterministic"]),
+                          "validation": {p: sum(r["oracle_label"] is not None for r in rows) for p, rows in fresh["deterministic"].items()}},
+        "excluded": dict(sorted(excluded.items())),
+        "coverage": {name: {"expected": c.expected, "done": c.done, "failed": dict(c.failed), "missing": c.missing}
+                     for name, c in coverage.items()},
+        "weights": {p: d.__dict__ for p, d in diagnostics.items()},
+        "config": config.model_dump(),
+    }
+    write_atomic(workspace.phase2_dir / "dataset_info.json", json.dumps(info, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    return info
+
+
+def _coverage(config: ExperimentConfig, prompts, states) -> dict[str, Coverage]:
+    ids = [p.prompt_id for p in prompts]
+    expected = {
+        "generate": [item_key(pid, p) for pid in ids for p in POLICIES],
+        "teacher_force": [item_key(pid, p) for pid in ids for p in POLICIES],
+        "judge": [item_key(pid, p) for pid in ids for p in POLICIES],
+    }
+    if config.oracle.enabled:
+        o = config.oracle
+        expected["oracle_calibration"] = [item_key(pid, LOGGING_POLICY) for pid in oracle_slice(ids, o.calibration_fraction, o.calibration_seed)]
+        expected["oracle_validation"] = [item_key(pid, p) for pid in oracle_slice(ids, o.validation_fraction, o.validation_seed) for p in TARGET_POLICIES]
+    coverage = {}
+    for name, keys in expected.items():
+        c = Coverage(expected=len(keys))
+        for key in keys:
+            state = states[name].get(key)
+            if state is not None and state.record is not None:
+                c.done += 1
+            elif state is not None:
+                c.failed[state.last_error] += 1
+        coverage[name] = c
+    return coverage
+
+
+def _logged_row(prompt, response, judgement, score_field, logprobs, oracle, states) -> dict:
+    def value(policy):
+        return None if logprobs[policy] is None else logprobs[policy]["logprob"]
+
+    nulls = {p: _reason(states["teacher_force"], item_key(prompt.prompt_id, p), "teacher_force") for p in POLICIES if logprobs[p] is None}
+    return {
+        "prompt_id": prompt.prompt_id,
+        "prompt": prompt.prompt,
+        "response": response["text"],
+        "base_policy_logprob": value(LOGGING_POLICY),
+        "target_policy_logprobs": {p: value(p) for p in TARGET_POLICIES},
+        "judge_score": judgement[score_field],
+        "oracle_label": None if oracle is None else oracle["score_mean"],
+        "metadata": {
+            "source_id": prompt.source_id,
+            "finish_reason": response["finish_reason"],
+            "n_tokens": response["n_tokens"],
+            "judge_variance": judgement["score_variance"] if score_field == "score_mean" else None,
+            "judge_probability_mass": judgement["probability_mass"],
+            "judge_method": judgement["method"] + ("" if score_field == "score_mean" else ":greedy"),
+            "teacher_forcing_methods": {p: logprobs[p]["method"] for p in POLICIES if logprobs[p] is not None},
+            "null_logprob_reasons": nulls,
+        },
+    }
+
+
+def _fresh_row(prompt, draw, judgement, score_field, oracle) -> dict:
+    return {
+        "prompt_id": prompt.prompt_id,
+        "target_policy": draw["policy"],
+        "draw_idx": 0,
+        "response": draw["text"],
+        "judge_score": judgement[score_field],
+        "oracle_label": None if oracle is None else oracle["score_mean"],
+        "metadata": {
+            "finish_reason": draw["finish_reason"],
+            "n_tokens": draw["n_tokens"],
+            "judge_variance": judgement["score_variance"] if score_field == "score_mean" else None,
+        },
+    }
+
+
+def _write(workspace: Workspace, logged: dict, fresh: dict) -> None:
+    for variant, rows in logged.items():
+        folder = workspace.phase2_dir / variant
+        write_atomic(folder / "logged.jsonl", "".join(dumps(r) + "\n" for r in rows))
+        for policy, draws in fresh[variant].items():
+            write_atomic(folder / "fresh_draws" / f"{policy}_responses.jsonl", "".join(dumps(r) + "\n" for r in draws))
+
+
+def summary_table(info: dict) -> str:
+    lines = ["Coverage", f"  {'stage':<20}{'expected':>9}{'done':>7}{'failed':>8}{'missing':>9}"]
+    for name, c in info["coverage"].items():
+        lines.append(f"  {name:<20}{c['expected']:>9}{c['done']:>7}{sum(c['failed'].values()):>8}{c['missing']:>9}")
+        lines += [f"      failed: {n} x {reason}" for reason, n in c["failed"].items()]
+    lines += ["", "Importance weights (w = exp(logp_target - logp_P0))",
+              f"  {'policy':<17}{'n':>5}{'nulls':>7}{'median w':>11}{'ESS':>8}{'max log w':>11}{'extreme':>9}  check"]
+    for policy, d in info["weights"].items():
+        median = "-" if d["median_weight"] is None else f"{d['median_weight']:.3g}"
+        ess = "-" if d["ess_fraction"] is None else f"{100 * d['ess_fraction']:.1f}%"
+        top = "-" if d["max_log_weight"] is None else f"{d['max_log_weight']:.2f}"
+        lines.append(f"  {policy:<17}{d['n']:>5}{d['null_logprobs']:>7}{median:>11}{ess:>8}{top:>11}{d['extreme_weights']:>9}  {d['clone_check'] or ''}")
+        lines += [f"      ERROR {e}" for e in d["clone_errors"]]
+    lines += ["", f"Phase 2: {info['logged_rows']} logged rows, fresh draws {info['fresh_draws']}, "
+              f"oracle labels {info['oracle_labels']['calibration']} calibration / {sum(info['oracle_labels']['validation'].values())} validation"]
+    if info["excluded"]:
+        lines.append(f"  excluded ({len(info['excluded'])}):")
+        lines += [f"    {what}: {why}" for what, why in info["excluded"].items()]
+    return "\n".join(lines)

@@ -1,0 +1,61 @@
+"""The narrow interface every provider implements, and the requests and results that cross it.
+
+A provider turns a chat (system + user messages) into a sampled response, and scores a given response
+by teacher forcing. Everything else (stages, checkpoints, judging) is built on these two calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+GENERATE = "generate"
+TEACHER_FORCE = "teacher_force"
+TOP_LOGPROBS = "top_logprobs"
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    messages: tuple[dict, ...]
+    temperature: float  # 0 means greedy; log-probs are then reported at temperature 1
+    max_tokens: int
+    seed: int
+    top_logprobs: int = 0  # alternatives to report per generated token
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    finish_reason: str  # "stop" or "length"
+    tokenizer: str
+    token_ids: list[int]
+    token_texts: list[str]
+    token_logprobs: list[float] | None
+    stop_token_id: int | None
+    stop_logprob: float | None
+    top_logprobs: list[dict[str, float]] = field(default_factory=list)  # per token: text -> log-prob
+
+
+@dataclass(frozen=True)
+class TeacherForceRequest:
+    messages: tuple[dict, ...]
+    temperature: float  # the scoring policy's sampling temperature
+    response_text: str
+    response_tokenizer: str  # lets a provider with the same tokenizer score the exact sampled ids
+    response_token_ids: tuple[int, ...]
+    stop_token_id: int | None  # set when the response ended its turn: the end of turn is scored too
+
+
+@dataclass(frozen=True)
+class TeacherForced:
+    logprob: float
+    n_tokens: int
+    method: str
+
+
+class Provider(Protocol):
+    capabilities: frozenset[str]
+
+    def generate(self, request: GenerationRequest) -> Generation: ...
+
+    def teacher_force(self, request: TeacherForceRequest) -> TeacherForced: ...

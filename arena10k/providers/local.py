@@ -1,0 +1,163 @@
+"""The embedded provider: a GGUF model run in-process by llama-cpp-python, deterministic by construction.
+
+Sampling is done here, not by llama.cpp's sampler, so that the sampled tokens' log-probs and the
+teacher-forced log-probs come from one function applied to the same logits. llama.cpp gives
+bit-identical logits for a token whether it is decoded alone or inside a batch as long as the
+micro-batch stays under 64 tokens with flash attention; hence N_BATCH. With that, P0's teacher-forced
+log-prob equals the sum of its sampled log-probs exactly, and pi_clone's weight is exactly 1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import jinja2
+import numpy as np
+
+from arena10k.errors import ItemError
+from arena10k.models import LOCAL_MODELS, gguf_path
+from arena10k.providers.base import (
+    GENERATE,
+    TEACHER_FORCE,
+    TOP_LOGPROBS,
+    Generation,
+    GenerationRequest,
+    TeacherForced,
+    TeacherForceRequest,
+)
+
+N_BATCH = 32
+
+
+def log_softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
+    scaled = logits.astype(np.float64) / temperature
+    shifted = scaled - scaled.max()
+    return shifted - np.log(np.exp(shifted).sum())
+
+
+def sample(logprobs: np.ndarray, rng: np.random.Generator) -> int:
+    cumulative = np.cumsum(np.exp(logprobs))
+    index = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
+    return min(index, len(cumulative) - 1)
+
+
+class LocalProvider:
+    capabilities = frozenset({GENERATE, TEACHER_FORCE, TOP_LOGPROBS})
+
+    def __init__(self, model: str, n_ctx: int):
+        import llama_cpp
+
+        path = gguf_path(model)
+        self._llama_cpp = llama_cpp
+        self._llm = llama_cpp.Llama(
+            str(path), n_ctx=n_ctx, n_batch=N_BATCH, n_ubatch=N_BATCH, flash_attn=True,
+            n_threads=os.cpu_count(), verbose=False,
+        )
+        self.n_ctx = n_ctx
+        self.n_vocab = self._llm.n_vocab()
+        self.tokenizer = f"{path.name}:{_file_digest(path)}"
+        registered = LOCAL_MODELS.get(model)
+        template = (registered and registered.chat_template) or self._llm.metadata["tokenizer.chat_template"]
+        self._template = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(template)
+        self._bos = self._piece(self._llm.token_bos())
+        # The token that ends an assistant turn is what the template puts right after a message.
+        closing = self._render(({"role": "user", "content": "x"},), add_generation_prompt=False)
+        self._end_of_turn = self._llm.tokenize(closing.encode(), add_bos=False, special=True)[-2 if closing.endswith("\n") else -1]
+
+    def _piece(self, token: int) -> str:
+        return self._llm.detokenize([token], special=True).decode("utf-8", errors="replace")
+
+    def _render(self, messages: tuple[dict, ...], add_generation_prompt: bool = True) -> str:
+        return self._template.render(messages=list(messages), add_generation_prompt=add_generation_prompt,
+                                     bos_token=self._bos, eos_token=self._piece(self._llm.token_eos()))
+
+    def _prompt_ids(self, messages: tuple[dict, ...], room: int) -> list[int]:
+        ids = self._llm.tokenize(self._render(messages).encode(), add_bos=False, special=True)
+        if len(ids) + room > self.n_ctx:
+            raise ItemError(
+                f"prompt is {len(ids)} tokens; with {room} more it exceeds the model's context of {self.n_ctx} "
+                "(raise n_ctx in the model config)", retryable=False)
+        return ids
+
+    def _forward(self, tokens: list[int], n_past: int, all_logits: bool) -> np.ndarray:
+        """Decode tokens after n_past cached ones; logits of every token, or only of the last."""
+        if n_past == 0:
+            self._llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+        rows = []
+        for start in range(0, len(tokens), N_BATCH):
+            chunk = tokens[start:start + N_BATCH]
+            self._llm._batch.set_batch(chunk, n_past=n_past + start, logits_all=all_logits)
+            self._llm._ctx.decode(self._llm._batch)
+            n_rows = len(chunk) if all_logits else 1
+            rows.append(np.ctypeslib.as_array(self._llm._ctx.get_logits(), shape=(n_rows, self.n_vocab)).copy())
+        return np.concatenate(rows) if all_logits else rows[-1]
+
+    def _is_end(self, token: int) -> bool:
+        return bool(self._llama_cpp.llama_vocab_is_eog(self._llm._model.vocab, token))
+
+    def generate(self, request: GenerationRequest) -> Generation:
+        prompt = self._prompt_ids(request.messages, room=request.max_tokens)
+        logits = self._forward(prompt, 0, all_logits=False)[-1]
+        rng = np.random.default_rng(request.seed)
+        ids: list[int] = []
+        logprobs: list[float] = []
+        top: list[dict[str, float]] = []
+        stop_token = stop_logprob = None
+        for step in range(request.max_tokens):
+            dist = log_softmax(logits, request.temperature or 1.0)
+            token = int(np.argmax(dist)) if request.temperature == 0 else sample(dist, rng)
+            if self._is_end(token):
+                stop_token, stop_logprob = token, float(dist[token])
+                break
+            ids.append(token)
+            logprobs.append(float(dist[token]))
+            if request.top_logprobs:
+                best = np.argsort(-dist, kind="stable")[: request.top_logprobs]
+                top.append({self._piece(int(t)): float(dist[t]) for t in reversed(best)})
+            if step + 1 < request.max_tokens:
+                logits = self._forward([token], len(prompt) + step, all_logits=False)[-1]
+        return Generation(
+            text=self._llm.detokenize(ids).decode("utf-8", errors="replace"),
+            finish_reason="length" if stop_token is None else "stop",
+            tokenizer=self.tokenizer,
+            token_ids=ids,
+            token_texts=[self._piece(t) for t in ids],
+            token_logprobs=logprobs,
+            stop_token_id=stop_token,
+            stop_logprob=stop_logprob,
+            top_logprobs=top,
+        )
+
+    def teacher_force(self, request: TeacherForceRequest) -> TeacherForced:
+        if request.response_tokenizer == self.tokenizer:
+            # The exact ids that were sampled: no tokenization boundary to get wrong.
+            response, method = list(request.response_token_ids), "sampled_token_ids"
+            stop = request.stop_token_id
+        else:
+            response, method = self._retokenize(request)
+            stop = None if request.stop_token_id is None else self._end_of_turn
+        targets = response + ([stop] if stop is not None else [])
+        prompt = self._prompt_ids(request.messages, room=len(targets))
+        first = self._forward(prompt, 0, all_logits=False)
+        rest = self._forward(targets[:-1], len(prompt), all_logits=True) if len(targets) > 1 else first[:0]
+        logprob = sum(float(log_softmax(row, request.temperature)[t]) for row, t in zip(np.vstack([first, rest]), targets))
+        return TeacherForced(logprob=logprob, n_tokens=len(targets), method=method + ("+end_of_turn" if stop is not None else ""))
+
+    def _retokenize(self, request: TeacherForceRequest) -> tuple[list[int], str]:
+        """Another model's response, in this model's tokens. The boundary is verified: the prompt's
+        tokens must be a prefix of the tokens of prompt + response, or the pieces are tokenized apart."""
+        prompt_text = self._render(request.messages)
+        prompt = self._llm.tokenize(prompt_text.encode(), add_bos=False, special=True)
+        full = self._llm.tokenize((prompt_text + request.response_text).encode(), add_bos=False, special=True)
+        if full[: len(prompt)] == prompt:
+            return full[len(prompt):], "retokenized_boundary_verified"
+        return self._llm.tokenize(request.response_text.encode(), add_bos=False, special=False), "retokenized_separately"
+
+
+def _file_digest(path: Path) -> str:
+    """A cheap identity for a model file: its size and the digest of its first megabyte (the header and vocabulary start)."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 20)
+    return f"{path.stat().st_size}-{hashlib.sha256(head).hexdigest()[:12]}"

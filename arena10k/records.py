@@ -1,0 +1,68 @@
+"""Typed records that the stages write. Checkpoint lines carry SCHEMA_VERSION; a change to any
+record's fields bumps it, and an old checkpoint is then refused rather than misread."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, TypeVar
+
+SCHEMA_VERSION = 1
+
+T = TypeVar("T")
+
+
+def to_dict(record: Any) -> dict:
+    return asdict(record)
+
+
+def from_dict(cls: type[T], data: dict) -> T:
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True)
+class Prompt:
+    prompt_id: str  # derived from the text, so it is stable across dataset versions and sample sizes
+    prompt: str
+    source_id: str | None  # the dataset's question_id
+
+
+@dataclass(frozen=True)
+class Response:
+    prompt_id: str
+    policy: str
+    text: str
+    finish_reason: str  # "stop" (the model ended its turn) or "length" (cut by max_tokens)
+    n_tokens: int  # response tokens, without the end-of-turn token
+    model: str
+    temperature: float
+    top_p: float
+    max_tokens: int
+    seed: int
+    tokenizer: str  # identifies the tokenizer of token_ids, so teacher forcing knows when it may reuse them
+    stop_token_id: int | None  # the end-of-turn token sampled when finish_reason == "stop"
+    token_ids: list[int]
+    token_logprobs: list[float] | None  # sampled tokens' log-probs, when the provider gives them
+    stop_logprob: float | None  # log-prob of the end-of-turn token when finish_reason == "stop"
+
+
+@dataclass(frozen=True)
+class TeacherForced:
+    prompt_id: str
+    policy: str  # the policy whose log-prob of the P0 response this is
+    logprob: float  # log pi(response | prompt), <= 0, at the policy's sampling temperature
+    n_tokens: int  # scored tokens, including the end-of-turn token when the response stopped
+    method: str  # how the number was produced, see arena10k.teacher_forcing
+
+
+@dataclass(frozen=True)
+class Judgement:
+    prompt_id: str
+    policy: str
+    model: str
+    raw_text: str  # the judge's reply, kept so any score can be audited
+    score: float  # greedy (deterministic) score in [0, 1]
+    score_mean: float  # mean of the score-token distribution, in [0, 1]
+    score_variance: float  # variance of that distribution
+    probability_mass: float  # share of probability on valid score tokens
+    method: str

@@ -1,0 +1,86 @@
+"""Runs a stage's work items against its checkpoint: skip what is done, try the rest, record every outcome.
+
+An `ItemError` is written as a failed line and retried (within this run and the next ones) until the
+item has had `max_attempts` attempts or the error is permanent. Any other error, an authentication
+failure above all, stops the stage at once; everything finished so far is already on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tqdm import tqdm
+
+from arena10k.checkpoint import Checkpoint
+from arena10k.errors import ItemError
+
+log = logging.getLogger("arena10k.runner")
+
+
+@dataclass
+class StageReport:
+    stage: str
+    expected: int = 0
+    done: int = 0
+    failed: Counter = field(default_factory=Counter)  # reason -> items that stay failed
+    blocked: Counter = field(default_factory=Counter)  # reason -> items whose input is missing
+    attempted: int = 0  # items tried in this run
+    seconds: float = 0.0
+
+    @property
+    def failed_total(self) -> int:
+        return sum(self.failed.values())
+
+    @property
+    def missing(self) -> int:
+        return self.expected - self.done
+
+
+WorkItem = tuple[str, Callable[[], dict]]
+
+
+def run_items(stage: str, checkpoint: Checkpoint, items: list[WorkItem], max_attempts: int,
+              blocked: Counter | None = None) -> StageReport:
+    started = time.monotonic()
+    report = StageReport(stage, expected=len(items) + sum((blocked or Counter()).values()), blocked=blocked or Counter())
+    todo = [(key, work) for key, work in items if _should_try(checkpoint, key, max_attempts)]
+    done = sum(1 for key, _ in items if _succeeded(checkpoint, key))
+    failed = len(items) - len(todo) - done
+    with tqdm(total=len(items), initial=len(items) - len(todo), desc=f"{stage:>18}", unit="item",
+              dynamic_ncols=True) as bar:
+        for key, work in todo:
+            report.attempted += 1
+            while _should_try(checkpoint, key, max_attempts):
+                try:
+                    checkpoint.append(key, record=work())
+                except ItemError as error:
+                    checkpoint.append(key, error=str(error), retryable=error.retryable, raw=error.raw)
+                    log.warning("%s %s attempt %d failed: %s", stage, key, checkpoint.items[key].attempts, error)
+            done += _succeeded(checkpoint, key)
+            failed += not _succeeded(checkpoint, key)
+            bar.set_postfix(done=done, failed=failed, remaining=len(items) - done - failed, refresh=False)
+            bar.update(1)
+    for key, _ in items:
+        state = checkpoint.items.get(key)
+        if state and state.record is not None:
+            report.done += 1
+        elif state:
+            report.failed[state.last_error] += 1
+    report.seconds = time.monotonic() - started
+    log.info("%s: %d/%d done, %d failed, %d blocked, %d tried this run, %.1fs", stage, report.done,
+             report.expected, report.failed_total, sum(report.blocked.values()), report.attempted, report.seconds)
+    return report
+
+
+def _succeeded(checkpoint: Checkpoint, key: str) -> bool:
+    state = checkpoint.items.get(key)
+    return state is not None and state.record is not None
+
+
+def _should_try(checkpoint: Checkpoint, key: str, max_attempts: int) -> bool:
+    state = checkpoint.items.get(key)
+    return state is None or (state.record is None and not state.gave_up and state.attempts < max_attempts)
