@@ -111,7 +111,10 @@ def is_english(text: str) -> bool:
         return english >= 2 and english > foreign and 2 * len(latin) >= other_script
     if not any(len(w) > 1 for w in latin):
         return True  # arithmetic, formulas, bare links: nothing that is in another language
-    if len(latin) < LONG_PROMPT_WORDS and abs(english - foreign) >= 1:
-        return english > foreign
+    if len(latin) < LONG_PROMPT_WORDS:
+        if abs(english - foreign) >= 1:
+            return english > foreign
+        if english > 0 and foreign == 0 and text.isascii():
+            return True  # some English and nothing foreign: too little text for langdetect to overrule
     p = _english_probability(text)
     return p is None or p >= 0.5

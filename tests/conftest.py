@@ -1,0 +1,41 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SHARED_ARENA = PROJECT_ROOT.parent / "shared" / "arena"
+TINY_CONFIG = PROJECT_ROOT / "tests" / "data" / "tiny.yaml"
+PHASE2_FILES = ("deterministic", "uncertainty", "dataset_info.json")
+
+
+def pipeline_command(data_dir: Path, *args: str, config: Path = TINY_CONFIG) -> list[str]:
+    return [sys.executable, str(PROJECT_ROOT / "run_phase1_pipeline.py"), "--config", str(config), "--data-dir", str(data_dir), *args]
+
+
+def run_pipeline(data_dir: Path, *args: str, config: Path = TINY_CONFIG) -> subprocess.CompletedProcess:
+    return subprocess.run(pipeline_command(data_dir, *args, config=config), capture_output=True, text=True, cwd=PROJECT_ROOT)
+
+
+def phase2_bytes(data_dir: Path) -> dict[str, bytes]:
+    """Every file a Phase 2 consumer reads, by path relative to the phase2 directory."""
+    root = data_dir / "phase2"
+    files = [p for name in PHASE2_FILES for p in ([root / name] if (root / name).is_file() else sorted((root / name).rglob("*.jsonl")))]
+    return {str(p.relative_to(root)): p.read_bytes() for p in files}
+
+
+@pytest.fixture(scope="session")
+def clean_run(tmp_path_factory) -> Path:
+    """One uninterrupted run of the tiny config, shared by the tests that only read its output."""
+    data_dir = tmp_path_factory.mktemp("clean_run")
+    result = run_pipeline(data_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def shared_arena() -> Path:
+    if not SHARED_ARENA.is_dir():
+        pytest.skip(f"shared ChatBot Arena data not found at {SHARED_ARENA} (it lives beside the project root)")
+    return SHARED_ARENA

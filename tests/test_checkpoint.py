@@ -1,0 +1,61 @@
+import json
+
+import pytest
+
+from arena10k.checkpoint import Checkpoint, read_records
+from arena10k.errors import CheckpointMismatchError, ItemError
+from arena10k.runner import run_items
+
+FINGERPRINT = {"policies": {"p0": {"temperature": 0.7}}}
+
+
+def open_checkpoint(tmp_path, fingerprint=FINGERPRINT):
+    return Checkpoint(tmp_path / "stage.jsonl", "stage", fingerprint, "--force stage")
+
+
+def test_torn_last_line_is_dropped_and_redone(tmp_path):
+    with open_checkpoint(tmp_path) as checkpoint:
+        checkpoint.append("a", record={"value": 1})
+        checkpoint.append("b", record={"value": 2})
+    path = tmp_path / "stage.jsonl"
+    with open(path, "a") as f:
+        f.write('{"schema": 1, "key": "c", "status": "ok", "rec')  # a crash in the middle of a write
+    assert set(read_records(path)) == {"a", "b"}
+    with open_checkpoint(tmp_path) as checkpoint:
+        assert set(checkpoint.records()) == {"a", "b"}
+        checkpoint.append("c", record={"value": 3})
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [line["key"] for line in lines] == ["a", "b", "c"]
+
+
+def test_changed_configuration_is_refused_with_the_difference(tmp_path):
+    open_checkpoint(tmp_path).close()
+    changed = {"policies": {"p0": {"temperature": 0.9}}}
+    with pytest.raises(CheckpointMismatchError) as error:
+        open_checkpoint(tmp_path, changed)
+    assert "policies.p0.temperature: 0.7 -> 0.9" in str(error.value)
+    assert "--force stage" in str(error.value)
+
+
+def test_failures_are_recorded_retried_and_bounded(tmp_path):
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        raise ItemError("no score digit", retryable=True, raw="I think it is good")
+
+    def permanent():
+        calls.append(2)
+        raise ItemError("prompt too long", retryable=False)
+
+    with open_checkpoint(tmp_path) as checkpoint:
+        report = run_items("stage", checkpoint, [("flaky", flaky), ("permanent", permanent), ("fine", lambda: {"v": 1})], max_attempts=3)
+    assert calls == [1, 1, 1, 2]
+    assert report.done == 1 and report.failed == {"no score digit": 1, "prompt too long": 1}
+    assert checkpoint.items["flaky"].raw == "I think it is good"
+    with open_checkpoint(tmp_path) as checkpoint:  # the next run does not retry exhausted items
+        run_items("stage", checkpoint, [("flaky", flaky), ("permanent", permanent)], max_attempts=3)
+    assert calls == [1, 1, 1, 2]
+    with open_checkpoint(tmp_path) as checkpoint:  # a larger budget retries the retryable one only
+        run_items("stage", checkpoint, [("flaky", flaky), ("permanent", permanent)], max_attempts=4)
+    assert calls == [1, 1, 1, 2, 1]

@@ -1,0 +1,70 @@
+import json
+
+import pytest
+
+from arena10k import data
+from arena10k.errors import ConfigError
+from arena10k.language import is_english
+from conftest import PROJECT_ROOT
+
+SHORT_ENGLISH = ["Can rats get drunk?", "How do I make pizza", "Good day, how are you?", "Write a single dot.", "hi"]
+CLEARLY_NOT_ENGLISH = [
+    "Quelle est la meilleure façon d'apprendre le piano quand on est adulte ?",
+    "Wie funktioniert ein Kühlschrank eigentlich genau?",
+    "¿Cuál es la diferencia entre ser y estar en español?",
+    "Напиши короткое стихотворение о зиме.",
+    "请用三句话介绍一下长城。",
+]
+
+
+@pytest.mark.parametrize("text", SHORT_ENGLISH)
+def test_short_english_prompts_are_kept(text):
+    assert is_english(text)
+
+
+@pytest.mark.parametrize("text", CLEARLY_NOT_ENGLISH)
+def test_clearly_non_english_prompts_are_dropped(text):
+    assert not is_english(text)
+
+
+def test_shared_sample_dedup_and_english_filter(shared_arena):
+    rows = data.load_conversations(str(shared_arena / "conversations_sample.jsonl"))
+    prompts, report = data.prepare_prompts(rows, "all", seed=0)
+    assert report.rows == 2853
+    assert report.duplicate == 71
+    assert report.empty == 0
+    assert len({p.prompt for p in prompts}) == len(prompts) == report.kept
+    kept = {p.prompt for p in prompts}
+    assert {"Can rats get drunk?", "How do I make pizza", "Good day, how are you?"} <= kept
+
+    # Hand-checked labels for every unique prompt (tests/data/english_labels.jsonl).
+    labels = {}
+    for line in (PROJECT_ROOT / "tests" / "data" / "english_labels.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        labels[entry["question_id"]] = entry["is_english"]
+    english_ids = {qid for qid, english in labels.items() if english}
+    kept_ids = {p.source_id for p in prompts}
+    true_positives = len(kept_ids & english_ids)
+    precision, recall = true_positives / len(kept_ids), true_positives / len(english_ids)
+    assert precision >= 0.998 and recall >= 0.995, (precision, recall)
+    # The dataset's own language field is not trusted: some rows it calls English are dropped.
+    dropped = [qid for qid, english in labels.items() if not english]
+    assert len(dropped) > 100
+
+
+def test_sampling_is_seeded_and_nested():
+    rows = data.load_conversations(str(PROJECT_ROOT / "data" / "prompts" / "arena10k_prompts.jsonl"))
+    small, _ = data.prepare_prompts(rows, 10, seed=7)
+    again, _ = data.prepare_prompts(rows, 10, seed=7)
+    larger, report = data.prepare_prompts(rows, 20, seed=7)
+    assert small == again
+    assert larger[:10] == small  # growing N keeps every prompt already sampled
+    assert (report.empty, report.duplicate, report.kept) == (1, 2, 20)
+    assert report.non_english >= 6
+
+
+def test_missing_hub_dataset_offline_names_the_flag(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(ConfigError, match="--dataset"):
+        data.load_conversations("agie-ai/lmsys-chatbot_arena_conversations")

@@ -1,0 +1,75 @@
+"""The embedded model: deterministic sampling, and teacher forcing that reproduces sampled log-probs exactly."""
+
+import pytest
+
+from arena10k.providers.base import GenerationRequest, TeacherForceRequest
+from arena10k.providers.local import LocalProvider
+
+SYSTEM = "You are a helpful assistant."
+PROMPTS = ["Write a single dot.", "Why is the sky blue?", "def f(x):\n    return x * 2\n\nWhat does f(3) return?", "🍕 or 🍔?"]
+
+
+@pytest.fixture(scope="module")
+def smollm():
+    return LocalProvider("smollm2-135m-instruct", n_ctx=2048)
+
+
+@pytest.fixture(scope="module")
+def gemma():
+    return LocalProvider("gemma3-270m", n_ctx=2048)
+
+
+def messages(prompt, system=SYSTEM):
+    return ({"role": "system", "content": system}, {"role": "user", "content": prompt})
+
+
+def teacher_force(provider, generation, prompt, temperature=0.7, system=SYSTEM):
+    return provider.teacher_force(TeacherForceRequest(
+        messages(prompt, system), temperature, generation.text, generation.tokenizer,
+        tuple(generation.token_ids), generation.stop_token_id))
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_teacher_forced_logprob_equals_sum_of_sampled_logprobs(smollm, prompt):
+    generation = smollm.generate(GenerationRequest(messages(prompt), 0.7, 32, seed=3))
+    sampled = sum(generation.token_logprobs) + (generation.stop_logprob or 0.0)
+    forced = teacher_force(smollm, generation, prompt)
+    assert forced.logprob == sampled  # bit for bit, not approximately
+    assert forced.logprob < 0
+    assert forced.n_tokens == len(generation.token_ids) + (generation.stop_token_id is not None)
+    assert forced.method.startswith("sampled_token_ids")
+
+
+def test_pi_clone_log_ratio_is_exactly_zero_and_sampling_is_seeded(smollm):
+    first = smollm.generate(GenerationRequest(messages(PROMPTS[1]), 0.7, 32, seed=11))
+    again = smollm.generate(GenerationRequest(messages(PROMPTS[1]), 0.7, 32, seed=11))
+    other = smollm.generate(GenerationRequest(messages(PROMPTS[1]), 0.7, 32, seed=12))
+    assert first == again and first.text != other.text
+    p0 = teacher_force(smollm, first, PROMPTS[1])
+    clone = teacher_force(smollm, first, PROMPTS[1])
+    assert clone.logprob - p0.logprob == 0.0
+    bad = teacher_force(smollm, first, PROMPTS[1], temperature=1.0, system="You are an unhelpful assistant.")
+    assert bad.logprob != p0.logprob
+
+
+def test_length_cut_is_recorded_and_scored_without_end_of_turn(smollm):
+    generation = smollm.generate(GenerationRequest(messages("Write a long story about a dragon."), 0.7, 5, seed=1))
+    assert generation.finish_reason == "length" and generation.stop_token_id is None and len(generation.token_ids) == 5
+    forced = teacher_force(smollm, generation, "Write a long story about a dragon.")
+    assert forced.n_tokens == 5 and forced.method == "sampled_token_ids"
+
+
+def test_another_tokenizer_scores_the_text_with_a_verified_boundary(smollm, gemma):
+    generation = smollm.generate(GenerationRequest(messages(PROMPTS[1]), 0.7, 24, seed=5))
+    forced = teacher_force(gemma, generation, PROMPTS[1])
+    assert forced.method.startswith("retokenized_boundary_verified")
+    assert forced.logprob < 0
+    assert forced.logprob == teacher_force(gemma, generation, PROMPTS[1]).logprob  # deterministic
+
+
+def test_prompt_beyond_the_context_fails_the_item_permanently(smollm):
+    from arena10k.errors import ItemError
+
+    with pytest.raises(ItemError) as error:
+        smollm.generate(GenerationRequest(messages("word " * 3000), 0.7, 16, seed=0))
+    assert not error.value.retryable and "context" in str(error.value)
