@@ -14,6 +14,7 @@ from pathlib import Path
 from arena10k import phase2, stages
 from arena10k.config import ExperimentConfig, load_config
 from arena10k.errors import Arena10kError
+from arena10k.providers import check_config
 from arena10k.runner import StageReport
 from arena10k.workspace import STAGES, Workspace
 
@@ -29,6 +30,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 
 def open_run(args: argparse.Namespace) -> tuple[ExperimentConfig, Workspace]:
     config = load_config(args.config)
+    check_config(config)
     if getattr(args, "dataset", None):
         config = config.model_copy(update={"dataset": str(args.dataset)})
     elif not Path(config.dataset).is_absolute() and (PROJECT_ROOT / config.dataset).exists():

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -44,26 +45,45 @@ WorkItem = tuple[str, Callable[[], dict]]
 
 
 def run_items(stage: str, checkpoint: Checkpoint, items: list[WorkItem], max_attempts: int,
-              blocked: Counter | None = None) -> StageReport:
+              blocked: Counter | None = None, concurrency: int = 1) -> StageReport:
+    """Runs the items not yet done, at most `concurrency` at a time. Only this thread writes the
+    checkpoint, one line per outcome as it arrives, so a kill loses only the calls in flight."""
     started = time.monotonic()
     report = StageReport(stage, expected=len(items) + sum((blocked or Counter()).values()), blocked=blocked or Counter())
-    todo = [(key, work) for key, work in items if _should_try(checkpoint, key, max_attempts)]
+    todo = deque((key, work) for key, work in items if _should_try(checkpoint, key, max_attempts))
     done = sum(1 for key, _ in items if _succeeded(checkpoint, key))
     failed = len(items) - len(todo) - done
     with tqdm(total=len(items), initial=len(items) - len(todo), desc=f"{stage:>18}", unit="item",
-              dynamic_ncols=True) as bar:
-        for key, work in todo:
-            report.attempted += 1
-            while _should_try(checkpoint, key, max_attempts):
-                try:
-                    checkpoint.append(key, record=work())
-                except ItemError as error:
-                    checkpoint.append(key, error=str(error), retryable=error.retryable, raw=error.raw)
-                    log.warning("%s %s attempt %d failed: %s", stage, key, checkpoint.items[key].attempts, error)
-            done += _succeeded(checkpoint, key)
-            failed += not _succeeded(checkpoint, key)
-            bar.set_postfix(done=done, failed=failed, remaining=len(items) - done - failed, refresh=False)
-            bar.update(1)
+              dynamic_ncols=True) as bar, ThreadPoolExecutor(max_workers=concurrency) as pool:
+        in_flight: dict[Future, WorkItem] = {}
+        tried: set[str] = set()
+        try:
+            while todo or in_flight:
+                while todo and len(in_flight) < concurrency:  # a bounded window, never one task per item
+                    key, work = todo.popleft()
+                    tried.add(key)
+                    in_flight[pool.submit(work)] = (key, work)
+                finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    key, work = in_flight.pop(future)
+                    try:
+                        checkpoint.append(key, record=future.result())
+                    except ItemError as error:
+                        checkpoint.append(key, error=str(error), retryable=error.retryable, raw=error.raw)
+                        log.warning("%s %s attempt %d failed: %s", stage, key, checkpoint.items[key].attempts, error)
+                        if _should_try(checkpoint, key, max_attempts):
+                            todo.append((key, work))
+                            continue
+                    done += _succeeded(checkpoint, key)
+                    failed += not _succeeded(checkpoint, key)
+                    bar.set_postfix(done=done, failed=failed, remaining=len(items) - done - failed, refresh=False)
+                    bar.update(1)
+        except BaseException:
+            # Authentication failures, Ctrl-C: start nothing new; what finished is already on disk.
+            for future in in_flight:
+                future.cancel()
+            raise
+    report.attempted = len(tried)
     for key, _ in items:
         state = checkpoint.items.get(key)
         if state and state.record is not None:

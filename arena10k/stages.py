@@ -11,7 +11,7 @@ from dataclasses import asdict
 from arena10k import data, judging
 from arena10k.checkpoint import read_records
 from arena10k.config import LOGGING_POLICY, TARGET_POLICIES, ExperimentConfig, JudgeConfig, PolicyConfig
-from arena10k.providers import get_provider
+from arena10k.providers import get_provider, stage_concurrency
 from arena10k.providers.base import GenerationRequest, TeacherForceRequest
 from arena10k.records import Judgement, Prompt, Response, TeacherForced, from_dict, to_dict
 from arena10k.runner import StageReport, WorkItem, run_items
@@ -61,8 +61,9 @@ def generate(config: ExperimentConfig, workspace: Workspace) -> StageReport:
     for prompt in prompts:
         for name in POLICIES:
             items.append((item_key(prompt.prompt_id, name), _generation_work(config, name, prompt)))
+    parallel = stage_concurrency(config, {p.model for p in config.policies.values()})
     with workspace.open_checkpoint("generate", "generate", _generation_fingerprint(config)) as checkpoint:
-        return run_items("generate", checkpoint, items, config.max_attempts)
+        return run_items("generate", checkpoint, items, config.max_attempts, concurrency=parallel)
 
 
 def _generation_work(config: ExperimentConfig, name: str, prompt: Prompt):
@@ -103,8 +104,9 @@ def teacher_force(config: ExperimentConfig, workspace: Workspace) -> StageReport
             else:
                 items.append((item_key(prompt.prompt_id, name), _teacher_force_work(config, name, prompt, base)))
     fingerprint = {"generation": _generation_fingerprint(config)}
+    parallel = stage_concurrency(config, {p.model for p in config.policies.values()})
     with workspace.open_checkpoint("teacher_force", "teacher_force", fingerprint) as checkpoint:
-        return run_items("teacher_force", checkpoint, items, config.max_attempts, blocked)
+        return run_items("teacher_force", checkpoint, items, config.max_attempts, blocked, parallel)
 
 
 def _teacher_force_work(config: ExperimentConfig, name: str, prompt: Prompt, base: Response):
@@ -114,7 +116,7 @@ def _teacher_force_work(config: ExperimentConfig, name: str, prompt: Prompt, bas
         request = TeacherForceRequest(
             messages=policy_messages(policy, prompt.prompt), temperature=policy.temperature,
             response_text=base.text, response_tokenizer=base.tokenizer, response_token_ids=tuple(base.token_ids),
-            stop_token_id=base.stop_token_id,
+            stop_token_id=base.stop_token_id, ended_turn=base.finish_reason == "stop",
         )
         result = get_provider(config, policy.model).teacher_force(request)
         return to_dict(TeacherForced(prompt.prompt_id, name, result.logprob, result.n_tokens, result.method))
@@ -164,7 +166,7 @@ def judge(config: ExperimentConfig, workspace: Workspace) -> StageReport:
     items, blocked = _judge_items(config, config.judge, judging.JUDGE_RUBRIC, keys, responses(workspace), prompts)
     fingerprint = _judge_fingerprint(config, config.judge, judging.JUDGE_RUBRIC)
     with workspace.open_checkpoint("judge", "judge", fingerprint) as checkpoint:
-        return run_items("judge", checkpoint, items, config.max_attempts, blocked)
+        return run_items("judge", checkpoint, items, config.max_attempts, blocked, stage_concurrency(config, {config.judge.model}))
 
 
 def oracle_slice(prompt_ids: list[str], fraction: float, seed: int) -> list[str]:
@@ -194,5 +196,6 @@ def oracle(config: ExperimentConfig, workspace: Workspace) -> list[StageReport]:
         items, blocked = _judge_items(config, settings, judging.ORACLE_RUBRIC, keys, generated, prompts)
         fingerprint = _judge_fingerprint(config, settings, judging.ORACLE_RUBRIC)
         with workspace.open_checkpoint(name, "oracle", fingerprint) as checkpoint:
-            reports.append(run_items(name, checkpoint, items, config.max_attempts, blocked))
+            reports.append(run_items(name, checkpoint, items, config.max_attempts, blocked,
+                                     stage_concurrency(config, {settings.model})))
     return reports

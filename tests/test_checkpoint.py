@@ -50,12 +50,12 @@ def test_failures_are_recorded_retried_and_bounded(tmp_path):
 
     with open_checkpoint(tmp_path) as checkpoint:
         report = run_items("stage", checkpoint, [("flaky", flaky), ("permanent", permanent), ("fine", lambda: {"v": 1})], max_attempts=3)
-    assert calls == [1, 1, 1, 2]
-    assert report.done == 1 and report.failed == {"no score digit": 1, "prompt too long": 1}
+    assert sorted(calls) == [1, 1, 1, 2]
+    assert report.attempted == 3 and report.done == 1 and report.failed == {"no score digit": 1, "prompt too long": 1}
     assert checkpoint.items["flaky"].raw == "I think it is good"
     with open_checkpoint(tmp_path) as checkpoint:  # the next run does not retry exhausted items
         run_items("stage", checkpoint, [("flaky", flaky), ("permanent", permanent)], max_attempts=3)
-    assert calls == [1, 1, 1, 2]
+    assert sorted(calls) == [1, 1, 1, 2]
     with open_checkpoint(tmp_path) as checkpoint:  # a larger budget retries the retryable one only
         run_items("stage", checkpoint, [("flaky", flaky), ("permanent", permanent)], max_attempts=4)
-    assert calls == [1, 1, 1, 2, 1]
+    assert sorted(calls) == [1, 1, 1, 1, 2]

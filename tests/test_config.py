@@ -2,6 +2,7 @@ import pytest
 
 from arena10k.config import load_config
 from arena10k.errors import ConfigError
+from arena10k.providers import check_config
 from conftest import PROJECT_ROOT
 
 
@@ -10,10 +11,27 @@ def test_default_config_is_valid():
     assert config.policies["pi_clone"] == config.policies["p0"]
 
 
-def test_arena_10k_config_validates_but_hosted_providers_are_not_available_yet():
-    with pytest.raises(ConfigError, match="valid, but it uses hosted providers") as error:
-        load_config(PROJECT_ROOT / "configs" / "arena_10k.yaml")
-    assert "llama4_scout (fireworks)" in str(error.value) and "gpt4o (openai)" in str(error.value)
+def test_arena_10k_config_validates_and_needs_its_keys(monkeypatch):
+    monkeypatch.delenv("FIREWORKS_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    config = load_config(PROJECT_ROOT / "configs" / "arena_10k.yaml")
+    assert config.policies["p0"].temperature == 0.5 and config.samples == 10000
+    with pytest.raises(ConfigError, match="FIREWORKS_API_KEY") as error:
+        check_config(config)
+    assert "OPENAI_API_KEY" in str(error.value)
+    monkeypatch.setenv("FIREWORKS_API_KEY", "fw-test")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    check_config(config)
+
+
+def test_teacher_forcing_on_an_openai_chat_model_is_refused_at_validation(monkeypatch):
+    monkeypatch.setenv("FIREWORKS_API_KEY", "fw-test")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    config = load_config(PROJECT_ROOT / "configs" / "arena_10k.yaml")
+    policies = dict(config.policies)
+    policies["pi_bigger_model"] = policies["pi_bigger_model"].model_copy(update={"model": "gpt4o"})
+    with pytest.raises(ConfigError, match="policies.pi_bigger_model: model 'gpt4o' cannot teacher-force: OpenAI's chat models"):
+        check_config(config.model_copy(update={"policies": policies}))
 
 
 def test_invalid_config_names_the_field(tmp_path):

@@ -26,7 +26,7 @@ def messages(prompt, system=SYSTEM):
 def teacher_force(provider, generation, prompt, temperature=0.7, system=SYSTEM):
     return provider.teacher_force(TeacherForceRequest(
         messages(prompt, system), temperature, generation.text, generation.tokenizer,
-        tuple(generation.token_ids), generation.stop_token_id))
+        tuple(generation.token_ids), generation.stop_token_id, generation.finish_reason == "stop"))
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)

@@ -1,22 +1,91 @@
-"""Providers behind one interface (see base.py). Models are loaded on first use, so a run with
-nothing left to do loads none."""
+"""Providers behind one interface (see base.py), created on first use, so a run with nothing left to do
+loads no model and makes no call. `check_config` runs at start-up and refuses a config that asks a
+provider for something it cannot do, or lacks a key, before any work starts."""
 
 from __future__ import annotations
 
-from arena10k.config import ExperimentConfig
-from arena10k.errors import ConfigError
-from arena10k.providers.base import Provider
+import os
 
-_loaded: dict[tuple, Provider] = {}
+from arena10k.config import ExperimentConfig, ModelConfig
+from arena10k.errors import ConfigError
+from arena10k.providers.base import GENERATE, TEACHER_FORCE, TOP_LOGPROBS, Provider
+from arena10k.ratelimit import RateLimiter
+
+_loaded: dict[str, Provider] = {}
+_limiters: dict[tuple, RateLimiter] = {}
 
 
 def get_provider(config: ExperimentConfig, model_name: str) -> Provider:
-    model = config.models[model_name]
-    key = tuple(sorted(model.model_dump().items()))
-    if key not in _loaded:
-        if model.provider != "local":
-            raise ConfigError(f"Provider '{model.provider}' is not available in this version.")
+    if model_name not in _loaded:
+        _loaded[model_name] = _create(config.models[model_name])
+    return _loaded[model_name]
+
+
+def stage_concurrency(config: ExperimentConfig, model_names: set[str]) -> int:
+    """Calls a stage may keep in flight. The in-process model computes one call at a time (and its llama.cpp
+    context is not thread-safe); hosted models are bounded further by their own limiters."""
+    models = [config.models[name] for name in model_names]
+    return 1 if any(m.provider == "local" for m in models) else max(m.concurrency for m in models)
+
+
+def _create(model: ModelConfig) -> Provider:
+    if model.provider == "local":
         from arena10k.providers.local import LocalProvider
 
-        _loaded[key] = LocalProvider(model.model, model.n_ctx)
-    return _loaded[key]
+        return LocalProvider(model.model, model.n_ctx)
+    from arena10k.providers.hosted import HostedProvider, key_fingerprint
+
+    api_key = _api_key(model)
+    if model.provider == "fireworks":
+        import fireworks as sdk
+
+        client = sdk.Fireworks(api_key=api_key, base_url=model.base_url, max_retries=0, timeout=model.request_timeout)
+    else:
+        import openai as sdk
+
+        client = sdk.OpenAI(api_key=api_key, base_url=model.base_url, max_retries=0, timeout=model.request_timeout)
+    # One limiter per (provider, endpoint, key, model): models sharing a key still have separate quotas.
+    limiter_key = (model.provider, model.base_url, key_fingerprint(api_key), model.model)
+    if limiter_key not in _limiters:
+        _limiters[limiter_key] = RateLimiter(model.concurrency, model.requests_per_minute, model.tokens_per_minute)
+    return HostedProvider(sdk, client, model.model, _limiters[limiter_key], model.max_retries,
+                          model.chat_template, model.end_of_turn, capabilities(model))
+
+
+def _api_key(model: ModelConfig) -> str:
+    if not model.api_key_env:
+        raise ConfigError(f"Model {model.model} ({model.provider}) needs api_key_env: the environment variable holding its key.")
+    key = os.environ.get(model.api_key_env)
+    if not key:
+        raise ConfigError(f"The environment variable {model.api_key_env} (API key for {model.model}) is not set.")
+    return key
+
+
+def capabilities(model: ModelConfig) -> frozenset[str]:
+    if model.provider == "local":
+        return frozenset({GENERATE, TEACHER_FORCE, TOP_LOGPROBS})
+    # api.openai.com chat models return no prompt log-probs; OpenAI-compatible servers (base_url) and
+    # Fireworks serve completions with echo, which teacher forcing needs, given the model's chat template.
+    echo = model.provider == "fireworks" or model.base_url is not None
+    return frozenset({GENERATE, TOP_LOGPROBS} | ({TEACHER_FORCE} if echo and model.chat_template else set()))
+
+
+def check_config(config: ExperimentConfig) -> None:
+    problems = []
+    for name, policy in config.policies.items():
+        model = config.models[policy.model]
+        if TEACHER_FORCE not in capabilities(model):
+            if model.provider == "openai" and model.base_url is None:
+                why = ("OpenAI's chat models return no prompt log-probs, so P0's responses cannot be teacher-forced "
+                       "under it; serve the policy from Fireworks or an OpenAI-compatible server (base_url) instead")
+            else:
+                why = "teacher forcing renders the policy's context with the model's chat_template, and none is configured"
+            problems.append(f"policies.{name}: model '{policy.model}' cannot teacher-force: {why}.")
+    for name, model in config.used_models().items():
+        if model.provider != "local":
+            try:
+                _api_key(model)
+            except ConfigError as error:
+                problems.append(f"models.{name}: {error}")
+    if problems:
+        raise ConfigError("The config asks for something its providers cannot do:\n  " + "\n  ".join(problems))

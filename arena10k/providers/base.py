@@ -43,7 +43,8 @@ class TeacherForceRequest:
     response_text: str
     response_tokenizer: str  # lets a provider with the same tokenizer score the exact sampled ids
     response_token_ids: tuple[int, ...]
-    stop_token_id: int | None  # set when the response ended its turn: the end of turn is scored too
+    stop_token_id: int | None  # the sampled end-of-turn token, when the provider reports ids
+    ended_turn: bool  # the response ended its turn (finish_reason "stop"): the end of turn is scored too
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,161 @@
+"""Providers reached over an OpenAI-style HTTP API (the openai and fireworks-ai SDKs share this shape).
+
+What is retryable is decided here, once: 429 (after Retry-After), 5xx, timeouts, dropped connections and
+malformed bodies are retried with exponential backoff and jitter; 400/404/422 fail the item at once with
+the provider's reason; 401/403 stop the stage (AuthenticationError).
+
+Teacher forcing uses the completions endpoint with echo and log-probs on the policy's rendered chat
+template. The prompt/response boundary is found in the returned tokens' text offsets and verified: a
+token must start exactly where the response starts, and there must be one log-prob per token. Where a
+token straddles the boundary (".Here"), it falls back to log P(prompt + response) - log P(prompt), two calls.
+Log-probs are whatever the server reports for the request's temperature: our loopback server and the
+embedded model report the sampling distribution; hosted APIs typically report temperature-1 log-probs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+import jinja2
+
+from arena10k.errors import AuthenticationError, ItemError
+from arena10k.providers.base import (
+    Generation,
+    GenerationRequest,
+    TeacherForced,
+    TeacherForceRequest,
+)
+from arena10k.ratelimit import RateLimiter
+
+log = logging.getLogger("arena10k.providers")
+
+BACKOFF_BASE_SECONDS = 0.5
+BACKOFF_MAX_SECONDS = 30.0
+
+
+class HostedProvider:
+    def __init__(self, sdk: ModuleType, client: Any, model: str, limiter: RateLimiter, max_retries: int,
+                 chat_template: str | None, end_of_turn: str | None, capabilities: frozenset[str]):
+        self._sdk, self._client, self.model = sdk, client, model
+        self._limiter, self._max_retries = limiter, max_retries
+        self._template = None if chat_template is None else jinja2.Environment().from_string(chat_template)
+        self._end_of_turn = end_of_turn or ""
+        self.tokenizer = f"api:{model}"
+        self.capabilities = capabilities
+
+    # ------------------------------------------------------------ the provider interface
+
+    def generate(self, request: GenerationRequest) -> Generation:
+        arguments = dict(model=self.model, messages=list(request.messages), temperature=request.temperature,
+                         max_tokens=request.max_tokens, seed=request.seed, logprobs=True)
+        if request.top_logprobs:
+            arguments["top_logprobs"] = request.top_logprobs
+        tokens = _estimate_tokens(json.dumps(request.messages)) + request.max_tokens
+        response = self._call(lambda: self._client.chat.completions.create(**arguments), tokens)
+        choice = response.choices[0]
+        content = choice.logprobs.content if choice.logprobs and choice.logprobs.content else []
+        return Generation(
+            text=choice.message.content or "",
+            finish_reason="length" if choice.finish_reason == "length" else "stop",
+            tokenizer=self.tokenizer,
+            token_ids=[],  # an API returns token texts, not ids
+            token_texts=[t.token for t in content],
+            token_logprobs=[t.logprob for t in content] or None,
+            stop_token_id=None,
+            stop_logprob=None,
+            top_logprobs=[{top.token: top.logprob for top in t.top_logprobs or []} for t in content],
+        )
+
+    def teacher_force(self, request: TeacherForceRequest) -> TeacherForced:
+        if self._template is None:
+            raise ItemError(f"no chat template is configured for {self.model}", retryable=False)
+        prompt = self._template.render(messages=list(request.messages), add_generation_prompt=True)
+        response = request.response_text + (self._end_of_turn if request.ended_turn else "")
+        offsets, logprobs = self._echo(prompt + response, request.temperature)
+        if len(offsets) != len(logprobs) or not logprobs:
+            raise ItemError("the server returned a different number of tokens and log-probs", retryable=True)
+        if len(prompt) in offsets:
+            start = offsets.index(len(prompt))
+            return TeacherForced(sum(logprobs[start:]), len(logprobs) - start, "api_echo_boundary_verified")
+        _, prompt_logprobs = self._echo(prompt, request.temperature)
+        return TeacherForced(sum(logprobs) - sum(prompt_logprobs), len(logprobs) - len(prompt_logprobs),
+                             "api_echo_difference")
+
+    # ------------------------------------------------------------ calls
+
+    def _echo(self, text: str, temperature: float) -> tuple[list[int], list[float]]:
+        """Text offsets and log-probs of every token of `text` after the first (which has none)."""
+        response = self._call(lambda: self._client.completions.create(
+            model=self.model, prompt=text, max_tokens=0, echo=True, logprobs=1, temperature=temperature),
+            _estimate_tokens(text))
+        result = response.choices[0].logprobs
+        if result is None or result.token_logprobs is None:
+            raise ItemError("the server returned no prompt log-probs for an echo request", retryable=False)
+        offsets, logprobs = list(result.text_offset or []), list(result.token_logprobs)
+        if logprobs and logprobs[0] is None:
+            return offsets[1:], [float(v) for v in logprobs[1:]]
+        return offsets, [float(v) for v in logprobs]
+
+    def _call(self, send: Callable[[], Any], tokens: int) -> Any:
+        sdk = self._sdk
+        for attempt in range(self._max_retries + 1):
+            self._limiter.acquire(tokens)
+            try:
+                response = send()
+            except (sdk.AuthenticationError, sdk.PermissionDeniedError) as error:
+                self._limiter.release()
+                raise AuthenticationError(
+                    f"{self.model}: the provider rejected the API key (HTTP {error.status_code}). "
+                    "Check the key's environment variable; the stage stopped so that no item is recorded as failed."
+                ) from None
+            except sdk.RateLimitError as error:
+                self._limiter.release(throttled=True, retry_after=_retry_after(error))
+                reason = "rate limited (HTTP 429)"
+            except (sdk.BadRequestError, sdk.NotFoundError, sdk.UnprocessableEntityError) as error:
+                self._limiter.release()
+                raise ItemError(f"HTTP {error.status_code}: {_message(error)}", retryable=False) from None
+            except (sdk.InternalServerError, sdk.APITimeoutError, sdk.APIConnectionError,
+                    sdk.APIResponseValidationError, json.JSONDecodeError) as error:
+                self._limiter.release()
+                reason = f"{type(error).__name__}: {_message(error)}"
+            else:
+                self._limiter.release()
+                if not getattr(response, "choices", None):
+                    reason = "malformed response body"
+                else:
+                    return response
+            if attempt < self._max_retries:
+                delay = min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** attempt) * random.uniform(0.5, 1.0)
+                log.info("%s: %s; retry %d in %.1fs", self.model, reason, attempt + 1, delay)
+                time.sleep(delay)
+        raise ItemError(f"{reason} (gave up after {self._max_retries + 1} attempts)", retryable=True)
+
+
+def _retry_after(error: Any) -> float | None:
+    try:
+        return float(error.response.headers.get("retry-after"))
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
+def _message(error: Any) -> str:
+    body = getattr(error, "body", None)
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return str(body["error"].get("message", body))
+    return str(error)[:300]
+
+
+def _estimate_tokens(text: str) -> int:
+    return len(text) // 4 + 1  # for rate limits only: about four characters per token in English
+
+
+def key_fingerprint(api_key: str) -> str:
+    """Identifies a key (so two keys get two limiters) without the key appearing anywhere."""
+    return hashlib.sha256(api_key.encode()).hexdigest()[:8]
