@@ -34,6 +34,33 @@ class ModelConfig(_Strict):
     api_key_env: str | None = Field(None, description="Hosted only: name of the environment variable holding the key.")
     base_url: str | None = Field(None, description="Hosted only: API base URL (any OpenAI-compatible server).")
     n_ctx: int = Field(4096, ge=256, description="Local only: context window in tokens (prompt + response).")
+    chat_template: str | None = Field(
+        None,
+        description="Hosted only: the served model's chat template (Jinja, as in its tokenizer_config.json). "
+        "Teacher forcing renders each policy's context with it; without it the model cannot teacher-force.",
+    )
+    end_of_turn: str | None = Field(
+        None, description="Hosted only: the text of the token that ends an assistant turn in chat_template, e.g. <|eot|>."
+    )
+    # How calls are made, not what they return: excluded from fingerprints, so tuning them never forces a recompute.
+    concurrency: int = Field(16, ge=1, exclude=True, description="Hosted only: the most calls in flight for this model.")
+    request_timeout: float = Field(60.0, gt=0, exclude=True, description="Hosted only: seconds before a call is abandoned and retried.")
+    max_retries: int = Field(6, ge=0, exclude=True, description="Hosted only: retries of one call on 429, 5xx, timeouts and dropped connections.")
+    # Prices and rate limits change no result, so they are left out of model_dump() and with it out of every
+    # checkpoint fingerprint and dataset_info.json: updating them never forces a recompute.
+    price_per_million_input_tokens: float = Field(
+        0.0, ge=0, exclude=True, description="US dollars per million input (prompt) tokens; 0 for local models."
+    )
+    price_per_million_output_tokens: float = Field(
+        0.0, ge=0, exclude=True, description="US dollars per million output (generated) tokens; 0 for local models."
+    )
+    requests_per_minute: int | None = Field(
+        None, gt=0, exclude=True, description="Hosted only: the provider's request limit for this model; null means none."
+    )
+    tokens_per_minute: int | None = Field(
+        None, gt=0, exclude=True,
+        description="Hosted only: the provider's limit on input + output tokens per minute for this model; null means none.",
+    )
 
 
 class PolicyConfig(_Strict):
@@ -125,15 +152,4 @@ def load_config(path: str | Path) -> ExperimentConfig:
             f"  - {'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in error.errors()
         )
         raise ConfigError(f"{path} is not a valid experiment config:\n{problems}") from None
-    _check_providers_available(config, path)
     return config
-
-
-def _check_providers_available(config: ExperimentConfig, path: Path) -> None:
-    hosted = {name: m.provider for name, m in config.used_models().items() if m.provider in HOSTED_PROVIDERS}
-    if hosted:
-        listed = ", ".join(f"{name} ({provider})" for name, provider in hosted.items())
-        raise ConfigError(
-            f"{path} is valid, but it uses hosted providers that this version cannot call yet: {listed}. "
-            "Use provider: local (see configs/local.yaml) until hosted providers are supported."
-        )
