@@ -28,9 +28,11 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, help="this run's directory (default: data/runs/<experiment name>)")
 
 
-def open_run(args: argparse.Namespace) -> tuple[ExperimentConfig, Workspace]:
+def open_run(args: argparse.Namespace, check_providers: bool = True) -> tuple[ExperimentConfig, Workspace]:
+    """check_providers=False for what calls no model (the estimate): it then needs no API key."""
     config = load_config(args.config)
-    check_config(config)
+    if check_providers:
+        check_config(config)
     if getattr(args, "dataset", None):
         config = config.model_copy(update={"dataset": str(args.dataset)})
     elif not Path(config.dataset).is_absolute() and (PROJECT_ROOT / config.dataset).exists():

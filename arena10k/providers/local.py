@@ -98,37 +98,7 @@ class LocalProvider:
         return bool(self._llama_cpp.llama_vocab_is_eog(self._llm._model.vocab, token))
 
     def generate(self, request: GenerationRequest) -> Generation:
-        prompt = self._prompt_ids(request.messages, room=request.max_tokens)
-        logits = self._forward(prompt, 0, all_logits=False)[-1]
-        rng = np.random.default_rng(request.seed)
-        ids: list[int] = []
-        logprobs: list[float] = []
-        top: list[dict[str, float]] = []
-        stop_token = stop_logprob = None
-        for step in range(request.max_tokens):
-            dist = log_softmax(logits, request.temperature or 1.0)
-            token = int(np.argmax(dist)) if request.temperature == 0 else sample(dist, rng)
-            if self._is_end(token):
-                stop_token, stop_logprob = token, float(dist[token])
-                break
-            ids.append(token)
-            logprobs.append(float(dist[token]))
-            if request.top_logprobs:
-                best = np.argsort(-dist, kind="stable")[: request.top_logprobs]
-                top.append({self._piece(int(t)): float(dist[t]) for t in reversed(best)})
-            if step + 1 < request.max_tokens:
-                logits = self._forward([token], len(prompt) + step, all_logits=False)[-1]
-        return Generation(
-            text=self._llm.detokenize(ids).decode("utf-8", errors="replace"),
-            finish_reason="length" if stop_token is None else "stop",
-            tokenizer=self.tokenizer,
-            token_ids=ids,
-            token_texts=[self._piece(t) for t in ids],
-            token_logprobs=logprobs,
-            stop_token_id=stop_token,
-            stop_logprob=stop_logprob,
-            top_logprobs=top,
-        )
+        return self.complete(request.messages, request.max_tokens, request.temperature, request.seed, request.top_logprobs)[1]
 
     def teacher_force(self, request: TeacherForceRequest) -> TeacherForced:
         if request.response_tokenizer == self.tokenizer:
@@ -137,7 +107,7 @@ class LocalProvider:
             stop = request.stop_token_id
         else:
             response, method = self._retokenize(request)
-            stop = None if request.stop_token_id is None else self._end_of_turn
+            stop = self._end_of_turn if request.ended_turn else None
         targets = response + ([stop] if stop is not None else [])
         prompt = self._prompt_ids(request.messages, room=len(targets))
         first = self._forward(prompt, 0, all_logits=False)
@@ -154,6 +124,73 @@ class LocalProvider:
         if full[: len(prompt)] == prompt:
             return full[len(prompt):], "retokenized_boundary_verified"
         return self._llm.tokenize(request.response_text.encode(), add_bos=False, special=False), "retokenized_separately"
+
+    def complete(self, prompt: tuple[dict, ...] | str | list[int], max_tokens: int, temperature: float, seed: int,
+                 top_logprobs: int = 0, echo: bool = False) -> tuple[Generation, Generation]:
+        """A raw completion, as an OpenAI-compatible server serves one (arena10k.server): the prompt, and up to
+        max_tokens tokens sampled after it exactly as generate() samples them.
+
+        The prompt is a chat (rendered with the chat template, as generate() renders it), text (tokenized as a
+        rendered chat is, special tokens included) or token ids. The first Generation is the prompt; with echo,
+        its token_logprobs and top_logprobs are those of each token after the first, given the tokens before it,
+        at the sampling temperature. Scoring a rendered chat plus a sampled response this way gives back the
+        response's sampled log-probs bit for bit, because both come from logits of the same decode.
+        """
+        if isinstance(prompt, tuple):
+            prompt = self._render(prompt)
+        ids = self._llm.tokenize(prompt.encode(), add_bos=False, special=True) if isinstance(prompt, str) else list(prompt)
+        if not ids or not all(0 <= t < self.n_vocab for t in ids):
+            raise ItemError(f"the prompt must be 1 or more token ids in [0, {self.n_vocab})", retryable=False)
+        if len(ids) + max_tokens > self.n_ctx:
+            raise ItemError(f"prompt is {len(ids)} tokens; with {max_tokens} more it exceeds the model's context "
+                            f"of {self.n_ctx}", retryable=False)
+
+        def top(dist: np.ndarray) -> dict[str, float]:
+            return {self._piece(int(t)): float(dist[t]) for t in np.argsort(-dist, kind="stable")[:top_logprobs]}
+
+        scale = temperature or 1.0
+        prompt_logprobs: list[float] = []
+        prompt_top: list[dict[str, float]] = []
+        logits = None
+        if echo:
+            # Chunk by chunk, so a long prompt never holds more than N_BATCH rows of vocabulary-sized logits.
+            for start in range(0, len(ids), N_BATCH):
+                # The last row, after the whole prompt, is left in `logits` for the first sampled token.
+                for position, logits in enumerate(self._forward(ids[start:start + N_BATCH], start, all_logits=True), start + 1):
+                    if position < len(ids):
+                        dist = log_softmax(logits, scale)
+                        prompt_logprobs.append(float(dist[ids[position]]))
+                        if top_logprobs:
+                            prompt_top.append(top(dist))
+        elif max_tokens:
+            logits = self._forward(ids, 0, all_logits=False)[-1]
+        rng = np.random.default_rng(seed)
+        sampled: list[int] = []
+        logprobs: list[float] = []
+        sampled_top: list[dict[str, float]] = []
+        stop_token = stop_logprob = None
+        for step in range(max_tokens):
+            dist = log_softmax(logits, scale)
+            token = int(np.argmax(dist)) if temperature == 0 else sample(dist, rng)
+            if self._is_end(token):
+                stop_token, stop_logprob = token, float(dist[token])
+                break
+            sampled.append(token)
+            logprobs.append(float(dist[token]))
+            if top_logprobs:
+                sampled_top.append(top(dist))
+            if step + 1 < max_tokens:
+                logits = self._forward([token], len(ids) + step, all_logits=False)[-1]
+        prompt_generation = Generation(
+            text=self._llm.detokenize(ids, special=True).decode("utf-8", errors="replace"), finish_reason="length",
+            tokenizer=self.tokenizer, token_ids=ids, token_texts=[self._piece(t) for t in ids],
+            token_logprobs=prompt_logprobs if echo else None, stop_token_id=None, stop_logprob=None,
+            top_logprobs=prompt_top)
+        return prompt_generation, Generation(
+            text=self._llm.detokenize(sampled).decode("utf-8", errors="replace"),
+            finish_reason="length" if stop_token is None else "stop", tokenizer=self.tokenizer, token_ids=sampled,
+            token_texts=[self._piece(t) for t in sampled], token_logprobs=logprobs, stop_token_id=stop_token,
+            stop_logprob=stop_logprob, top_logprobs=sampled_top)
 
 
 def _file_digest(path: Path) -> str:

@@ -1,0 +1,3 @@
+from arena10k.server.run import main
+
+main()

@@ -1,0 +1,107 @@
+"""The pipeline through the API path, against the project's loopback OpenAI-compatible server
+(synthetic backend: fast, deterministic given the request seed, self-consistent log-probs)."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+
+import pytest
+
+from arena10k.server import FaultConfig, ServerConfig, run_in_thread
+from arena10k.server.experiment import KEY_ENV, write_loopback_config
+from conftest import PROJECT_ROOT, phase2_bytes, pipeline_command, run_pipeline
+
+KEY = "loopback-test-key"
+CHECKPOINTS = ("generate", "teacher_force", "judge", "oracle_calibration", "oracle_validation")
+
+
+def api_config(path, base_url):
+    return write_loopback_config(path, base_url, samples=12)
+
+
+@pytest.fixture
+def key(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+
+
+@pytest.fixture(scope="module")
+def clean_api_run(tmp_path_factory):
+    """A fault-free API run, the reference for the others."""
+    root = tmp_path_factory.mktemp("api_clean")
+    os.environ[KEY_ENV] = KEY
+    with run_in_thread(ServerConfig("synthetic", api_key=KEY)) as server:
+        result = run_pipeline(root / "data", config=api_config(root / "config.yaml", server.base_url))
+        assert result.returncode == 0, result.stderr[-3000:]
+        stats = server.stats()
+    return root / "data", stats
+
+
+def test_clean_api_run_is_complete_and_clone_weights_are_one(clean_api_run):
+    data_dir, _ = clean_api_run
+    info = json.loads((data_dir / "phase2" / "dataset_info.json").read_text())
+    for stage, coverage in info["coverage"].items():
+        assert coverage["done"] == coverage["expected"] > 0, stage
+    assert info["weights"]["pi_clone"]["clone_check"] == "PASS"
+    methods = {line for line in (data_dir / "checkpoints" / "teacher_force.jsonl").read_text().splitlines()}
+    assert all('"method": "api_echo_boundary_verified"' in line for line in methods)
+
+
+def test_faults_change_nothing_in_the_result(clean_api_run, tmp_path, key):
+    faults = FaultConfig(throttle_rate=0.20, error_rate=0.05, timeout_rate=0.02, timeout_seconds=3.0,
+                         malformed_rate=0.01, fault_seed=7)
+    with run_in_thread(ServerConfig("synthetic", api_key=KEY, faults=faults)) as server:
+        result = run_pipeline(tmp_path / "data", config=api_config(tmp_path / "config.yaml", server.base_url))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert phase2_bytes(tmp_path / "data") == phase2_bytes(clean_api_run[0])
+
+
+def test_killed_api_runs_resume_to_the_clean_result_without_duplicates(clean_api_run, tmp_path, key):
+    data_dir = tmp_path / "data"
+    rng = random.Random(3)
+    with run_in_thread(ServerConfig("synthetic", api_key=KEY, faults=FaultConfig(latency_ms=20))) as server:
+        config = api_config(tmp_path / "config.yaml", server.base_url)
+        kills = 0
+        for _ in range(3):
+            process = subprocess.Popen(pipeline_command(data_dir, config=config), cwd=PROJECT_ROOT,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(rng.uniform(2.0, 6.0))
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+                kills += 1
+            process.wait()
+        result = run_pipeline(data_dir, config=config)
+        assert result.returncode == 0, result.stderr[-3000:]
+        completions = server.stats()["completions"]
+    assert kills >= 1
+    assert phase2_bytes(data_dir) == phase2_bytes(clean_api_run[0])
+    for name in CHECKPOINTS:
+        keys = [json.loads(line)["key"] for line in (data_dir / "checkpoints" / f"{name}.jsonl").read_text().splitlines()]
+        assert len(keys) == len(set(keys)), f"duplicate lines in {name}"
+    # Work repeated because of the kills is at most what was in flight at each kill.
+    assert completions - clean_api_run[1]["completions"] <= kills * 8
+
+
+def test_invalid_key_stops_the_stage_at_the_first_401_and_writes_no_scores(tmp_path, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "wrong-key")
+    with run_in_thread(ServerConfig("synthetic", api_key=KEY)) as server:
+        result = run_pipeline(tmp_path / "data", config=api_config(tmp_path / "config.yaml", server.base_url))
+        requests = server.stats()["completions"]
+    assert result.returncode == 2
+    assert "rejected the API key (HTTP 401)" in result.stderr
+    assert requests <= 8  # the calls already in flight, no more
+    generated = tmp_path / "data" / "checkpoints" / "generate.jsonl"
+    assert not generated.exists() or generated.read_text() == ""
+    assert not (tmp_path / "data" / "checkpoints" / "judge.jsonl").exists()
+
+
+def test_rerun_of_finished_api_run_makes_zero_calls(clean_api_run, key, tmp_path):
+    data_dir, _ = clean_api_run
+    with run_in_thread(ServerConfig("synthetic", api_key=KEY)) as server:
+        config = api_config(tmp_path / "config.yaml", server.base_url)
+        # The fingerprint excludes how calls are made, so a new port resumes the same run.
+        result = run_pipeline(data_dir, config=config)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert server.stats()["completions"] == 0
