@@ -10,6 +10,7 @@ Resumes by default: finished work items are read from the per-stage checkpoints 
 import argparse
 import time
 
+from arena10k import estimate, liveness
 from arena10k.pipeline import (add_common_arguments, fresh_start, open_run, parse_samples, run_stage, stages_after,
                                user_errors)
 from arena10k.workspace import STAGES
@@ -24,23 +25,30 @@ def main() -> None:
     parser.add_argument("--only", choices=STAGES, help="run only this stage")
     parser.add_argument("--force", choices=STAGES, help="recompute this stage and every stage after it")
     parser.add_argument("--fresh", action="store_true", help="delete this run's data directory and start over")
+    parser.add_argument("--estimate", action="store_true",
+                        help="print the calls, tokens, cost and rate-limited time of what is left, without calling any model")
     args = parser.parse_args()
 
+    samples = parse_samples(args.samples) if args.samples else None
     with user_errors():
-        config, workspace = open_run(args)
-        if args.fresh:
-            fresh_start(workspace)
-        log_path = workspace.start_log()
-        if args.force:
-            workspace.forget(stages_after(args.force))
-        selected = [args.only] if args.only else stages_after(args.start or STAGES[0])
-        print(f"arena10k: experiment '{config.name}', data in {workspace.root}, log {log_path}")
-        timings = []
-        for stage in selected:
-            started = time.monotonic()
-            print(run_stage(stage, config, workspace, parse_samples(args.samples) if args.samples else None), flush=True)
-            timings.append(f"{stage} {time.monotonic() - started:.1f}s")
-        print("stage times: " + ", ".join(timings))
+        config, workspace = open_run(args, check_providers=not args.estimate)
+        if args.estimate:
+            print(estimate.describe(estimate.estimate_run(config, workspace, samples)))
+            return
+        with liveness.claim(workspace):  # a second pipeline on the same directory is refused
+            if args.fresh:
+                fresh_start(workspace)
+            log_path = workspace.start_log()
+            if args.force:
+                workspace.forget(stages_after(args.force))
+            selected = [args.only] if args.only else stages_after(args.start or STAGES[0])
+            print(f"arena10k: experiment '{config.name}', data in {workspace.root}, log {log_path}")
+            timings = []
+            for stage in selected:
+                started = time.monotonic()
+                print(run_stage(stage, config, workspace, samples), flush=True)
+                timings.append(f"{stage} {time.monotonic() - started:.1f}s")
+            print("stage times: " + ", ".join(timings))
 
 
 if __name__ == "__main__":

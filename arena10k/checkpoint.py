@@ -127,6 +127,11 @@ class Checkpoint:
         self.close()
 
 
+def may_try(state: ItemState | None, max_attempts: int) -> bool:
+    """The runner's rule: an item not done is tried (again) unless its error was permanent or its attempts ran out."""
+    return state is None or (state.record is None and not state.gave_up and state.attempts < max_attempts)
+
+
 def _apply(items: dict[str, ItemState], entry: dict) -> None:
     state = items.setdefault(entry["key"], ItemState())
     state.attempts += 1

@@ -30,3 +30,7 @@ class ItemError(Arena10kError):
         super().__init__(message)
         self.retryable = retryable
         self.raw = raw
+
+
+class RunInProgressError(Arena10kError):
+    """Another pipeline process works on the same data directory: two writers would interleave checkpoint lines."""

@@ -11,11 +11,11 @@ from arena10k.errors import ConfigError
 # Gemma 3 pretrained checkpoints carry no chat template; this is Gemma's documented turn format
 # (Gemma has no system role: the system text opens the first user turn).
 GEMMA_CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}"
-    "{% if message['role'] == 'system' %}{% set system = message['content'] + '\n\n' %}"
-    "{% else %}{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else 'user') + '\n' }}"
-    "{% if system is defined and loop.index == 2 %}{{ system }}{% endif %}"
-    "{{ message['content'] + '<end_of_turn>\n' }}{% endif %}{% endfor %}"
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}"
+    "{% set system = messages[0]['content'] + '\n\n' %}{% set turns = messages[1:] %}"
+    "{% else %}{% set system = '' %}{% set turns = messages %}{% endif %}"
+    "{% for message in turns %}{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else 'user') + '\n' }}"
+    "{% if loop.first %}{{ system }}{% endif %}{{ message['content'] + '<end_of_turn>\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
 )
 

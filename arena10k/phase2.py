@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,25 +19,13 @@ import numpy as np
 from arena10k.checkpoint import ItemState, dumps, load_states, write_atomic
 from arena10k.config import LOGGING_POLICY, TARGET_POLICIES, ExperimentConfig
 from arena10k.records import SCHEMA_VERSION
-from arena10k.stages import oracle_slice
+from arena10k.coverage import CHECKPOINTS, Coverage, expected_keys, tally
 from arena10k.workspace import Workspace, item_key
 
 POLICIES = (LOGGING_POLICY, *TARGET_POLICIES)
-CHECKPOINTS = ("generate", "teacher_force", "judge", "oracle_calibration", "oracle_validation")
 CLONE_ERROR_NATS = 5.0  # |log pi_clone - log P0| beyond this is an error, not noise
 EXTREME_LOG_WEIGHT = math.log(10)  # weights above 10 or below 0.1 count as extreme
 VARIANTS = {"deterministic": "score", "uncertainty": "score_mean"}
-
-
-@dataclass
-class Coverage:
-    expected: int = 0
-    done: int = 0
-    failed: Counter = field(default_factory=Counter)
-
-    @property
-    def missing(self) -> int:
-        return self.expected - self.done - sum(self.failed.values())
 
 
 @dataclass
@@ -71,7 +58,7 @@ def weight_diagnostics(policy: str, log_ratios: list[float | None]) -> WeightDia
     )
 
 
-def _clone_check(diagnostics: WeightDiagnostics, log_ratios: dict[str, float | None]) -> None:
+def clone_check(diagnostics: WeightDiagnostics, log_ratios: dict[str, float | None]) -> None:
     diagnostics.clone_errors = [
         f"{pid}: log-ratio {ratio:+.3f}" for pid, ratio in log_ratios.items() if ratio is not None and abs(ratio) > CLONE_ERROR_NATS
     ]
@@ -130,7 +117,7 @@ def build(config: ExperimentConfig, workspace: Workspace) -> dict:
                 fresh[variant][policy].append(_fresh_row(prompt, draw, draw_judgement, score_field, oracle))
 
     diagnostics = {policy: weight_diagnostics(policy, list(ratios.values())) for policy, ratios in log_ratios.items()}
-    _clone_check(diagnostics["pi_clone"], log_ratios["pi_clone"])
+    clone_check(diagnostics["pi_clone"], log_ratios["pi_clone"])
     _write(workspace, logged, fresh)
     info = {
         "schema": SCHEMA_VERSION,
@@ -151,27 +138,8 @@ def build(config: ExperimentConfig, workspace: Workspace) -> dict:
 
 
 def _coverage(config: ExperimentConfig, prompts, states) -> dict[str, Coverage]:
-    ids = [p.prompt_id for p in prompts]
-    expected = {
-        "generate": [item_key(pid, p) for pid in ids for p in POLICIES],
-        "teacher_force": [item_key(pid, p) for pid in ids for p in POLICIES],
-        "judge": [item_key(pid, p) for pid in ids for p in POLICIES],
-    }
-    if config.oracle.enabled:
-        o = config.oracle
-        expected["oracle_calibration"] = [item_key(pid, LOGGING_POLICY) for pid in oracle_slice(ids, o.calibration_fraction, o.calibration_seed)]
-        expected["oracle_validation"] = [item_key(pid, p) for pid in oracle_slice(ids, o.validation_fraction, o.validation_seed) for p in TARGET_POLICIES]
-    coverage = {}
-    for name, keys in expected.items():
-        c = Coverage(expected=len(keys))
-        for key in keys:
-            state = states[name].get(key)
-            if state is not None and state.record is not None:
-                c.done += 1
-            elif state is not None:
-                c.failed[state.last_error] += 1
-        coverage[name] = c
-    return coverage
+    keys = expected_keys(config.oracle, [p.prompt_id for p in prompts])
+    return {name: tally(expected, states[name]) for name, expected in keys.items()}
 
 
 def _logged_row(prompt, response, judgement, score_field, logprobs, oracle, states) -> dict:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from arena10k import phase2, stages
+from arena10k import liveness, phase2, report, stages
 from arena10k.config import ExperimentConfig, load_config
 from arena10k.errors import Arena10kError
 from arena10k.providers import check_config
@@ -50,16 +50,17 @@ def run_stage(stage: str, config: ExperimentConfig, workspace: Workspace, sample
     """Runs one stage and returns the lines to print about it."""
     started = time.monotonic()
     if stage == "prepare":
-        prompts, report = stages.prepare(config, workspace, samples if samples is not None else config.samples)
-        if report is None:
+        prompts, filter_report = stages.prepare(config, workspace, samples if samples is not None else config.samples)
+        if filter_report is None:
             return f"prepare: {len(prompts)} prompts already prepared in {workspace.prompts_path}"
-        counts = ", ".join(f"{k} {report[k]}" for k in ("rows", "empty", "duplicate", "non_english", "sampled_out", "kept"))
+        counts = ", ".join(f"{k} {filter_report[k]}" for k in ("rows", "empty", "duplicate", "non_english", "sampled_out", "kept"))
         return f"prepare: {counts} -> {workspace.prompts_path} ({time.monotonic() - started:.1f}s)"
     if stage == "phase2":
         info = phase2.build(config, workspace)
         table = phase2.summary_table(info)
         (workspace.phase2_dir / "summary.txt").write_text(table + "\n")
-        return f"{table}\n\nPhase 2 files: {workspace.phase2_dir}"
+        report_path = report.write_report(report.phase2_input(workspace.phase2_dir, config), workspace.phase2_dir)
+        return f"{table}\n\nPhase 2 files: {workspace.phase2_dir}\nDiagnostics: {report_path}"
     if stage == "oracle" and not config.oracle.enabled:
         return "oracle: disabled in the config"
     runs: dict[str, Callable] = {"generate": stages.generate, "teacher_force": stages.teacher_force,
@@ -87,11 +88,12 @@ def main_for_stage(stage: str, description: str) -> None:
     args = parser.parse_args()
     with user_errors():
         config, workspace = open_run(args)
-        workspace.start_log()
-        if args.force:
-            workspace.forget(stages_after(stage))
-        samples = getattr(args, "samples", None)
-        print(run_stage(stage, config, workspace, None if samples is None else parse_samples(samples)))
+        with liveness.claim(workspace):
+            workspace.start_log()
+            if args.force:
+                workspace.forget(stages_after(stage))
+            samples = getattr(args, "samples", None)
+            print(run_stage(stage, config, workspace, None if samples is None else parse_samples(samples)))
 
 
 def parse_samples(value: str) -> int | str:
@@ -110,7 +112,7 @@ def user_errors() -> Iterator[None]:
 
 
 def fresh_start(workspace: Workspace) -> None:
-    """--fresh: delete this run's data directory, and nothing else."""
-    if workspace.root.exists():
-        shutil.rmtree(workspace.root)
-    workspace.root.mkdir(parents=True)
+    """--fresh: delete everything in this run's data directory (and nothing else), but this process's claim on it."""
+    for child in workspace.root.iterdir():
+        if child != workspace.pid_path:
+            shutil.rmtree(child) if child.is_dir() else child.unlink()

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from arena10k.checkpoint import Checkpoint
+from arena10k import liveness
+from arena10k.checkpoint import Checkpoint, may_try
 from arena10k.errors import ItemError
 
 log = logging.getLogger("arena10k.runner")
@@ -50,7 +51,7 @@ def run_items(stage: str, checkpoint: Checkpoint, items: list[WorkItem], max_att
     checkpoint, one line per outcome as it arrives, so a kill loses only the calls in flight."""
     started = time.monotonic()
     report = StageReport(stage, expected=len(items) + sum((blocked or Counter()).values()), blocked=blocked or Counter())
-    todo = deque((key, work) for key, work in items if _should_try(checkpoint, key, max_attempts))
+    todo = deque((key, work) for key, work in items if may_try(checkpoint.items.get(key), max_attempts))
     done = sum(1 for key, _ in items if _succeeded(checkpoint, key))
     failed = len(items) - len(todo) - done
     with tqdm(total=len(items), initial=len(items) - len(todo), desc=f"{stage:>18}", unit="item",
@@ -71,11 +72,12 @@ def run_items(stage: str, checkpoint: Checkpoint, items: list[WorkItem], max_att
                     except ItemError as error:
                         checkpoint.append(key, error=str(error), retryable=error.retryable, raw=error.raw)
                         log.warning("%s %s attempt %d failed: %s", stage, key, checkpoint.items[key].attempts, error)
-                        if _should_try(checkpoint, key, max_attempts):
+                        if may_try(checkpoint.items.get(key), max_attempts):
                             todo.append((key, work))
                             continue
                     done += _succeeded(checkpoint, key)
                     failed += not _succeeded(checkpoint, key)
+                    liveness.record_finished(checkpoint, key)
                     bar.set_postfix(done=done, failed=failed, remaining=len(items) - done - failed, refresh=False)
                     bar.update(1)
         except BaseException:
@@ -99,8 +101,3 @@ def run_items(stage: str, checkpoint: Checkpoint, items: list[WorkItem], max_att
 def _succeeded(checkpoint: Checkpoint, key: str) -> bool:
     state = checkpoint.items.get(key)
     return state is not None and state.record is not None
-
-
-def _should_try(checkpoint: Checkpoint, key: str, max_attempts: int) -> bool:
-    state = checkpoint.items.get(key)
-    return state is None or (state.record is None and not state.gave_up and state.attempts < max_attempts)

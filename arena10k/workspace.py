@@ -26,6 +26,10 @@ def item_key(prompt_id: str, policy: str) -> str:
     return f"{prompt_id}|{policy}"
 
 
+def policy_of(key: str) -> str:
+    return key.rpartition("|")[2]
+
+
 def force_flag(stage: str) -> str:
     return f"--force {stage}"
 
@@ -46,8 +50,26 @@ class Workspace:
     def phase2_dir(self) -> Path:
         return self.root / "phase2"
 
+    @property
+    def pid_path(self) -> Path:
+        """Names the pipeline process working on this directory, while it runs (see arena10k.liveness)."""
+        return self.root / "pipeline.pid"
+
     def checkpoint_path(self, name: str) -> Path:
         return self.root / "checkpoints" / f"{name}.jsonl"
+
+    def checkpoint_meta_path(self, name: str) -> Path:
+        """The configuration fingerprint a checkpoint was written under (see arena10k.checkpoint)."""
+        path = self.checkpoint_path(name)
+        return path.with_name(path.stem + ".meta.json")
+
+    @staticmethod
+    def of_checkpoint(path: Path) -> Workspace:
+        return Workspace(path.parent.parent)
+
+    def progress_path(self, name: str) -> Path:
+        """When each item of a checkpoint finished, for status's rate and ETA; resuming never needs it."""
+        return self.root / "progress" / f"{name}.tsv"
 
     def open_checkpoint(self, name: str, stage: str, fingerprint: dict) -> Checkpoint:
         return Checkpoint(self.checkpoint_path(name), name, fingerprint, force_flag(stage))
@@ -97,8 +119,7 @@ class Workspace:
         return [path for stage in stages for path in by_stage[stage]]
 
     def _checkpoint_files(self, name: str) -> list[Path]:
-        path = self.checkpoint_path(name)
-        return [path, path.with_name(path.stem + ".meta.json")]
+        return [self.checkpoint_path(name), self.checkpoint_meta_path(name), self.progress_path(name)]
 
     def start_log(self) -> Path:
         """One log file per run, beside the data it describes."""

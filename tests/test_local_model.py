@@ -73,3 +73,8 @@ def test_prompt_beyond_the_context_fails_the_item_permanently(smollm):
     with pytest.raises(ItemError) as error:
         smollm.generate(GenerationRequest(messages("word " * 3000), 0.7, 16, seed=0))
     assert not error.value.retryable and "context" in str(error.value)
+
+
+def test_gemma_context_carries_the_system_prompt(gemma):
+    rendered = gemma._render(messages("hi", system="SYSTEM TEXT"))
+    assert rendered == "<bos><start_of_turn>user\nSYSTEM TEXT\n\nhi<end_of_turn>\n<start_of_turn>model\n"

@@ -1,0 +1,516 @@
+"""Stage 6's diagnostics report: `report.md` with PNG figures, readable on GitHub and offline.
+
+It answers what a researcher must settle before trusting off-policy estimates: can the importance weights
+be used (ESS, extreme and concentrated weights, nulls), does pi_clone reproduce P0 exactly, does the judge
+separate the policies and agree with the oracle, what failed and what the run cost.
+
+Its input has the shape of a CJE dataset, logged rows plus fresh draws per policy, so the same report reads
+our Phase 2 files and any dataset cje-eval loads, such as the shared reference sample (which has no fresh
+draws and names its policies differently). Facts about the run (coverage, retries, tokens, configuration)
+are added when there is a run. The report holds no date, so the same data gives the same files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from arena10k import figures
+from arena10k.checkpoint import load_states, may_try
+from arena10k.config import LOGGING_POLICY, ExperimentConfig
+from arena10k.coverage import CHECKPOINTS
+from arena10k.errors import Arena10kError
+from arena10k.estimate import Usage, usage, usage_table
+from arena10k.phase2 import CLONE_ERROR_NATS, VARIANTS, WeightDiagnostics, clone_check, weight_diagnostics
+from arena10k.workspace import Workspace
+
+CLONE_POLICIES = ("pi_clone", "clone")  # ours, and the name in the shared reference sample
+ESS_GOOD, ESS_WARNING = 0.30, 0.10  # cje-eval's gates (cje.diagnostics.gates)
+TOP_FRACTION = 0.01
+WEAK_CORRELATION = 0.5
+DISAGREEMENT = 0.1  # on the 0-1 judge scale, between reweighted P0 responses and the policy's own
+CONSTANT_SHARE = 0.9  # a judge giving one score to more than this share of responses does not discriminate
+UNIFORM_SD = float(np.std(np.arange(10) / 9))  # the spread of a judge that guesses a digit uniformly
+FLAT_SHARE = 0.8  # distributions with a median spread above this share of UNIFORM_SD are close to guessing
+PACKAGES = ("arena10k", "matplotlib", "llama_cpp_python", "pydantic", "datasets", "cje-eval")
+
+
+@dataclass
+class Rows:
+    """One CJE dataset: logged rows (P0's responses with every policy's log-prob) and fresh draws per policy."""
+
+    logged: list[dict]
+    fresh: dict[str, list[dict]] = field(default_factory=dict)
+
+
+@dataclass
+class RunFacts:
+    config: ExperimentConfig
+    info: dict  # dataset_info.json
+    retried: dict[str, int]  # checkpoint -> items that needed more than one attempt
+    retryable: dict[str, int]  # checkpoint -> failed items that the next run tries again
+    attempts: dict[str, int]  # checkpoint -> attempts, failed ones included
+    usage: dict[tuple[str, str], Usage]
+
+
+@dataclass
+class ReportInput:
+    title: str
+    source: str
+    base_policy: str
+    variants: dict[str, Rows]  # judge-score variant -> rows; log-probs are the same in every variant
+    run: RunFacts | None = None
+
+
+@dataclass
+class PolicyWeights:
+    ratios: dict[str, float | None]  # prompt_id -> log importance weight, None when a log-prob is null
+    diagnostics: WeightDiagnostics
+    top_share: float | None  # share of the total weight held by the heaviest TOP_FRACTION of responses
+    log_mean_weight: float | None  # log of the mean raw weight; 0 when the target covers P0's responses
+
+    @property
+    def known(self) -> np.ndarray:
+        return np.array([r for r in self.ratios.values() if r is not None], dtype=np.float64)
+
+
+# ---------------------------------------------------------------- input
+
+
+def read_cje_dataset(logged_path: Path) -> Rows:
+    """A CJE dataset file, with the fresh draws in `fresh_draws/` beside it when there are any. Judge scores
+    and oracle labels may sit at the top level (our Phase 2 files) or in `metadata` (the shared reference sample)."""
+    if not logged_path.is_file():
+        raise Arena10kError(f"{logged_path} does not exist.")
+    fresh_dir = logged_path.parent / "fresh_draws"
+    fresh = {path.name.removesuffix("_responses.jsonl"): _read_rows(path) for path in sorted(fresh_dir.glob("*_responses.jsonl"))}
+    return Rows(_read_rows(logged_path), fresh)
+
+
+def _read_rows(path: Path) -> list[dict]:
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            for name in ("judge_score", "oracle_label"):
+                row.setdefault(name, row.get("metadata", {}).get(name))
+            rows.append(row)
+    return rows
+
+
+def cje_dataset_input(path: Path) -> ReportInput:
+    return ReportInput(title=path.stem, source=str(path), base_policy="base", variants={"judge_score": read_cje_dataset(path)})
+
+
+def phase2_input(phase2_dir: Path, config: ExperimentConfig | None = None) -> ReportInput:
+    """Our Phase 2 files, with the run's checkpoints when they are beside them. Prices come from `config`
+    (default: the configuration in dataset_info.json, which records no prices)."""
+    info_path = phase2_dir / "dataset_info.json"
+    if not info_path.is_file():
+        raise Arena10kError(f"No {info_path}: run stage 6 (phase2) first.")
+    info = json.loads(info_path.read_text())
+    variants = {variant: read_cje_dataset(phase2_dir / variant / "logged.jsonl") for variant in VARIANTS}
+    config = config or ExperimentConfig.model_validate(info["config"])
+    workspace = Workspace(phase2_dir.parent)
+    run = None
+    if workspace.prompts_path.exists():
+        states = {name: load_states(workspace.checkpoint_path(name))[0] for name in CHECKPOINTS}
+        run = RunFacts(
+            config, info,
+            retried={name: sum(s.attempts > 1 and s.record is not None for s in st.values()) for name, st in states.items()},
+            retryable={name: sum(may_try(s, config.max_attempts) for s in st.values()) for name, st in states.items()},
+            attempts={name: sum(s.attempts for s in st.values()) for name, st in states.items()},
+            usage=usage(config, workspace.load_prompts(), states),
+        )
+    return ReportInput(info["experiment"], str(phase2_dir), LOGGING_POLICY, variants, run)
+
+
+# ---------------------------------------------------------------- numbers
+
+
+def policy_weights(rows: list[dict]) -> dict[str, PolicyWeights]:
+    policies = list(dict.fromkeys(p for row in rows for p in row["target_policy_logprobs"]))
+    weights = {}
+    for policy in policies:
+        ratios = {}
+        for row in rows:
+            base, target = row["base_policy_logprob"], row["target_policy_logprobs"].get(policy)
+            ratios[row["prompt_id"]] = None if base is None or target is None else target - base
+        diagnostics = weight_diagnostics(policy, list(ratios.values()))
+        if policy in CLONE_POLICIES:
+            clone_check(diagnostics, ratios)
+        weights[policy] = PolicyWeights(ratios, diagnostics, *_weight_shape(np.array([r for r in ratios.values() if r is not None])))
+    return weights
+
+
+def _weight_shape(log_ratios: np.ndarray) -> tuple[float | None, float | None]:
+    """Share of the heaviest TOP_FRACTION of weights, and the log of the mean weight."""
+    if len(log_ratios) == 0:
+        return None, None
+    scaled = np.exp(log_ratios - log_ratios.max())  # only ratios of weights matter here; this keeps them finite
+    heaviest = np.sort(scaled)[::-1][: max(1, math.ceil(TOP_FRACTION * len(scaled)))]
+    return float(heaviest.sum() / scaled.sum()), float(log_ratios.max() + np.log(scaled.mean()))
+
+
+def reweighted_scores(logged: list[dict], weights: dict[str, PolicyWeights]) -> dict[str, float]:
+    """Each target's mean judge score as P0's responses reweighted to it say (self-normalised IPS)."""
+    scores = {}
+    for policy, w in weights.items():
+        pairs = [(w.ratios[row["prompt_id"]], row["judge_score"]) for row in logged if w.ratios[row["prompt_id"]] is not None]
+        if pairs:
+            ratios, values = np.array(pairs, dtype=np.float64).T
+            scaled = np.exp(ratios - ratios.max())
+            scores[policy] = float((scaled * values).sum() / scaled.sum())
+    return scores
+
+
+def clone_verdict(policy: str, weights: PolicyWeights) -> str:
+    d = weights.diagnostics
+    known = weights.known
+    if d.clone_check == "PASS":
+        return f"PASS: all {d.n} log-ratios of {policy} to P0 are exactly 0"
+    problems = []
+    if d.n == 0:
+        problems.append("no log-ratio could be computed")
+    if d.null_logprobs:
+        problems.append(f"{d.null_logprobs} null log-probs")
+    differing = int((known != 0).sum())
+    if differing:
+        problems.append(f"{differing} of {d.n} log-ratios differ from 0 (largest |log-ratio| {np.abs(known).max():.3g} nats)")
+    if d.clone_errors:
+        problems.append(f"{len(d.clone_errors)} beyond the {CLONE_ERROR_NATS:g}-nat error threshold")
+    return f"FAIL: {'; '.join(problems)}"
+
+
+def correlations(judge: np.ndarray, oracle: np.ndarray) -> tuple[float | None, float | None]:
+    """Pearson and Spearman correlation; None when either side is constant or there are fewer than 3 pairs."""
+    if len(judge) < 3 or np.ptp(judge) == 0 or np.ptp(oracle) == 0:
+        return None, None
+    return float(np.corrcoef(judge, oracle)[0, 1]), float(np.corrcoef(_ranks(judge), _ranks(oracle))[0, 1])
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks with ties averaged (judge scores are digits, so ties are the rule)."""
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(len(values))
+    _, groups, sizes = np.unique(values, return_inverse=True, return_counts=True)
+    return (np.bincount(groups, weights=ranks) / sizes)[groups]
+
+
+def _own_scores(rows: Rows, base_policy: str) -> dict[str, np.ndarray]:
+    """Judge scores of each policy's own responses: the logged ones for P0, fresh draws for the others."""
+    return {policy: np.array([r["judge_score"] for r in policy_rows], dtype=np.float64)
+            for policy, policy_rows in {base_policy: rows.logged, **rows.fresh}.items() if policy_rows}
+
+
+def _oracle_pairs(rows: Rows, base_policy: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    pairs = {}
+    for policy, policy_rows in {base_policy: rows.logged, **rows.fresh}.items():
+        labelled = [(r["judge_score"], r["oracle_label"]) for r in policy_rows if r.get("oracle_label") is not None]
+        if labelled:
+            judge, oracle = np.array(labelled, dtype=np.float64).T
+            pairs[policy] = (judge, oracle)
+    return pairs
+
+
+def _pooled(pairs: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    return np.concatenate([j for j, _ in pairs.values()]), np.concatenate([o for _, o in pairs.values()])
+
+
+@dataclass
+class Analysis:
+    weights: dict[str, PolicyWeights]
+    scores: dict[str, dict[str, np.ndarray]]  # variant -> policy -> judge scores of its own responses
+    reweighted: dict[str, dict[str, float]]  # variant -> target -> mean score of P0's responses reweighted to it
+    oracle: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]  # variant -> policy -> (judge, oracle) on labelled rows
+    uncertainty: dict[str, tuple[np.ndarray, np.ndarray]]  # policy -> (mean, sd) of the judge's score distributions
+
+
+def analyse(report: ReportInput) -> Analysis:
+    first = next(iter(report.variants.values()))
+    weights = policy_weights(first.logged)
+    uncertainty = {}
+    for rows in report.variants.values():  # the variant whose scores are distribution means carries their variance
+        if rows.logged and rows.logged[0].get("metadata", {}).get("judge_variance") is not None:
+            uncertainty = {policy: (np.array([r["judge_score"] for r in policy_rows], dtype=np.float64),
+                                    np.sqrt([r["metadata"]["judge_variance"] for r in policy_rows]))
+                           for policy, policy_rows in {report.base_policy: rows.logged, **rows.fresh}.items() if policy_rows}
+    return Analysis(
+        weights,
+        scores={v: _own_scores(rows, report.base_policy) for v, rows in report.variants.items()},
+        reweighted={v: {p: s for p, s in reweighted_scores(rows.logged, weights).items() if p not in CLONE_POLICIES}
+                    for v, rows in report.variants.items()},
+        oracle={v: _oracle_pairs(rows, report.base_policy) for v, rows in report.variants.items()},
+        uncertainty=uncertainty,
+    )
+
+
+# ---------------------------------------------------------------- report
+
+
+def write_report(report: ReportInput, out_dir: Path) -> Path:
+    """Writes out_dir/report.md and out_dir/figures/*.png; returns the path of report.md."""
+    figure_dir = out_dir / "figures"
+    analysis = analyse(report)
+    sections = [
+        _overview(report, analysis),
+        _weights_section(report, analysis.weights, figure_dir),
+        _clone_section(analysis.weights, figure_dir),
+        _judge_section(report, analysis, figure_dir),
+        _oracle_section(analysis, figure_dir),
+        _run_section(report.run) if report.run else [],
+        _versions_section(report.run),
+    ]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(line for section in sections for line in section) + "\n", encoding="utf-8")
+    return path
+
+
+def _overview(report: ReportInput, analysis: Analysis) -> list[str]:
+    first = next(iter(report.variants.values()))
+    fresh = ", ".join(f"{p} {len(rows)}" for p, rows in first.fresh.items()) or "none"
+    labelled = len(_pooled(next(iter(analysis.oracle.values())))[0]) if next(iter(analysis.oracle.values())) else 0
+    lines = [f"# Phase 2 diagnostics: {report.title}", "",
+             f"Source: `{report.source}`. {len(first.logged)} logged responses of {report.base_policy}; "
+             f"fresh draws: {fresh}; {labelled} oracle labels.", "", "## What to act on", ""]
+    findings = _weight_findings(analysis.weights) + _judge_findings(report, analysis) + _run_findings(report.run)
+    lines += [f"- {finding}" for finding in findings] or ["- Nothing stands out: weights, clone check and judge look usable."]
+    return lines + [""]
+
+
+def _weight_findings(weights: dict[str, PolicyWeights]) -> list[str]:
+    findings = []
+    for policy, w in weights.items():
+        d = w.diagnostics
+        if policy in CLONE_POLICIES:
+            if d.clone_check != "PASS":
+                advice = ("Teacher forcing does not reproduce P0's own log-probs, so every importance weight carries an "
+                          "error of this size: fix the scoring path before trusting any off-policy estimate."
+                          if (w.known != 0).any() else "Its nulls leave those responses unchecked (see Nulls by reason).")
+                findings.append(f"**{policy} fails the clone check**: {clone_verdict(policy, w).removeprefix('FAIL: ')}. {advice}")
+            continue
+        if d.ess_fraction is not None and d.ess_fraction < ESS_WARNING:
+            findings.append(f"**{policy}: ESS {d.ess_fraction:.1%}**, {d.ess_fraction * d.n:.1f} effective of {d.n} responses; "
+                            f"the heaviest 1% hold {w.top_share:.0%} of the weight. Importance-weighted estimates for it rest "
+                            "on a handful of responses: rely on its fresh draws (direct method) or get more overlap.")
+        elif d.ess_fraction is not None and d.ess_fraction < ESS_GOOD:
+            findings.append(f"{policy}: ESS {d.ess_fraction:.1%}, below cje-eval's 30% gate: use calibrated or doubly robust estimators.")
+        # Under P0 the weights average at most 1 in expectation; a sample mean far from it is a symptom.
+        if w.log_mean_weight is not None and w.log_mean_weight < -math.log(10):
+            findings.append(f"{policy}: mean weight {_weight(w.log_mean_weight)} instead of about 1: the policy puts its "
+                            "probability on responses P0 rarely writes (poor overlap), so raw IPS is biased low; only "
+                            "self-normalised or calibrated weights are usable, and only with enough ESS.")
+        elif w.log_mean_weight is not None and w.log_mean_weight > math.log(10):
+            findings.append(f"{policy}: mean weight {_weight(w.log_mean_weight)}, though in expectation it is at most 1: "
+                            "a rare huge weight dominates the sample, or log-probs are wrong; check its heaviest responses.")
+        if d.null_logprobs:
+            findings.append(f"{policy}: {_responses(d.null_logprobs)} without a log-ratio (see Nulls by reason), left out of its estimate.")
+    return findings
+
+
+def _judge_findings(report: ReportInput, analysis: Analysis) -> list[str]:
+    findings = []
+    for variant, by_policy in analysis.scores.items():
+        everything = np.concatenate(list(by_policy.values()))
+        values, counts = np.unique(everything, return_counts=True)
+        if counts.max() > CONSTANT_SHARE * len(everything):
+            findings.append(f"The {variant} judge score is {values[counts.argmax()]:.3f} for {counts.max() / len(everything):.0%} "
+                            "of responses: it does not tell responses apart, so no estimate built on it can rank the policies.")
+        base = by_policy.get(report.base_policy)
+        for policy, score in analysis.reweighted[variant].items():
+            own = by_policy.get(policy)
+            d = analysis.weights[policy].diagnostics
+            if own is not None and abs(score - own.mean()) > DISAGREEMENT:
+                findings.append(f"{policy} ({variant}): P0's responses reweighted to it score {score:.2f}, its own responses "
+                                f"{own.mean():.2f}. The weights misjudge this policy; do not rank it by weighted estimates.")
+            elif own is None and base is not None and score > base.mean() and (d.ess_fraction or 0) < ESS_WARNING:
+                findings.append(f"{policy} ({variant}): reweighted, it scores {score:.2f}, above {report.base_policy}'s "
+                                f"{base.mean():.2f}, on {d.ess_fraction * d.n:.1f} effective responses: that ranking is noise, not evidence.")
+    if analysis.uncertainty:
+        median = float(np.median(np.concatenate([sd for _, sd in analysis.uncertainty.values()])))
+        if median > FLAT_SHARE * UNIFORM_SD:
+            findings.append(f"The judge's score distributions are nearly flat (median sd {median:.2f}; guessing uniformly "
+                            f"gives {UNIFORM_SD:.2f}): its scores carry little information about the responses.")
+    for variant, pairs in analysis.oracle.items():
+        if pairs:
+            judge, oracle = _pooled(pairs)
+            pearson, _ = correlations(judge, oracle)
+            if pearson is None or pearson < WEAK_CORRELATION:
+                findings.append(f"The {variant} judge agrees weakly with the oracle (Pearson r {_num(pearson, '.2f')} on {len(judge)} "
+                                "labels): calibrating it to the oracle carries little information.")
+    if report.run and report.run.config.models[report.run.config.oracle.model] == report.run.config.models[report.run.config.judge.model]:
+        findings.append(f"The oracle runs on the judge's own model ({report.run.config.oracle.model}): their agreement "
+                        "is not evidence that either is right.")
+    return findings
+
+
+def _run_findings(run: RunFacts | None) -> list[str]:
+    if run is None:
+        return []
+    findings = []
+    for name, c in run.info["coverage"].items():
+        failed, retryable = sum(c["failed"].values()), run.retryable.get(name, 0)
+        if failed > retryable:
+            findings.append(f"{name}: {failed - retryable} items failed for good (permanent errors or attempts used up; see Run).")
+        if retryable:
+            findings.append(f"{name}: {retryable} failed items are tried again when the pipeline resumes.")
+        if c["missing"]:
+            findings.append(f"{name}: {c['missing']} items were never tried: the response they need is missing, "
+                            "or the stage did not finish.")
+    return findings
+
+
+def _weights_section(report: ReportInput, weights: dict[str, PolicyWeights], figure_dir: Path) -> list[str]:
+    lines = ["## Importance weights", "",
+             "w = p_target(response) / p_P0(response) for each of P0's responses. "
+             f"ESS below {ESS_GOOD:.0%} fails cje-eval's gate; below {ESS_WARNING:.0%} it is critical.", "",
+             "| policy | n | nulls | ESS | effective n | mean w | median w | max w | top 1% share | outside 0.1-10 |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for policy, w in weights.items():
+        d = w.diagnostics
+        effective = None if d.ess_fraction is None else d.ess_fraction * d.n
+        lines.append(f"| {policy} | {d.n} | {d.null_logprobs} | {_pct(d.ess_fraction)} | {_num(effective, '.1f')} "
+                     f"| {_weight(w.log_mean_weight)} | {_num(d.median_weight, '.3g')} | {_weight(d.max_log_weight)} "
+                     f"| {_pct(w.top_share)} | {d.extreme_weights} |")
+    known = {policy: w.known for policy, w in weights.items() if len(w.known) and policy not in CLONE_POLICIES}
+    if known:
+        titles = {p: f"{p}\nESS {_pct(weights[p].diagnostics.ess_fraction)}, top 1% hold {_pct(weights[p].top_share)}, "
+                     f"max w {_weight(weights[p].diagnostics.max_log_weight)}" for p in known}
+        figures.log_weight_histograms(figure_dir / "log_weights.png", known, titles)
+        figures.weight_concentration(figure_dir / "weight_concentration.png", known)
+        lines += ["", "![log importance weights](figures/log_weights.png)", "",
+                  "How much of the total weight the heaviest responses carry; equal weights give the diagonal, and a curve "
+                  "hugging the top-left corner means a few responses decide the estimate.", "",
+                  "![weight concentration](figures/weight_concentration.png)"]
+    lines += ["", "### Nulls by reason", ""] + _nulls(report, weights)
+    return lines + [""]
+
+
+def _nulls(report: ReportInput, weights: dict[str, PolicyWeights]) -> list[str]:
+    first = next(iter(report.variants.values()))
+    reasons_by_prompt = {row["prompt_id"]: row.get("metadata", {}).get("null_logprob_reasons") or {} for row in first.logged}
+    counts: dict[tuple[str, str], int] = {}
+    for policy, w in weights.items():
+        for prompt_id, ratio in w.ratios.items():
+            if ratio is None:
+                reasons = reasons_by_prompt[prompt_id]
+                reason = reasons.get(policy) or reasons.get(report.base_policy) or "no reason recorded"
+                counts[(policy, reason)] = counts.get((policy, reason), 0) + 1
+    lines = ["| policy | reason | responses |", "|---|---|---:|"] + [f"| {p} | {r} | {n} |" for (p, r), n in counts.items()]
+    if not counts:
+        lines = ["Every logged response has all log-probs."]
+    if report.run and report.run.info["excluded"]:
+        lines += ["", f"Left out of Phase 2 ({len(report.run.info['excluded'])} rows, no judge score or no response):", ""]
+        lines += [f"- {what}: {why}" for what, why in report.run.info["excluded"].items()]
+    return lines
+
+
+def _clone_section(weights: dict[str, PolicyWeights], figure_dir: Path) -> list[str]:
+    clones = [p for p in weights if p in CLONE_POLICIES]
+    if not clones:
+        return ["## Clone check", "", "No clone policy in this dataset.", ""]
+    policy = clones[0]
+    verdict = clone_verdict(policy, weights[policy])
+    figures.clone_log_ratios(figure_dir / "clone_log_ratio.png", policy, weights[policy].known, verdict)
+    lines = [f"## Clone check ({policy})", "",
+             f"{policy} is P0 under another name, so each of its log-ratios must be exactly 0. **{verdict}**.", "",
+             "![clone log-ratios](figures/clone_log_ratio.png)", ""]
+    errors = weights[policy].diagnostics.clone_errors
+    if errors:
+        lines += ["Responses beyond the error threshold:", "", *[f"- {e}" for e in errors[:20]], ""]
+    return lines
+
+
+def _judge_section(report: ReportInput, analysis: Analysis, figure_dir: Path) -> list[str]:
+    figures.judge_scores(figure_dir / "judge_scores.png", analysis.scores, analysis.reweighted)
+    lines = ["## Judge scores", "",
+             f"Each policy's own responses ({report.base_policy}: its logged responses; the others: their fresh draws). "
+             "Crosses: P0's responses reweighted to the policy (self-normalised importance weights); a cross far from "
+             "its policy's box means the weights and the policy's own responses disagree.", "",
+             "![judge scores](figures/judge_scores.png)", "",
+             "| variant | policy | own responses | mean | sd | P0 reweighted |", "|---|---|---:|---:|---:|---:|"]
+    for variant, by_policy in analysis.scores.items():
+        for policy in dict.fromkeys([*by_policy, *analysis.reweighted[variant]]):
+            own = by_policy.get(policy, np.array([]))
+            mean, sd = (own.mean(), own.std()) if len(own) else (None, None)
+            lines.append(f"| {variant} | {policy} | {len(own)} | {_num(mean, '.3f')} | {_num(sd, '.3f')} "
+                         f"| {_num(analysis.reweighted[variant].get(policy), '.3f')} |")
+    if analysis.uncertainty:
+        figures.judge_uncertainty(figure_dir / "judge_uncertainty.png", analysis.uncertainty, UNIFORM_SD)
+        lines += ["", "### Judge uncertainty", "",
+                  "The spread of the judge's score distribution against its mean, per response. The dotted line is "
+                  "the spread of a judge that guesses uniformly.", "", "![judge uncertainty](figures/judge_uncertainty.png)"]
+    else:
+        lines += ["", "No judge score distributions in this dataset, so no uncertainty figure."]
+    return lines + [""]
+
+
+def _oracle_section(analysis: Analysis, figure_dir: Path) -> list[str]:
+    lines = ["## Judge against oracle", ""]
+    labelled = {variant: pairs for variant, pairs in analysis.oracle.items() if pairs}
+    if not labelled:
+        return lines + ["No oracle labels in this dataset.", ""]
+    rows = ["| variant | policy | labels | Pearson r | Spearman rho |", "|---|---|---:|---:|---:|"]
+    titles = {}
+    for variant, pairs in labelled.items():
+        for policy, (judge, oracle) in {**pairs, "all": _pooled(pairs)}.items():
+            pearson, spearman = correlations(judge, oracle)
+            rows.append(f"| {variant} | {policy} | {len(judge)} | {_num(pearson, '.2f')} | {_num(spearman, '.2f')} |")
+        titles[variant] = f"{variant}: Pearson r {_num(pearson, '.2f')}, Spearman {_num(spearman, '.2f')}, n {len(judge)}"
+    figures.judge_vs_oracle(figure_dir / "judge_vs_oracle.png", labelled, titles)
+    return lines + ["On the labelled slice (P0's calibration labels and the targets' validation labels).", "",
+                    "![judge against oracle](figures/judge_vs_oracle.png)", "", *rows, ""]
+
+
+def _run_section(run: RunFacts) -> list[str]:
+    lines = ["## Run: failures, retries, tokens and cost", "",
+             "| stage | expected | done | failed | missing | retried then done | attempts |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, c in run.info["coverage"].items():
+        lines.append(f"| {name} | {c['expected']} | {c['done']} | {sum(c['failed'].values())} | {c['missing']} "
+                     f"| {run.retried.get(name, 0)} | {run.attempts.get(name, 0)} |")
+    failures = [f"- {name}: {n} x {reason}" for name, c in run.info["coverage"].items() for reason, n in c["failed"].items()]
+    lines += ["", *(["Failed items by their latest error:", "", *failures] if failures else ["No item failed for good."])]
+    lines += ["", "Tokens used, failed attempts included (input tokens estimated as in `scripts/estimate.py`; "
+              "prices from the configuration the report was given):", "", "```", *usage_table(run.config, run.usage), "```",
+              "", "### Configuration", "", "```yaml", yaml.safe_dump(run.info["config"], sort_keys=False).rstrip(), "```", ""]
+    return lines
+
+
+def _versions_section(run: RunFacts | None) -> list[str]:
+    # numpy computed every number here: the running module's version, whatever the install metadata says.
+    lines = ["## Versions", "", f"- Python {platform.python_version()}", f"- numpy {np.__version__}"]
+    for package in PACKAGES:
+        try:
+            lines.append(f"- {package} {metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            lines.append(f"- {package}: not installed")
+    if run:
+        lines.append(f"- checkpoint and dataset_info schema {run.info['schema']}")
+    return lines
+
+
+def _responses(count: int) -> str:
+    return f"{count} response" + ("" if count == 1 else "s")
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _weight(log_value: float | None) -> str:
+    """A weight given by its log; written as a power of e when a float cannot hold it."""
+    if log_value is None:
+        return "-"
+    return f"{math.exp(log_value):.3g}" if abs(log_value) < 700 else f"e^{log_value:.0f}"

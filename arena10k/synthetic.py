@@ -1,0 +1,170 @@
+"""A synthetic run: a data directory with the files a real run writes, filled with made-up records.
+
+It lets the tools that read runs (status, estimate, report) be tested and benchmarked at any size without
+running a model. Records are the real dataclasses and checkpoints carry the real fingerprints, so every
+reader sees exactly the shapes a run produces. Log-probs and scores are drawn per policy so that weight
+and judge diagnostics have something to show: pi_clone equals P0 exactly, pi_bad is far from it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from arena10k import judging, stages
+from arena10k.checkpoint import dumps
+from arena10k.config import LOGGING_POLICY, ExperimentConfig, JudgeConfig
+from arena10k.coverage import expected_keys
+from arena10k.data import prompt_id_for
+from arena10k.liveness import progress_line
+from arena10k.records import SCHEMA_VERSION, Judgement, Prompt, Response, TeacherForced, to_dict
+from arena10k.workspace import Workspace, item_key, policy_of
+
+WORDS = "the a model answer question explain why how data city river light music code test simple about".split()
+# policy -> (mean log-ratio to P0 in nats, its spread, mean judge score)
+POLICY_SHAPES = {"p0": (0.0, 0.0, 0.6), "pi_clone": (0.0, 0.0, 0.6), "pi_cot": (-1.0, 1.5, 0.65),
+                 "pi_bigger_model": (-3.0, 3.0, 0.7), "pi_bad": (-8.0, 4.0, 0.2)}
+REASONS = {"generate": ("prompt is 5000 tokens; with 48 more it exceeds the model's context of 4096", False),
+           "teacher_force": ("prompt is 5000 tokens; with 49 more it exceeds the model's context of 4096", False)}
+JUDGE_REASON = ("the judge's reply contains no score digit", True)
+
+
+@dataclass
+class Written:
+    """What a checkpoint received, to check readers against."""
+
+    done: int = 0
+    failed: Counter = field(default_factory=Counter)  # reason -> items whose last attempt failed
+    retried: int = 0  # items that failed once and then succeeded
+    blocked: int = 0  # items not tried because the response they need failed
+
+
+def write_run(root: Path, config: ExperimentConfig, n_prompts: int, *, settled: dict[str, float] | None = None,
+              fail_every: int = 0, last_finished: float = 1.8e9, seconds_per_item: float = 1.0,
+              seed: int = 0) -> dict[str, Written]:
+    """Writes prompts and checkpoints, with a progress line per settled item.
+
+    settled: share of each checkpoint's items already settled (default: all). fail_every: every n-th settled
+    item fails for good, and every n-th + 1 fails once before succeeding. Items settle one after another,
+    `seconds_per_item` apart, the last one at `last_finished`.
+    """
+    rng = np.random.default_rng(seed)
+    workspace = Workspace(root)
+    prompts = [_prompt(i, rng) for i in range(n_prompts)]
+    workspace.save_prompts(prompts, {"synthetic": True}, {"synthetic": seed})
+    by_id = {p.prompt_id: p for p in prompts}
+    records: dict[str, dict[str, dict]] = {}  # checkpoint -> key -> record, for the stages that build on them
+    written: dict[str, Written] = {}
+    finished: list[tuple[str, str]] = []  # (checkpoint, key) in the order a run settles them
+    for name, keys in expected_keys(config.oracle, list(by_id)).items():
+        keys = keys[: round((settled or {}).get(name, 1.0) * len(keys))]
+        if not keys:
+            continue  # a stage that has not started has no files
+        lines, counts = [], Written()
+        done = records[name] = {}
+        for index, key in enumerate(keys):
+            prompt, policy = by_id[key.partition("|")[0]], policy_of(key)
+            needs = item_key(prompt.prompt_id, LOGGING_POLICY) if name == "teacher_force" else key
+            if name != "generate" and needs not in records["generate"]:
+                counts.blocked += 1  # a real run never tries an item whose response failed
+                continue
+            failing = fail_every and index % fail_every == fail_every - 1
+            retried = fail_every and index % fail_every == 0 and index > 0
+            reason, retryable = REASONS.get(name, JUDGE_REASON)
+            if failing:
+                attempts = 1 if not retryable else config.max_attempts
+                lines += [_failed_line(key, reason, retryable)] * attempts
+                counts.failed[reason] += 1
+            else:
+                done[key] = _record(name, config, prompt, policy, records, rng)
+                lines += ([_failed_line(key, reason, retryable)] if retried else []) + [_ok_line(key, done[key])]
+                counts.done += 1
+                counts.retried += bool(retried)
+            finished.append((name, key))
+        _write_checkpoint(workspace, name, config, lines)
+        written[name] = counts
+    _write_progress(workspace, finished, last_finished, seconds_per_item)
+    return written
+
+
+def _write_progress(workspace: Workspace, finished: list[tuple[str, str]], last: float, seconds_per_item: float) -> None:
+    lines: dict[str, list[str]] = {}
+    for index, (name, key) in enumerate(finished):
+        lines.setdefault(name, []).append(progress_line(key, last - (len(finished) - 1 - index) * seconds_per_item))
+    for name, progress in lines.items():
+        workspace.progress_path(name).parent.mkdir(parents=True, exist_ok=True)
+        workspace.progress_path(name).write_text("".join(progress))
+
+
+def _prompt(index: int, rng: np.random.Generator) -> Prompt:
+    text = f"Question {index}: " + " ".join(rng.choice(WORDS, size=int(rng.integers(3, 120))))
+    return Prompt(prompt_id_for(text), text, f"synthetic-{index}")
+
+
+def _ok_line(key: str, record: dict) -> str:
+    return dumps({"schema": SCHEMA_VERSION, "key": key, "status": "ok", "record": record}) + "\n"
+
+
+def _failed_line(key: str, error: str, retryable: bool) -> str:
+    return dumps({"schema": SCHEMA_VERSION, "key": key, "status": "failed", "error": error, "retryable": retryable, "raw": None}) + "\n"
+
+
+def _write_checkpoint(workspace: Workspace, name: str, config: ExperimentConfig, lines: list[str]) -> None:
+    # The stages' own fingerprints, so the meta files are the ones a real run of this config writes.
+    fingerprints = {
+        "generate": stages._generation_fingerprint(config),
+        "teacher_force": {"generation": stages._generation_fingerprint(config)},
+        "judge": stages._judge_fingerprint(config, config.judge, judging.JUDGE_RUBRIC),
+    }
+    oracle = stages._judge_fingerprint(config, config.oracle, judging.ORACLE_RUBRIC)
+    with workspace.open_checkpoint(name, name, fingerprints.get(name, oracle)):
+        pass  # writes the meta file
+    with open(workspace.checkpoint_path(name), "a", encoding="utf-8") as f:
+        f.write("".join(lines))
+
+
+def _record(name: str, config: ExperimentConfig, prompt: Prompt, policy: str, records: dict[str, dict[str, dict]],
+            rng: np.random.Generator) -> dict:
+    if name == "generate":
+        return _response(config, prompt, policy, rng)
+    if name == "teacher_force":
+        base = records["teacher_force"].get(item_key(prompt.prompt_id, LOGGING_POLICY))
+        logprob = -abs(float(rng.normal(60, 20))) if base is None else base["logprob"]
+        shift, spread, _ = POLICY_SHAPES[policy]
+        if spread:
+            logprob = min(logprob + float(rng.normal(shift, spread)), -1e-3)
+        return to_dict(TeacherForced(prompt.prompt_id, policy, logprob, config.policies[LOGGING_POLICY].max_tokens, "sampled_token_ids"))
+    if name == "judge":
+        quality = rng.normal(POLICY_SHAPES[policy][2], 0.15)
+        return _judgement(config, config.judge, prompt, policy, float(quality), rng)
+    judged = records["judge"].get(item_key(prompt.prompt_id, policy))  # the oracle agrees with the judge, roughly
+    quality = rng.normal(POLICY_SHAPES[policy][2] if judged is None else judged["score_mean"], 0.1)
+    return _judgement(config, config.oracle, prompt, policy, float(quality), rng)
+
+
+def _response(config: ExperimentConfig, prompt: Prompt, policy: str, rng: np.random.Generator) -> dict:
+    settings = config.policies[policy]
+    n_tokens = int(rng.integers(settings.max_tokens // 2, settings.max_tokens + 1))
+    stopped = n_tokens < settings.max_tokens
+    return to_dict(Response(
+        prompt_id=prompt.prompt_id, policy=policy, text=" ".join(rng.choice(WORDS, size=n_tokens)),
+        finish_reason="stop" if stopped else "length", n_tokens=n_tokens, model=config.models[settings.model].model,
+        temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_tokens,
+        seed=int(rng.integers(2**32)), tokenizer="synthetic", token_ids=rng.integers(0, 49152, n_tokens).tolist(),
+        token_logprobs=(-rng.exponential(1.0, n_tokens)).tolist(), stop_token_id=2 if stopped else None,
+        stop_logprob=-0.1 if stopped else None,
+    ))
+
+
+def _judgement(config: ExperimentConfig, judge: JudgeConfig, prompt: Prompt, policy: str, quality: float,
+               rng: np.random.Generator) -> dict:
+    quality = min(max(quality, 0.0), 1.0)
+    digit = round(quality * judging.SCALE)
+    return to_dict(Judgement(
+        prompt.prompt_id, policy, config.models[judge.model].model, str(digit), score=digit / judging.SCALE,
+        score_mean=quality, score_variance=float(rng.uniform(0.001, 0.05)), probability_mass=float(rng.uniform(0.8, 1)),
+        method="greedy_digit+top_logprobs_distribution",
+    ))

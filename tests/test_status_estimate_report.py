@@ -1,0 +1,233 @@
+"""Status, estimate and report on synthetic runs (no model is loaded) and on the shared reference CJE sample."""
+
+import json
+import math
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import PHASE2_FILES, TINY_CONFIG, phase2_bytes
+
+from arena10k import coverage, estimate, liveness, phase2, report, status, synthetic
+from arena10k.checkpoint import Checkpoint, load_states
+from arena10k.config import ExperimentConfig, load_config
+from arena10k.errors import RunInProgressError
+from arena10k.workspace import Workspace
+
+LAST_FINISHED = 1.8e9  # synthetic runs settle one item per second up to this time
+
+
+@pytest.fixture
+def config():
+    return load_config(TINY_CONFIG)
+
+
+@pytest.fixture
+def hosted_config(config):
+    """The tiny config on priced, rate-limited hosted models: token counts are characters / 4, no model file needed."""
+    raw = config.model_dump()
+    raw["models"] = {
+        "small": {"provider": "fireworks", "model": "small-model", "api_key_env": "NONE",
+                  "price_per_million_input_tokens": 1.0, "price_per_million_output_tokens": 2.0, "requests_per_minute": 60},
+        "large": {"provider": "openai", "model": "large-model", "api_key_env": "NONE",
+                  "price_per_million_input_tokens": 5.0, "price_per_million_output_tokens": 10.0, "tokens_per_minute": 1000},
+    }
+    for name, policy in raw["policies"].items():
+        policy["model"] = "large" if name == "pi_bigger_model" else "small"
+    raw["judge"]["model"] = "small"
+    raw["oracle"]["model"] = "large"
+    return ExperimentConfig.model_validate(raw)
+
+
+def test_synthetic_lines_are_the_lines_checkpoint_append_writes(tmp_path):
+    # The synthetic runs below stand in for real ones only if their lines are byte for byte the real format.
+    with Checkpoint(tmp_path / "stage.jsonl", "stage", {}, "--force stage") as checkpoint:
+        checkpoint.append("p|p0", record={"b": 1, "a": [1.5, "x"]})
+        checkpoint.append("p|pi_bad", error="no digit", retryable=True)
+    expected = synthetic._ok_line("p|p0", {"b": 1, "a": [1.5, "x"]}) + synthetic._failed_line("p|pi_bad", "no digit", True)
+    assert (tmp_path / "stage.jsonl").read_text() == expected
+
+
+def test_settled_states_agree_with_load_states_including_a_torn_line_and_escaped_key(tmp_path, config):
+    synthetic.write_run(tmp_path, config, 12, fail_every=5)
+    path = Workspace(tmp_path).checkpoint_path("judge")
+
+    def assert_same(fast, full):
+        assert set(fast) == set(full)
+        for key, state in full.items():
+            assert (fast[key].record is not None, fast[key].gave_up) == (state.record is not None, state.gave_up), key
+            assert state.record is not None or fast[key].last_error == state.last_error, key
+
+    assert_same(status.settled_states(path), load_states(path)[0])
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(synthetic._ok_line("torn|p0", {"x": 1})[:30])  # a crash in the middle of a write
+    assert_same(status.settled_states(path), load_states(path)[0])
+    with open(path, "w", encoding="utf-8") as f:  # a line the regular expressions do not read: the JSON parser does
+        f.write(synthetic._ok_line('odd"key|p0', {"x": 1}) + synthetic._failed_line("a|p0", "no digit", True))
+    assert_same(status.settled_states(path), load_states(path)[0])
+    assert 'odd"key|p0' in status.settled_states(path)
+
+
+def test_status_of_a_run_in_progress_counts_failures_and_measures_rate(tmp_path, config):
+    written = synthetic.write_run(tmp_path, config, 12, fail_every=7, last_finished=LAST_FINISHED,
+                                  settled={"judge": 0.5, "oracle_calibration": 0, "oracle_validation": 0})
+    workspace = Workspace(tmp_path)
+    with open(workspace.checkpoint_path("judge"), "a") as f:
+        f.write('{"key": "half-written')
+    with liveness.claim(workspace):  # this test process plays the pipeline
+        run = status.collect(workspace, config, now=LAST_FINISHED + 2)
+        text = status.describe(run)
+    stages = {stage.name: stage for stage in run.stages}
+    assert run.claim.alive and f"running, pid {run.claim.pid}" in text
+    for name, counts in written.items():
+        total = stages[name].total.coverage
+        assert (total.done, dict(total.failed)) == (counts.done, dict(counts.failed)), name
+        assert sum(p.coverage.done for p in stages[name].by_policy.values()) == total.done
+    assert stages["judge"].total.coverage.expected == 60 and stages["oracle_calibration"].total.coverage.done == 0
+    judge, settled = stages["judge"].total, len(liveness.finish_times(workspace, "judge"))
+    # One item a second, the last one 2 s before "now": the window runs from the first item to now.
+    assert judge.rate_per_minute == pytest.approx(60 * (settled - 1) / (settled + 1))
+    assert judge.eta_seconds == pytest.approx(60 * judge.coverage.missing / judge.rate_per_minute)
+    assert stages["generate"].total.eta_seconds is None  # not the stage being worked on
+    assert "generate: 8 x prompt is 5000 tokens" in text and "(p0 2, pi_clone 2, pi_cot 1, pi_bigger_model 2, pi_bad 1)" in text
+
+
+def test_status_of_a_finished_run_and_of_a_killed_pipeline(tmp_path, config):
+    synthetic.write_run(tmp_path, config, 6, last_finished=LAST_FINISHED)
+    workspace = Workspace(tmp_path)
+    run = status.collect(workspace, config, now=LAST_FINISHED + 3600)
+    assert all(stage.total.coverage.missing == 0 and stage.total.eta_seconds is None for stage in run.stages)
+    assert "not running (no pipeline.pid)" in status.describe(run)
+    assert run.stages[-1].total.last_finished == pytest.approx(LAST_FINISHED)
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    workspace.pid_path.write_text(json.dumps({"pid": int(ended.stdout), "host": liveness.socket.gethostname(),
+                                              "started": LAST_FINISHED - 100, "process_start": None}))
+    assert "ended without cleaning up" in status.describe(status.collect(workspace, config))
+    with liveness.claim(workspace):  # a stale claim does not stop the next run
+        assert liveness.is_alive(workspace)
+    assert not workspace.pid_path.exists()
+
+
+def test_a_second_pipeline_on_the_same_directory_is_refused(tmp_path):
+    workspace = Workspace(tmp_path)
+    other = subprocess.Popen([sys.executable, "-c",
+                              "import sys, time; from arena10k import liveness; from pathlib import Path; from arena10k.workspace import Workspace\n"
+                              "with liveness.claim(Workspace(Path(sys.argv[1]))):\n    print('claimed', flush=True); time.sleep(60)",
+                              str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "claimed"
+        with pytest.raises(RunInProgressError, match=f"process {other.pid}"):
+            with liveness.claim(workspace):
+                pass
+        assert liveness.read_claim(workspace).pid == other.pid  # the refusal left the other claim alone
+    finally:
+        other.kill()
+        other.wait()
+    assert not liveness.is_alive(workspace)
+    workspace.pid_path.write_text(json.dumps({"pid": 1, "host": "another-host", "started": 0, "process_start": None}))
+    with pytest.raises(RunInProgressError, match="cannot be checked from here"):
+        with liveness.claim(workspace):
+            pass
+
+
+def test_coverage_counts_what_stage_6_counts(tmp_path, config):
+    synthetic.write_run(tmp_path, config, 12, fail_every=5, settled={"judge": 0.7, "oracle_validation": 0})
+    workspace = Workspace(tmp_path)
+    info = phase2.build(config, workspace)
+    keys = coverage.expected_keys(config.oracle, [p.prompt_id for p in workspace.load_prompts()])
+    counted = {name: coverage.tally(k, load_states(workspace.checkpoint_path(name))[0]) for name, k in keys.items()}
+    assert info["coverage"] == {name: {"expected": c.expected, "done": c.done, "failed": dict(c.failed), "missing": c.missing}
+                                for name, c in counted.items()}
+
+
+def test_progress_lines_round_trip_and_a_half_written_line_is_skipped(tmp_path, config):
+    workspace = Workspace(tmp_path)
+    with workspace.open_checkpoint("judge", "judge", {}) as checkpoint:
+        liveness.record_finished(checkpoint, "a|p0")
+        liveness.record_finished(checkpoint, "a|pi_cot")
+    with open(workspace.progress_path("judge"), "a") as f:
+        f.write("1800000000.5\tb|p")
+    times = liveness.finish_times(workspace, "judge")
+    assert [key for _, key in times] == ["a|p0", "a|pi_cot"] and abs(times[-1][0] - time.time()) < 60
+    workspace.forget(["judge"])
+    assert not workspace.progress_path("judge").exists()  # --force judge also forgets when its items finished
+
+
+def test_estimate_counts_only_what_is_left(tmp_path, hosted_config):
+    config = hosted_config
+    synthetic.write_run(tmp_path, config, 8, settled={"teacher_force": 0.5, "judge": 0, "oracle_calibration": 0, "oracle_validation": 0})
+    workspace = Workspace(tmp_path)
+    prompts = workspace.load_prompts()
+    result = estimate.estimate_run(config, workspace)
+    generated = {k: s.record for k, s in load_states(workspace.checkpoint_path("generate"))[0].items()}
+
+    def tokens(text):
+        return math.ceil(len(text) / estimate.CHARS_PER_TOKEN)
+
+    def chat(messages):
+        return sum(tokens(m["content"]) + estimate.TOKENS_PER_MESSAGE for m in messages) + estimate.TOKENS_TO_OPEN_REPLY
+
+    assert result.items == 8 * 15 + 8 + 2 * 4 and result.done == 40 + 20
+    assert ("generate", "small") not in result.usage  # all generated
+    judge = result.usage[("judge", "small")]
+    overhead = chat(synthetic.judging.judge_messages(synthetic.judging.JUDGE_RUBRIC, "", ""))
+    expected_input = sum(overhead + tokens(p.prompt) + r["n_tokens"] + (r["finish_reason"] == "stop")
+                         for p in prompts for key, r in generated.items() if key.startswith(p.prompt_id + "|"))
+    assert (judge.calls, judge.input_tokens, judge.output_tokens) == (40, expected_input, 40 * config.judge.max_tokens)
+    assert result.usage[("teacher_force", "small")].calls + result.usage[("teacher_force", "large")].calls == 20
+    oracle = result.usage[("oracle_validation", "large")]
+    assert oracle.cost(config.models["large"]) == pytest.approx((5 * oracle.input_tokens + 10 * oracle.output_tokens) / 1e6)
+    assert estimate.rate_limited_minutes(config.models["small"], judge) == pytest.approx(40 / 60)
+    text = estimate.describe(result)
+    assert "total fireworks" in text and "total openai" in text and "60 already done" in text
+
+
+def test_estimate_of_a_finished_run_and_the_usage_of_its_attempts(tmp_path, hosted_config):
+    written = synthetic.write_run(tmp_path, hosted_config, 6, fail_every=4)
+    workspace = Workspace(tmp_path)
+    assert "Nothing is left to run" in estimate.describe(estimate.estimate_run(hosted_config, workspace))
+    states = {name: load_states(workspace.checkpoint_path(name))[0] for name in written}
+    used = estimate.usage(hosted_config, workspace.load_prompts(), states)
+    for name in written:
+        assert sum(u.calls for (stage, _), u in used.items() if stage == name) == sum(s.attempts for s in states[name].values())
+
+
+def test_report_on_the_shared_reference_sample(shared_arena, tmp_path):
+    dataset = shared_arena / "reference_cje_dataset_sample.jsonl"
+    path = report.write_report(report.cje_dataset_input(dataset), tmp_path / "a")
+    text = path.read_text()
+    assert "**clone fails the clone check**: 66 of 200 log-ratios differ from 0" in text
+    assert "**unhelpful: ESS 0.6%**" in text and "| parallel_universe_prompt | no reason recorded | 1 |" in text
+    assert "unhelpful (judge_score): reweighted, it scores 0.86, above base's 0.77" in text
+    figures = sorted(p.name for p in (tmp_path / "a" / "figures").iterdir())
+    assert figures == ["clone_log_ratio.png", "judge_scores.png", "judge_vs_oracle.png", "log_weights.png", "weight_concentration.png"]
+    report.write_report(report.cje_dataset_input(dataset), tmp_path / "b")
+    for name in [*(f"figures/{f}" for f in figures), "report.md"]:  # same data, same bytes
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    assert (tmp_path / "a" / "figures" / figures[0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_on_a_phase2_directory_leaves_the_phase2_files_alone(tmp_path, config):
+    synthetic.write_run(tmp_path, config, 24, fail_every=9)
+    workspace = Workspace(tmp_path)
+    phase2.build(config, workspace)
+    before = phase2_bytes(tmp_path)
+    path = report.write_report(report.phase2_input(workspace.phase2_dir, config), workspace.phase2_dir)
+    assert phase2_bytes(tmp_path) == before and not any(name in str(path) for name in PHASE2_FILES)
+    text = path.read_text()
+    assert "**pi_clone fails the clone check**: 3 null log-probs. Its nulls leave those responses unchecked" in text
+    assert "| pi_clone | teacher_force: prompt is 5000 tokens; with 49 more it exceeds" in text
+    assert "generate: 13 items failed for good" in text and "judge: 13 items were never tried" in text
+    assert "| teacher_force | 120 |" in text and "Failed items by their latest error:" in text
+    assert "Left out of Phase 2" in text and "### Judge uncertainty" in text and "## Versions" in text
+    assert (workspace.phase2_dir / "figures" / "judge_uncertainty.png").is_file()
+
+
+def test_report_says_pass_when_the_clone_matches_exactly(tmp_path, config):
+    synthetic.write_run(tmp_path, config, 12)
+    workspace = Workspace(tmp_path)
+    phase2.build(config, workspace)
+    text = report.write_report(report.phase2_input(workspace.phase2_dir, config), workspace.phase2_dir).read_text()
+    assert "**PASS: all 12 log-ratios of pi_clone to P0 are exactly 0**" in text and "fails the clone check" not in text
