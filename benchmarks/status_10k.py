@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from arena10k import liveness, status, synthetic
+from arena10k import liveness, status, synthetic_run
 from arena10k.config import load_config
 from arena10k.pipeline import DEFAULT_CONFIG
 from arena10k.workspace import Workspace
@@ -45,7 +45,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as directory:
         root = Path(directory)
         started = time.perf_counter()
-        synthetic.write_run(root, config, args.prompts, last_finished=time.time(),
+        synthetic_run.write_run(root, config, args.prompts, last_finished=time.time(),
                             settled={"judge": 0.5, "oracle_calibration": 0, "oracle_validation": 0})
         workspace = Workspace(root)
         sizes = {p.name: p.stat().st_size / 1e6 for p in sorted((root / "checkpoints").glob("*.jsonl"))}

@@ -9,7 +9,7 @@ import time
 import pytest
 from conftest import PHASE2_FILES, TINY_CONFIG, phase2_bytes
 
-from arena10k import coverage, estimate, liveness, phase2, report, status, synthetic
+from arena10k import coverage, estimate, liveness, phase2, report, status, synthetic_run
 from arena10k.checkpoint import Checkpoint, load_states
 from arena10k.config import ExperimentConfig, load_config
 from arena10k.errors import RunInProgressError
@@ -45,12 +45,12 @@ def test_synthetic_lines_are_the_lines_checkpoint_append_writes(tmp_path):
     with Checkpoint(tmp_path / "stage.jsonl", "stage", {}, "--force stage") as checkpoint:
         checkpoint.append("p|p0", record={"b": 1, "a": [1.5, "x"]})
         checkpoint.append("p|pi_bad", error="no digit", retryable=True)
-    expected = synthetic._ok_line("p|p0", {"b": 1, "a": [1.5, "x"]}) + synthetic._failed_line("p|pi_bad", "no digit", True)
+    expected = synthetic_run._ok_line("p|p0", {"b": 1, "a": [1.5, "x"]}) + synthetic_run._failed_line("p|pi_bad", "no digit", True)
     assert (tmp_path / "stage.jsonl").read_text() == expected
 
 
 def test_settled_states_agree_with_load_states_including_a_torn_line_and_escaped_key(tmp_path, config):
-    synthetic.write_run(tmp_path, config, 12, fail_every=5)
+    synthetic_run.write_run(tmp_path, config, 12, fail_every=5)
     path = Workspace(tmp_path).checkpoint_path("judge")
 
     def assert_same(fast, full):
@@ -61,16 +61,16 @@ def test_settled_states_agree_with_load_states_including_a_torn_line_and_escaped
 
     assert_same(status.settled_states(path), load_states(path)[0])
     with open(path, "a", encoding="utf-8") as f:
-        f.write(synthetic._ok_line("torn|p0", {"x": 1})[:30])  # a crash in the middle of a write
+        f.write(synthetic_run._ok_line("torn|p0", {"x": 1})[:30])  # a crash in the middle of a write
     assert_same(status.settled_states(path), load_states(path)[0])
     with open(path, "w", encoding="utf-8") as f:  # a line the regular expressions do not read: the JSON parser does
-        f.write(synthetic._ok_line('odd"key|p0', {"x": 1}) + synthetic._failed_line("a|p0", "no digit", True))
+        f.write(synthetic_run._ok_line('odd"key|p0', {"x": 1}) + synthetic_run._failed_line("a|p0", "no digit", True))
     assert_same(status.settled_states(path), load_states(path)[0])
     assert 'odd"key|p0' in status.settled_states(path)
 
 
 def test_status_of_a_run_in_progress_counts_failures_and_measures_rate(tmp_path, config):
-    written = synthetic.write_run(tmp_path, config, 12, fail_every=7, last_finished=LAST_FINISHED,
+    written = synthetic_run.write_run(tmp_path, config, 12, fail_every=7, last_finished=LAST_FINISHED,
                                   settled={"judge": 0.5, "oracle_calibration": 0, "oracle_validation": 0})
     workspace = Workspace(tmp_path)
     with open(workspace.checkpoint_path("judge"), "a") as f:
@@ -94,7 +94,7 @@ def test_status_of_a_run_in_progress_counts_failures_and_measures_rate(tmp_path,
 
 
 def test_status_of_a_finished_run_and_of_a_killed_pipeline(tmp_path, config):
-    synthetic.write_run(tmp_path, config, 6, last_finished=LAST_FINISHED)
+    synthetic_run.write_run(tmp_path, config, 6, last_finished=LAST_FINISHED)
     workspace = Workspace(tmp_path)
     run = status.collect(workspace, config, now=LAST_FINISHED + 3600)
     assert all(stage.total.coverage.missing == 0 and stage.total.eta_seconds is None for stage in run.stages)
@@ -133,7 +133,7 @@ def test_a_second_pipeline_on_the_same_directory_is_refused(tmp_path):
 
 
 def test_coverage_counts_what_stage_6_counts(tmp_path, config):
-    synthetic.write_run(tmp_path, config, 12, fail_every=5, settled={"judge": 0.7, "oracle_validation": 0})
+    synthetic_run.write_run(tmp_path, config, 12, fail_every=5, settled={"judge": 0.7, "oracle_validation": 0})
     workspace = Workspace(tmp_path)
     info = phase2.build(config, workspace)
     keys = coverage.expected_keys(config.oracle, [p.prompt_id for p in workspace.load_prompts()])
@@ -157,7 +157,7 @@ def test_progress_lines_round_trip_and_a_half_written_line_is_skipped(tmp_path, 
 
 def test_estimate_counts_only_what_is_left(tmp_path, hosted_config):
     config = hosted_config
-    synthetic.write_run(tmp_path, config, 8, settled={"teacher_force": 0.5, "judge": 0, "oracle_calibration": 0, "oracle_validation": 0})
+    synthetic_run.write_run(tmp_path, config, 8, settled={"teacher_force": 0.5, "judge": 0, "oracle_calibration": 0, "oracle_validation": 0})
     workspace = Workspace(tmp_path)
     prompts = workspace.load_prompts()
     result = estimate.estimate_run(config, workspace)
@@ -172,7 +172,7 @@ def test_estimate_counts_only_what_is_left(tmp_path, hosted_config):
     assert result.items == 8 * 15 + 8 + 2 * 4 and result.done == 40 + 20
     assert ("generate", "small") not in result.usage  # all generated
     judge = result.usage[("judge", "small")]
-    overhead = chat(synthetic.judging.judge_messages(synthetic.judging.JUDGE_RUBRIC, "", ""))
+    overhead = chat(synthetic_run.judging.judge_messages(synthetic_run.judging.JUDGE_RUBRIC, "", ""))
     expected_input = sum(overhead + tokens(p.prompt) + r["n_tokens"] + (r["finish_reason"] == "stop")
                          for p in prompts for key, r in generated.items() if key.startswith(p.prompt_id + "|"))
     assert (judge.calls, judge.input_tokens, judge.output_tokens) == (40, expected_input, 40 * config.judge.max_tokens)
@@ -185,7 +185,7 @@ def test_estimate_counts_only_what_is_left(tmp_path, hosted_config):
 
 
 def test_estimate_of_a_finished_run_and_the_usage_of_its_attempts(tmp_path, hosted_config):
-    written = synthetic.write_run(tmp_path, hosted_config, 6, fail_every=4)
+    written = synthetic_run.write_run(tmp_path, hosted_config, 6, fail_every=4)
     workspace = Workspace(tmp_path)
     assert "Nothing is left to run" in estimate.describe(estimate.estimate_run(hosted_config, workspace))
     states = {name: load_states(workspace.checkpoint_path(name))[0] for name in written}
@@ -210,7 +210,7 @@ def test_report_on_the_shared_reference_sample(shared_arena, tmp_path):
 
 
 def test_report_on_a_phase2_directory_leaves_the_phase2_files_alone(tmp_path, config):
-    synthetic.write_run(tmp_path, config, 24, fail_every=9)
+    synthetic_run.write_run(tmp_path, config, 24, fail_every=9)
     workspace = Workspace(tmp_path)
     phase2.build(config, workspace)
     before = phase2_bytes(tmp_path)
@@ -226,7 +226,7 @@ def test_report_on_a_phase2_directory_leaves_the_phase2_files_alone(tmp_path, co
 
 
 def test_report_says_pass_when_the_clone_matches_exactly(tmp_path, config):
-    synthetic.write_run(tmp_path, config, 12)
+    synthetic_run.write_run(tmp_path, config, 12)
     workspace = Workspace(tmp_path)
     phase2.build(config, workspace)
     text = report.write_report(report.phase2_input(workspace.phase2_dir, config), workspace.phase2_dir).read_text()
