@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from arena10k import liveness, phase2, report, stages
+from arena10k import liveness, phase2, stages
 from arena10k.config import ExperimentConfig, load_config
 from arena10k.errors import Arena10kError
 from arena10k.providers import check_config
@@ -59,6 +59,8 @@ def run_stage(stage: str, config: ExperimentConfig, workspace: Workspace, sample
         info = phase2.build(config, workspace)
         table = phase2.summary_table(info)
         (workspace.phase2_dir / "summary.txt").write_text(table + "\n")
+        from arena10k import report  # matplotlib takes a second to import; only stage 6 needs it
+
         report_path = report.write_report(report.phase2_input(workspace.phase2_dir, config), workspace.phase2_dir)
         return f"{table}\n\nPhase 2 files: {workspace.phase2_dir}\nDiagnostics: {report_path}"
     if stage == "oracle" and not config.oracle.enabled:
