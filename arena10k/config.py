@@ -16,7 +16,6 @@ from arena10k.errors import ConfigError
 
 LOGGING_POLICY = "p0"
 TARGET_POLICIES = ("pi_clone", "pi_cot", "pi_bigger_model", "pi_bad")
-HOSTED_PROVIDERS = ("openai", "fireworks")
 
 
 class _Strict(BaseModel):

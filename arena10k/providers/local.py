@@ -75,11 +75,14 @@ class LocalProvider:
 
     def _prompt_ids(self, messages: tuple[dict, ...], room: int) -> list[int]:
         ids = self._llm.tokenize(self._render(messages).encode(), add_bos=False, special=True)
+        self._check_room(ids, room)
+        return ids
+
+    def _check_room(self, ids: list[int], room: int) -> None:
         if len(ids) + room > self.n_ctx:
             raise ItemError(
                 f"prompt is {len(ids)} tokens; with {room} more it exceeds the model's context of {self.n_ctx} "
                 "(raise n_ctx in the model config)", retryable=False)
-        return ids
 
     def _forward(self, tokens: list[int], n_past: int, all_logits: bool) -> np.ndarray:
         """Decode tokens after n_past cached ones; logits of every token, or only of the last."""
@@ -141,9 +144,7 @@ class LocalProvider:
         ids = self._llm.tokenize(prompt.encode(), add_bos=False, special=True) if isinstance(prompt, str) else list(prompt)
         if not ids or not all(0 <= t < self.n_vocab for t in ids):
             raise ItemError(f"the prompt must be 1 or more token ids in [0, {self.n_vocab})", retryable=False)
-        if len(ids) + max_tokens > self.n_ctx:
-            raise ItemError(f"prompt is {len(ids)} tokens; with {max_tokens} more it exceeds the model's context "
-                            f"of {self.n_ctx}", retryable=False)
+        self._check_room(ids, max_tokens)
 
         def top(dist: np.ndarray) -> dict[str, float]:
             return {self._piece(int(t)): float(dist[t]) for t in np.argsort(-dist, kind="stable")[:top_logprobs]}
