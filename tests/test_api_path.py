@@ -45,6 +45,8 @@ def test_clean_api_run_is_complete_and_clone_weights_are_one(clean_api_run):
     for stage, coverage in info["coverage"].items():
         assert coverage["done"] == coverage["expected"] > 0, stage
     assert info["weights"]["pi_clone"]["clone_check"] == "PASS"
+    for path in data_dir.rglob("*"):  # logs, checkpoints, outputs, report
+        assert not path.is_file() or KEY.encode() not in path.read_bytes(), path
     methods = {line for line in (data_dir / "checkpoints" / "teacher_force.jsonl").read_text().splitlines()}
     assert all('"method": "api_echo_boundary_verified"' in line for line in methods)
 
