@@ -33,7 +33,8 @@ class ModelConfig(_Strict):
     api_key_env: str | None = Field(None, description="Hosted only: name of the environment variable holding the key.")
     base_url: str | None = Field(
         None, exclude=True,
-        description="Hosted only: API base URL (any OpenAI-compatible server). Where a model is served does not "
+        description="Hosted only: API base URL: for openai, up to and including /v1 (any OpenAI-compatible server); "
+        "for fireworks, the server's root (its SDK appends /v1/...). Where a model is served does not "
         "enter checkpoint fingerprints, so a run can move to another endpoint or port and resume.",
     )
     n_ctx: int = Field(4096, ge=256, description="Local only: context window in tokens (prompt + response).")

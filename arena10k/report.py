@@ -319,7 +319,10 @@ def _weight_findings(weights: dict[str, PolicyWeights]) -> list[str]:
 def _judge_findings(report: ReportInput, analysis: Analysis) -> list[str]:
     findings = []
     for variant, by_policy in analysis.scores.items():
-        everything = np.concatenate(list(by_policy.values()))
+        everything = np.concatenate([np.empty(0), *by_policy.values()])
+        if len(everything) == 0:
+            findings.append(f"No response has a {variant} judge score: nothing can be estimated (see the coverage table).")
+            continue
         values, counts = np.unique(everything, return_counts=True)
         if counts.max() > CONSTANT_SHARE * len(everything):
             findings.append(f"The {variant} judge score is {values[counts.argmax()]:.3f} for {counts.max() / len(everything):.0%} "

@@ -6,6 +6,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -107,3 +108,17 @@ def test_rerun_of_finished_api_run_makes_zero_calls(clean_api_run, key, tmp_path
         result = run_pipeline(data_dir, config=config)
         assert result.returncode == 0, result.stderr[-2000:]
         assert server.stats()["completions"] == 0
+
+
+def test_arena_10k_config_dry_runs_through_the_loopback_server(tmp_path):
+    data_dir = tmp_path / "dry"
+    result = subprocess.run([sys.executable, str(PROJECT_ROOT / "scripts" / "dry_run.py"), "--config",
+                             str(PROJECT_ROOT / "configs" / "arena_10k.yaml"), "--samples", "6", "--dataset",
+                             str(PROJECT_ROOT / "data" / "prompts" / "arena10k_prompts.jsonl"), "--data-dir", str(data_dir)],
+                            capture_output=True, text=True, cwd=PROJECT_ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = json.loads((data_dir / "phase2" / "dataset_info.json").read_text())
+    assert all(c["done"] == c["expected"] for c in info["coverage"].values())
+    assert info["weights"]["pi_clone"]["clone_check"] == "PASS"
+    # 6 prompts x 5 policies x (generate + teacher_force + judge) + oracle: 2 P0 responses + 2 prompts x 4 targets
+    assert "dry run: 100 requests" in result.stdout

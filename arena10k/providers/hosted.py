@@ -60,17 +60,18 @@ class HostedProvider:
         tokens = _estimate_tokens(json.dumps(request.messages)) + request.max_tokens
         response = self._call(lambda: self._client.chat.completions.create(**arguments), tokens)
         choice = response.choices[0]
-        content = choice.logprobs.content if choice.logprobs and choice.logprobs.content else []
+        content = _field(_field(choice, "logprobs"), "content") or []
         return Generation(
             text=choice.message.content or "",
             finish_reason="length" if choice.finish_reason == "length" else "stop",
             tokenizer=self.tokenizer,
             token_ids=[],  # an API returns token texts, not ids
-            token_texts=[t.token for t in content],
-            token_logprobs=[t.logprob for t in content] or None,
+            token_texts=[_field(t, "token") for t in content],
+            token_logprobs=[_field(t, "logprob") for t in content] or None,
             stop_token_id=None,
             stop_logprob=None,
-            top_logprobs=[{top.token: top.logprob for top in t.top_logprobs or []} for t in content],
+            top_logprobs=[{_field(top, "token"): _field(top, "logprob") for top in _field(t, "top_logprobs") or []}
+                          for t in content],
         )
 
     def teacher_force(self, request: TeacherForceRequest) -> TeacherForced:
@@ -95,10 +96,10 @@ class HostedProvider:
         response = self._call(lambda: self._client.completions.create(
             model=self.model, prompt=text, max_tokens=0, echo=True, logprobs=1, temperature=temperature),
             _estimate_tokens(text))
-        result = response.choices[0].logprobs
-        if result is None or result.token_logprobs is None:
+        result = _field(response.choices[0], "logprobs")
+        if result is None or _field(result, "token_logprobs") is None:
             raise ItemError("the server returned no prompt log-probs for an echo request", retryable=False)
-        offsets, logprobs = list(result.text_offset or []), list(result.token_logprobs)
+        offsets, logprobs = list(_field(result, "text_offset") or []), list(_field(result, "token_logprobs"))
         if logprobs and logprobs[0] is None:
             return offsets[1:], [float(v) for v in logprobs[1:]]
         return offsets, [float(v) for v in logprobs]
@@ -136,6 +137,11 @@ class HostedProvider:
                 log.info("%s: %s; retry %d in %.1fs", self.model, reason, attempt + 1, delay)
                 time.sleep(delay)
         raise ItemError(f"{reason} (gave up after {self._max_retries + 1} attempts)", retryable=True)
+
+
+def _field(value: Any, name: str) -> Any:
+    """Log-prob objects are typed in the openai SDK and plain dicts in fireworks-ai's."""
+    return value.get(name) if isinstance(value, dict) else getattr(value, name, None)
 
 
 def _retry_after(error: Any) -> float | None:

@@ -33,3 +33,13 @@ def write_loopback_config(path: Path, base_url: str, *, samples: int, dataset: s
     }
     path.write_text(json.dumps(config, indent=2))  # JSON is YAML
     return path
+
+
+def point_at_loopback(config: dict, server_root_url: str) -> dict:
+    """The same experiment (models, templates, policies, settings) with every model served by the loopback server.
+    The fireworks SDK appends /v1/... to its base URL itself; the openai SDK expects it in the base URL."""
+    models = {
+        name: {**model, "base_url": server_root_url if model["provider"] == "fireworks" else f"{server_root_url}/v1"}
+        for name, model in config["models"].items()
+    }
+    return {**config, "models": models}
