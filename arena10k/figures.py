@@ -91,6 +91,8 @@ def judge_scores(path: Path, scores: dict[str, dict[str, np.ndarray]], reweighte
     for index, (variant, by_policy) in enumerate(scores.items()):
         color = COLORS[index % len(COLORS)]
         offset = (index - (len(scores) - 1) / 2) * width
+        if not by_policy:
+            continue  # no response of this variant was judged: nothing to draw
         box = ax.boxplot(list(by_policy.values()), positions=[policies.index(p) + offset for p in by_policy], widths=width * 0.85,
                          patch_artist=True, showmeans=True, medianprops={"color": "black"},
                          meanprops={"marker": "D", "markerfacecolor": "white", "markeredgecolor": "black"})

@@ -231,3 +231,11 @@ def test_report_says_pass_when_the_clone_matches_exactly(tmp_path, config):
     phase2.build(config, workspace)
     text = report.write_report(report.phase2_input(workspace.phase2_dir, config), workspace.phase2_dir).read_text()
     assert "**PASS: all 12 log-ratios of pi_clone to P0 are exactly 0**" in text and "fails the clone check" not in text
+
+
+def test_report_of_a_run_where_nothing_was_judged_says_so(tmp_path, config):
+    synthetic_run.write_run(tmp_path, config, 6, settled={"judge": 0, "oracle_calibration": 0, "oracle_validation": 0})
+    workspace = Workspace(tmp_path)
+    phase2.build(config, workspace)
+    text = report.write_report(report.phase2_input(workspace.phase2_dir, config), workspace.phase2_dir).read_text()
+    assert "No response has a deterministic judge score: nothing can be estimated" in text
