@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from arena10k.checkpoint import ItemState
 from arena10k.config import LOGGING_POLICY, TARGET_POLICIES, OracleConfig
-from arena10k.stages import POLICIES, oracle_slice
+from arena10k.stages.work import POLICIES, oracle_slice
 from arena10k.workspace import item_key
 
 CHECKPOINTS = ("generate", "teacher_force", "judge", "oracle_calibration", "oracle_validation")

@@ -24,7 +24,7 @@ from arena10k.config import LOGGING_POLICY, ExperimentConfig, JudgeConfig, Model
 from arena10k.coverage import expected_keys, response_needed
 from arena10k.models import gguf_path
 from arena10k.records import Prompt
-from arena10k.stages import policy_messages
+from arena10k.stages.work import policy_messages
 from arena10k.workspace import Workspace, item_key, policy_of
 
 CHARS_PER_TOKEN = 4  # the usual rule of thumb for English text with GPT-style tokenizers

@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from arena10k import liveness, phase2, stages
+from arena10k import liveness
+from arena10k.stages import phase2, work as stages
 from arena10k.config import ExperimentConfig, load_config
 from arena10k.errors import Arena10kError
 from arena10k.providers import check_config

@@ -28,7 +28,7 @@ from arena10k.config import LOGGING_POLICY, ExperimentConfig
 from arena10k.coverage import CHECKPOINTS
 from arena10k.errors import Arena10kError
 from arena10k.estimate import Usage, usage, usage_table
-from arena10k.phase2 import CLONE_ERROR_NATS, VARIANTS, WeightDiagnostics, clone_check, weight_diagnostics
+from arena10k.stages.phase2 import CLONE_ERROR_NATS, VARIANTS, WeightDiagnostics, clone_check, weight_diagnostics
 from arena10k.workspace import Workspace
 
 CLONE_POLICIES = ("pi_clone", "clone")  # ours, and the name in the shared reference sample

@@ -22,7 +22,7 @@ from arena10k.config import ExperimentConfig, OracleConfig
 from arena10k.coverage import CHECKPOINTS, Coverage, expected_keys, tally
 from arena10k.liveness import Claim, finish_times, read_claim
 from arena10k.records import SCHEMA_VERSION
-from arena10k.stages import POLICIES
+from arena10k.stages.work import POLICIES
 from arena10k.workspace import Workspace, policy_of
 
 RECENT_SECONDS = 600  # the rate is measured over the last ten minutes of finished items

@@ -16,7 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from arena10k import liveness, status, synthetic_run
+from arena10k import liveness, status
+from arena10k.testing import synthetic_run
 from arena10k.config import load_config
 from arena10k.pipeline import DEFAULT_CONFIG
 from arena10k.workspace import Workspace

@@ -9,7 +9,9 @@ import time
 import pytest
 from conftest import PHASE2_FILES, TINY_CONFIG, phase2_bytes
 
-from arena10k import coverage, estimate, liveness, phase2, report, status, synthetic_run
+from arena10k import coverage, estimate, liveness, report, status
+from arena10k.stages import phase2
+from arena10k.testing import synthetic_run
 from arena10k.checkpoint import Checkpoint, load_states
 from arena10k.config import ExperimentConfig, load_config
 from arena10k.errors import RunInProgressError

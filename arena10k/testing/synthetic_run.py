@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from arena10k import judging, stages
+from arena10k import judging
+from arena10k.stages import work as stages
 from arena10k.checkpoint import dumps
 from arena10k.config import LOGGING_POLICY, ExperimentConfig, JudgeConfig
 from arena10k.coverage import expected_keys

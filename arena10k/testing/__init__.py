@@ -1,0 +1,1 @@
+"""Helpers that tests and benchmarks import; the pipeline never does."""
