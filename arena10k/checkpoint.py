@@ -3,8 +3,9 @@
 Why it is built this way:
 - A crash (kill -9, power loss) can tear at most the last line; that line is dropped and its item
   redone, so a resume never loses a finished item and never duplicates one.
-- The stage's configuration fingerprint is stored beside the file; resuming under a different
-  configuration stops with the difference, instead of mixing results of two configurations.
+- A configuration fingerprint per policy is stored beside the file; resuming under a configuration that
+  changed a policy's fingerprint stops with the difference (arena10k.stages.registry), instead of mixing
+  results of two configurations, and a policy that is new just adds its items.
 - Failed attempts are lines too, so retries are bounded across runs and visible in the summary.
 """
 
@@ -12,7 +13,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,37 +65,43 @@ class ItemState:
     gave_up: bool = False  # a permanent error: retrying cannot help
 
 
+def read_fingerprints(meta_path: Path) -> dict[str, dict]:
+    """The fingerprint each policy's items were computed under; {} for a checkpoint not started."""
+    if not meta_path.exists():
+        return {}
+    stored = json.loads(meta_path.read_text())
+    if stored.get("schema") != SCHEMA_VERSION or "fingerprints" not in stored:
+        raise CheckpointMismatchError(
+            f"{meta_path} was written by an older arena10k (checkpoint schema {stored.get('schema')}); "
+            f"recompute its stage with --force {stored.get('stage', 'STAGE')}."
+        )
+    return stored["fingerprints"]
+
+
 class Checkpoint:
-    def __init__(self, path: Path, stage: str, fingerprint: dict, force_flag: str):
+    def __init__(self, path: Path, stage: str, fingerprints: dict[str, dict]):
         self.path = path
         self.meta_path = path.with_name(path.stem + ".meta.json")
         self.stage = stage
         self.items: dict[str, ItemState] = {}
-        self._check_fingerprint(fingerprint, force_flag)
+        self._check_fingerprints(fingerprints)
         self._load()
         self._file = open(self.path, "a", encoding="utf-8")
 
-    def _check_fingerprint(self, fingerprint: dict, force_flag: str) -> None:
-        meta = {"schema": SCHEMA_VERSION, "stage": self.stage, "fingerprint": fingerprint}
-        if self.meta_path.exists():
-            stored = json.loads(self.meta_path.read_text())
-            if stored.get("schema") != SCHEMA_VERSION:
-                raise CheckpointMismatchError(
-                    f"{self.path} was written by checkpoint schema {stored.get('schema')}, this version writes "
-                    f"{SCHEMA_VERSION}. Recompute with {force_flag}."
-                )
-            changes = describe_changes(stored["fingerprint"], fingerprint)
-            if changes:
-                listed = "\n  ".join(changes)
-                raise CheckpointMismatchError(
-                    f"Stage '{self.stage}' was run with a different configuration than the current one:\n  {listed}\n"
-                    f"Its results in {self.path} would be mixed with new ones. Recompute it (and the stages after it) "
-                    f"with {force_flag}, or restore the previous configuration to resume."
-                )
-        elif self.path.exists():
-            raise CheckpointMismatchError(f"{self.path} has no {self.meta_path.name}; recompute with {force_flag}.")
+    def _check_fingerprints(self, fingerprints: dict[str, dict]) -> None:
+        stored = read_fingerprints(self.meta_path)
+        if not stored and self.path.exists() and self.path.stat().st_size:
+            raise CheckpointMismatchError(f"{self.path} has no {self.meta_path.name}; recompute with --force {self.stage}.")
+        changed = sorted(p for p, fingerprint in fingerprints.items() if p in stored and stored[p] != fingerprint)
+        if changed:  # the runner checks the whole run first (registry.check_changes); this is the last line of defence
+            raise CheckpointMismatchError(
+                f"Stage '{self.stage}' was run for {', '.join(changed)} with a different configuration; "
+                f"recompute with --force {changed[0]}."
+            )
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.meta_path, dumps(meta) + "\n")
+        # Policies that left the config keep their fingerprint: their items stay valid should they come back.
+        write_atomic(self.meta_path, dumps({"schema": SCHEMA_VERSION, "stage": self.stage,
+                                            "fingerprints": stored | fingerprints}) + "\n")
 
     def _load(self) -> None:
         if self.path.exists():
@@ -162,6 +170,60 @@ def load_states(path: Path, strict: bool = False) -> tuple[dict[str, ItemState],
     return items, len(complete)
 
 
+def drop_policies(path: Path, policies: set[str]) -> int:
+    """Deletes every line of these policies' items from a checkpoint (and their fingerprints from its meta
+    file), so that they are recomputed; returns how many items were dropped."""
+    meta_path = path.with_name(path.stem + ".meta.json")
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        meta["fingerprints"] = {p: f for p, f in meta.get("fingerprints", {}).items() if p not in policies}
+        write_atomic(meta_path, dumps(meta) + "\n")
+    if not path.exists():
+        return 0
+    kept, dropped = [], set()
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        key = _key_of(line)
+        if key is not None and key.rpartition("|")[2] in policies:
+            dropped.add(key)
+        else:
+            kept.append(line)
+    write_atomic(path, "".join(kept))
+    return len(dropped)
+
+
+def _key_of(line: str) -> str | None:
+    """The item key of a checkpoint or progress line (progress lines are `<time>\\t<key>`)."""
+    try:
+        return json.loads(line)["key"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        parts = line.rstrip("\n").split("\t")
+        return parts[1] if len(parts) == 2 else None
+
+
 def read_records(path: Path) -> dict[str, dict]:
     """The finished records of a checkpoint, read-only (for later stages and status tools)."""
     return {key: state.record for key, state in load_states(path)[0].items() if state.record is not None}
+
+
+@dataclass
+class Coverage:
+    expected: int = 0
+    done: int = 0
+    failed: Counter = field(default_factory=Counter)  # last error -> items whose latest attempt failed
+
+    @property
+    def missing(self) -> int:
+        return self.expected - self.done - sum(self.failed.values())
+
+
+def tally(keys: list[str], states: dict[str, ItemState]) -> Coverage:
+    """How many of the items a checkpoint must hold are done, failed (by latest error) or missing.
+    Stage 6's coverage table, status and the estimate all count with this."""
+    coverage = Coverage(expected=len(keys))
+    for key in keys:
+        state = states.get(key)
+        if state is not None and state.record is not None:
+            coverage.done += 1
+        elif state is not None:
+            coverage.failed[state.last_error] += 1
+    return coverage

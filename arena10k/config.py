@@ -9,13 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+import re
+
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from arena10k.errors import ConfigError
 
-LOGGING_POLICY = "p0"
-TARGET_POLICIES = ("pi_clone", "pi_cot", "pi_bigger_model", "pi_bad")
+# Policy names become file names (fresh_draws/<name>_responses.jsonl) and item keys (<prompt id>|<name>).
+POLICY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# `--force NAME` takes a stage or a policy; a policy may not take a stage's name.
+STAGE_NAMES = ("prepare", "generate", "teacher_force", "judge", "oracle", "phase2")
 
 
 class _Strict(BaseModel):
@@ -93,12 +97,17 @@ class JudgeConfig(_Strict):
     """An LLM judge scores a response on a 0..9 scale, reported as score/9 in [0, 1]."""
 
     model: str = Field(description="A key of `models`.")
+    rubric: str | None = Field(
+        None, description="The judge's instructions (its system message); null means the built-in rubric "
+        "(arena10k.judging.JUDGE_RUBRIC, or ORACLE_RUBRIC for the oracle).",
+    )
     max_tokens: int = Field(8, gt=0, description="Room for the reply that should contain the digit.")
     top_logprobs: int = Field(20, ge=10, description="Alternatives per position used for the score distribution.")
 
 
 class OracleConfig(JudgeConfig):
-    """A stronger judge on a seeded slice, sampled by prompt."""
+    """A stronger judge on a seeded slice, sampled by prompt. The slice settings choose which items are
+    labelled, not what a label is, so changing them labels more or fewer items and recomputes none."""
 
     enabled: bool = Field(True, description="Skip stage 5 entirely when false.")
     calibration_fraction: float = Field(0.25, gt=0, le=1, description="Share of prompts whose P0 response is labelled.")
@@ -119,21 +128,51 @@ class ExperimentConfig(_Strict):
     )
     max_attempts: int = Field(3, ge=1, description="A failing item is tried at most this many times over all runs.")
     models: dict[str, ModelConfig]
-    policies: dict[str, PolicyConfig] = Field(description=f"Exactly {LOGGING_POLICY} and {', '.join(TARGET_POLICIES)}.")
+    logging_policy: str = Field(description="The key of `policies` that logged the data (P0); every other policy is a target.")
+    policies: dict[str, PolicyConfig] = Field(
+        description="The logging policy and any number of target policies, by names of your choice (letters, digits, "
+        "'_', '-', '.'). Every stage and output lists them in this order."
+    )
     judge: JudgeConfig
     oracle: OracleConfig
 
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentConfig:
-        expected = {LOGGING_POLICY, *TARGET_POLICIES}
-        if set(self.policies) != expected:
-            raise ValueError(f"policies must be exactly {sorted(expected)}, got {sorted(self.policies)}")
+        for name in self.policies:
+            if not POLICY_NAME.fullmatch(name):
+                raise ValueError(f"policy name '{name}' must be 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit")
+            if name in STAGE_NAMES:
+                raise ValueError(f"policy name '{name}' is a stage's name; `--force {name}` would be ambiguous")
+        if self.logging_policy not in self.policies:
+            raise ValueError(f"logging_policy '{self.logging_policy}' is not a key of policies ({', '.join(self.policies)})")
+        if len(self.policies) < 2:
+            raise ValueError("policies needs at least one target policy besides the logging policy")
         references = {f"policies.{n}": p.model for n, p in self.policies.items()}
         references |= {"judge": self.judge.model, "oracle": self.oracle.model}
         for where, model in references.items():
             if model not in self.models:
                 raise ValueError(f"{where}.model '{model}' is not a key of models ({sorted(self.models)})")
         return self
+
+    @property
+    def target_policies(self) -> tuple[str, ...]:
+        return tuple(name for name in self.policies if name != self.logging_policy)
+
+    @property
+    def policy_names(self) -> tuple[str, ...]:
+        """The logging policy first, then the targets in config order."""
+        return (self.logging_policy, *self.target_policies)
+
+    def policy_identity(self, name: str) -> dict:
+        """Everything that decides what a policy samples: its model's settings, its context and its sampling."""
+        policy = self.policies[name]
+        return {**policy.model_dump(), "model": self.models[policy.model].model_dump()}
+
+    def clones(self) -> tuple[str, ...]:
+        """Targets that sample exactly as the logging policy does, whatever they are called: their importance
+        weights must all be 1, which checks the whole scoring path."""
+        logging = self.policy_identity(self.logging_policy)
+        return tuple(name for name in self.target_policies if self.policy_identity(name) == logging)
 
     def used_models(self) -> dict[str, ModelConfig]:
         names = {p.model for p in self.policies.values()} | {self.judge.model}

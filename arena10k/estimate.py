@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 
 from arena10k import data, judging
 from arena10k.checkpoint import ItemState, load_states, may_try
-from arena10k.config import LOGGING_POLICY, ExperimentConfig, JudgeConfig, ModelConfig
-from arena10k.coverage import expected_keys, response_needed
+from arena10k.config import ExperimentConfig, JudgeConfig, ModelConfig
 from arena10k.models import gguf_path
 from arena10k.records import Prompt
-from arena10k.stages.work import policy_messages
+from arena10k.stages.generate import policy_messages
+from arena10k.stages.judge import rubric
+from arena10k.stages.registry import expected_keys, response_needed
 from arena10k.workspace import Workspace, item_key, policy_of
 
 CHARS_PER_TOKEN = 4  # the usual rule of thumb for English text with GPT-style tokenizers
@@ -60,27 +61,34 @@ class RunEstimate:
     items: int  # work items of the whole run
     done: int  # of those, already done
     usage: dict[tuple[str, str], Usage] = field(default_factory=dict)  # (checkpoint, model key) -> usage
+    recomputed: list[str] = field(default_factory=list)  # "checkpoint: policies" that --force recomputes
 
 
-def estimate_run(config: ExperimentConfig, workspace: Workspace, samples: int | str | None = None) -> RunEstimate:
+def estimate_run(config: ExperimentConfig, workspace: Workspace, samples: int | str | None = None,
+                 recompute: set[tuple[str, str]] = frozenset()) -> RunEstimate:
     """The calls and tokens still needed to finish the run in `workspace` with `samples` prompts
-    (default: the prepared prompts, or the config's samples)."""
+    (default: the prepared prompts, or the config's samples), counting the (checkpoint, policy) units in
+    `recompute` as not done."""
     prompts = _prompts(config, workspace, samples)
-    keys = expected_keys(config.oracle, [p.prompt_id for p in prompts])
+    keys = expected_keys(config, [p.prompt_id for p in prompts])
     states = {name: load_states(workspace.checkpoint_path(name))[0] for name in keys}
+    for name, policy in recompute:
+        states[name] = {key: state for key, state in states[name].items() if policy_of(key) != policy}
     estimate = RunEstimate(config, len(prompts), items=sum(map(len, keys.values())),
-                           done=sum(_done(states[name].get(k)) for name, ks in keys.items() for k in ks))
+                           done=sum(_done(states[name].get(k)) for name, ks in keys.items() for k in ks),
+                           recomputed=[f"{name}: {', '.join(p for p in config.policies if (name, p) in recompute)}"
+                                       for name in keys if any((name, p) in recompute for p in config.policies)])
     accounting = _Accounting(config, {p.prompt_id: p for p in prompts}, states["generate"])
     for name, names_keys in keys.items():
         for key in names_keys:
-            if _will_run(states, name, key, config.max_attempts):
+            if _will_run(config, states, name, key):
                 accounting.add(estimate.usage, name, key, calls=1, output_known=False)
     return estimate
 
 
 def usage(config: ExperimentConfig, prompts: list[Prompt], states: dict[str, dict[str, ItemState]]) -> dict[tuple[str, str], Usage]:
     """The calls and tokens a run made so far, failed attempts included, from its checkpoints' states."""
-    keys = expected_keys(config.oracle, [p.prompt_id for p in prompts])
+    keys = expected_keys(config, [p.prompt_id for p in prompts])
     accounting = _Accounting(config, {p.prompt_id: p for p in prompts}, states["generate"])
     used: dict[tuple[str, str], Usage] = {}
     for name, names_keys in keys.items():
@@ -105,10 +113,11 @@ def _done(state: ItemState | None) -> bool:
     return state is not None and state.record is not None
 
 
-def _will_run(states: dict[str, dict[str, ItemState]], name: str, key: str, max_attempts: int) -> bool:
+def _will_run(config: ExperimentConfig, states: dict[str, dict[str, ItemState]], name: str, key: str) -> bool:
     """Whether finishing the run tries this item: it is not done, may be tried again, and the response
     it needs exists or may still be generated."""
-    needed = response_needed(name, key)
+    max_attempts = config.max_attempts
+    needed = response_needed(config, name, key)
     return may_try(states[name].get(key), max_attempts) and (
         needed is None or _done(states["generate"].get(needed)) or may_try(states["generate"].get(needed), max_attempts))
 
@@ -131,14 +140,13 @@ class _Accounting:
             if name == "generate":
                 output = self._response_tokens(key) if output_known else calls * settings.max_tokens
                 usage.setdefault((name, settings.model), Usage()).add(calls, context, output)
-            else:  # the P0 response is scored, nothing is generated
-                base = self._response_tokens(item_key(prompt_id, LOGGING_POLICY))
+            else:  # the logged response is scored, nothing is generated
+                base = self._response_tokens(item_key(prompt_id, self.config.logging_policy))
                 usage.setdefault((name, settings.model), Usage()).add(calls, context + base, 0)
             return
         judge: JudgeConfig = self.config.judge if name == "judge" else self.config.oracle
-        rubric = judging.JUDGE_RUBRIC if name == "judge" else judging.ORACLE_RUBRIC
         # The response is counted by its recorded length rather than tokenized again: one number per response.
-        context = (self._messages(judge.model, judging.judge_messages(rubric, "", ""))
+        context = (self._messages(judge.model, judging.judge_messages(rubric(judge), "", ""))
                    + self._tokens(judge.model, self.prompts[prompt_id].prompt) + self._response_tokens(key))
         usage.setdefault((name, judge.model), Usage()).add(calls, context, calls * judge.max_tokens)
 
@@ -190,6 +198,7 @@ def describe(estimate: RunEstimate) -> str:
     config = estimate.config
     lines = [f"Estimate for experiment '{config.name}': {estimate.prompts} prompts, {estimate.items} work items, "
              f"{estimate.done} already done."]
+    lines += [f"Recomputing (--force) {what}" for what in estimate.recomputed]
     if not estimate.usage:
         return "\n".join(lines + ["Nothing is left to run."])
     lines += [

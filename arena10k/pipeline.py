@@ -1,4 +1,7 @@
-"""The stage order, and the command line shared by the runner and every stage script."""
+"""The command line of the runner and of every stage script: open the run, check it, run the stages in order.
+
+`main` returns the exit status instead of exiting, so tests run whole pipelines in-process.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +10,24 @@ import logging
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections import defaultdict
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from arena10k import liveness
-from arena10k.stages import phase2, work as stages
-from arena10k.config import ExperimentConfig, load_config
+from arena10k import estimate, liveness
+from arena10k.checkpoint import dumps, write_atomic
+from arena10k.config import STAGE_NAMES, ExperimentConfig, load_config
 from arena10k.errors import Arena10kError
 from arena10k.providers import check_config
-from arena10k.runner import StageReport
-from arena10k.workspace import STAGES, Workspace
+from arena10k.stages import registry
+from arena10k.workspace import Workspace
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "local.yaml"
 log = logging.getLogger("arena10k.pipeline")
+FORCE_HELP = ("recompute NAME: a stage (all its items), a policy (its items in every stage) or STAGE:POLICY, "
+              "each with what is computed from it; repeatable. 'prepare' recomputes everything")
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,11 +35,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, help="this run's directory (default: data/runs/<experiment name>)")
 
 
-def open_run(args: argparse.Namespace, check_providers: bool = True) -> tuple[ExperimentConfig, Workspace]:
-    """check_providers=False for what calls no model (the estimate): it then needs no API key."""
+def open_run(args: argparse.Namespace) -> tuple[ExperimentConfig, Workspace]:
     config = load_config(args.config)
-    if check_providers:
-        check_config(config)
     if getattr(args, "dataset", None):
         config = config.model_copy(update={"dataset": str(args.dataset)})
     elif not Path(config.dataset).is_absolute() and (PROJECT_ROOT / config.dataset).exists():
@@ -43,64 +46,85 @@ def open_run(args: argparse.Namespace, check_providers: bool = True) -> tuple[Ex
     return config, workspace
 
 
-def stages_after(stage: str) -> list[str]:
-    return list(STAGES[STAGES.index(stage):])
-
-
-def run_stage(stage: str, config: ExperimentConfig, workspace: Workspace, samples: int | str | None = None) -> str:
-    """Runs one stage and returns the lines to print about it."""
-    started = time.monotonic()
-    if stage == "prepare":
-        prompts, filter_report = stages.prepare(config, workspace, samples if samples is not None else config.samples)
-        if filter_report is None:
-            return f"prepare: {len(prompts)} prompts already prepared in {workspace.prompts_path}"
-        counts = ", ".join(f"{k} {filter_report[k]}" for k in ("rows", "empty", "duplicate", "non_english", "sampled_out", "kept"))
-        return f"prepare: {counts} -> {workspace.prompts_path} ({time.monotonic() - started:.1f}s)"
-    if stage == "phase2":
-        info = phase2.build(config, workspace)
-        table = phase2.summary_table(info)
-        (workspace.phase2_dir / "summary.txt").write_text(table + "\n")
-        from arena10k import report  # matplotlib takes a second to import; only stage 6 needs it
-
-        report_path = report.write_report(report.phase2_input(workspace.phase2_dir, config), workspace.phase2_dir)
-        return f"{table}\n\nPhase 2 files: {workspace.phase2_dir}\nDiagnostics: {report_path}"
-    if stage == "oracle" and not config.oracle.enabled:
-        return "oracle: disabled in the config"
-    runs: dict[str, Callable] = {"generate": stages.generate, "teacher_force": stages.teacher_force,
-                                 "judge": stages.judge, "oracle": stages.oracle}
-    reports = runs[stage](config, workspace)
-    return "\n".join(_describe(r) for r in (reports if isinstance(reports, list) else [reports]))
-
-
-def _describe(report: StageReport) -> str:
-    text = (f"{report.stage}: {report.done}/{report.expected} done, {report.failed_total} failed, "
-            f"{report.attempted} tried in this run ({report.seconds:.1f}s)")
-    for reason, count in list(report.failed.items()) + [(f"blocked, {r}", n) for r, n in report.blocked.items()]:
-        text += f"\n    {count} x {reason}"
-    return text
-
-
-def main_for_stage(stage: str, description: str) -> None:
-    """Entry point of a stage script: the same --config and --data-dir as the runner."""
-    parser = argparse.ArgumentParser(description=description)
+def run_parser(description: str, stage: str | None = None) -> argparse.ArgumentParser:
+    """The runner's options; a stage script (`stage` given) has the same ones but --from and --only."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if stage in (None, "prepare"):
+        parser.add_argument("samples", nargs="?", help="number of prompts, or 'all' (default: the config's samples)")
+        parser.add_argument("--dataset", help="a local JSON/JSONL/Parquet file or Hugging Face dataset id (overrides the config)")
     add_common_arguments(parser)
-    parser.add_argument("--force", action="store_true", help="recompute this stage (and delete the stages after it)")
-    if stage == "prepare":
-        parser.add_argument("--dataset", help="a local JSON/JSONL/Parquet file or a Hugging Face dataset id")
-        parser.add_argument("--samples", help="how many prompts, or 'all' (default: the config's samples)")
-    args = parser.parse_args()
-    with user_errors():
-        config, workspace = open_run(args)
-        with liveness.claim(workspace):
-            workspace.start_log()
-            if args.force:
-                workspace.forget(stages_after(stage))
-            samples = getattr(args, "samples", None)
-            print(run_stage(stage, config, workspace, None if samples is None else parse_samples(samples)))
+    if stage is None:
+        parser.add_argument("--from", dest="start", choices=STAGE_NAMES, help="start at this stage")
+        parser.add_argument("--only", choices=STAGE_NAMES, help="run only this stage")
+        parser.add_argument("--fresh", action="store_true", help="delete this run's data directory and start over")
+    parser.add_argument("--force", action="append", default=[], metavar="NAME", help=FORCE_HELP)
+    parser.add_argument("--estimate", action="store_true",
+                        help="print the calls, tokens, cost and rate-limited time of what is left (with --force: of "
+                             "recomputing it), without calling any model")
+    return parser
+
+
+def main(argv: list[str] | None = None, stage: str | None = None, description: str = __doc__) -> int:
+    """The runner (all stages, or --from/--only) or, with `stage`, one stage's script."""
+    args = run_parser(description, stage).parse_args(argv)
+    try:
+        return _run(args, stage)
+    except Arena10kError as error:
+        report_error(error)
+        return 2
+
+
+def _run(args: argparse.Namespace, stage: str | None) -> int:
+    samples = parse_samples(args.samples) if getattr(args, "samples", None) else None
+    config, workspace = open_run(args)
+    if stage is not None:
+        selected = [registry.stage(stage)]
+    elif args.only:
+        selected = [registry.stage(args.only)]
+    else:
+        selected = registry.stages_from(args.start or STAGE_NAMES[0])
+    forced = registry.forced_units(config, [n for n in args.force if n != "prepare"])
+    if args.estimate:
+        print(estimate.describe(estimate.estimate_run(config, workspace, samples, forced)))
+        return 0
+    check_config(config, registry.models_called(config, selected))
+    with liveness.claim(workspace):  # a second pipeline on the same directory is refused
+        if getattr(args, "fresh", False):
+            fresh_start(workspace)
+        log_path = workspace.start_log()
+        if "prepare" in args.force:
+            workspace.forget_prompts()
+        if workspace.prompts_path.exists():
+            registry.check_changes(config, workspace, selected[-1].name, forced)
+        _recompute(workspace, forced)
+        write_atomic(workspace.config_path, dumps(config.model_dump()) + "\n")
+        print(f"arena10k: experiment '{config.name}', data in {workspace.root}, log {log_path}")
+        timings = []
+        for each in selected:
+            started = time.monotonic()
+            print(each.run(config, workspace, samples), flush=True)
+            timings.append(f"{each.name} {time.monotonic() - started:.1f}s")
+        print("stage times: " + ", ".join(timings))
+    return 0
+
+
+def _recompute(workspace: Workspace, units: set[registry.Unit]) -> None:
+    by_checkpoint: dict[str, set[str]] = defaultdict(set)
+    for checkpoint, policy in units:
+        by_checkpoint[checkpoint].add(policy)
+    for checkpoint, policies in sorted(by_checkpoint.items()):
+        dropped = workspace.drop(checkpoint, policies)
+        log.info("--force: dropped %d items of %s (%s)", dropped, checkpoint, ", ".join(sorted(policies)))
+        print(f"recomputing {checkpoint}: {', '.join(sorted(policies))} ({dropped} finished items dropped)")
 
 
 def parse_samples(value: str) -> int | str:
     return value if value == "all" else int(value)
+
+
+def report_error(error: Arena10kError) -> None:
+    log.error("%s", error)
+    print(f"error: {error}", file=sys.stderr)
 
 
 @contextmanager
@@ -109,8 +133,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except Arena10kError as error:
-        log.error("%s", error)
-        print(f"error: {error}", file=sys.stderr)
+        report_error(error)
         sys.exit(2)
 
 

@@ -1,7 +1,7 @@
 """Stage 6's diagnostics report: `report.md` with PNG figures, readable on GitHub and offline.
 
 It answers what a researcher must settle before trusting off-policy estimates: can the importance weights
-be used (ESS, extreme and concentrated weights, nulls), does pi_clone reproduce P0 exactly, does the judge
+be used (ESS, extreme and concentrated weights, nulls), does each clone of the logging policy reproduce it exactly, does the judge
 separate the policies and agree with the oracle, what failed and what the run cost.
 
 Its input has the shape of a CJE dataset, logged rows plus fresh draws per policy, so the same report reads
@@ -24,14 +24,12 @@ import yaml
 
 from arena10k import figures
 from arena10k.checkpoint import load_states, may_try
-from arena10k.config import LOGGING_POLICY, ExperimentConfig
-from arena10k.coverage import CHECKPOINTS
+from arena10k.config import ExperimentConfig
 from arena10k.errors import Arena10kError
 from arena10k.estimate import Usage, usage, usage_table
 from arena10k.stages.phase2 import CLONE_ERROR_NATS, VARIANTS, WeightDiagnostics, clone_check, weight_diagnostics
 from arena10k.workspace import Workspace
 
-CLONE_POLICIES = ("pi_clone", "clone")  # ours, and the name in the shared reference sample
 ESS_GOOD, ESS_WARNING = 0.30, 0.10  # cje-eval's gates (cje.diagnostics.gates)
 TOP_FRACTION = 0.01
 WEAK_CORRELATION = 0.5
@@ -66,6 +64,7 @@ class ReportInput:
     source: str
     base_policy: str
     variants: dict[str, Rows]  # judge-score variant -> rows; log-probs are the same in every variant
+    clones: tuple[str, ...] = ()  # targets that sample exactly as the base policy: their weights must be 1
     run: RunFacts | None = None
 
 
@@ -105,8 +104,9 @@ def _read_rows(path: Path) -> list[dict]:
     return rows
 
 
-def cje_dataset_input(path: Path) -> ReportInput:
-    return ReportInput(title=path.stem, source=str(path), base_policy="base", variants={"judge_score": read_cje_dataset(path)})
+def cje_dataset_input(path: Path, clones: tuple[str, ...] = ()) -> ReportInput:
+    return ReportInput(title=path.stem, source=str(path), base_policy="base", variants={"judge_score": read_cje_dataset(path)},
+                       clones=clones)
 
 
 def phase2_input(phase2_dir: Path, config: ExperimentConfig | None = None) -> ReportInput:
@@ -121,6 +121,8 @@ def phase2_input(phase2_dir: Path, config: ExperimentConfig | None = None) -> Re
     workspace = Workspace(phase2_dir.parent)
     run = None
     if workspace.prompts_path.exists():
+        from arena10k.stages.registry import CHECKPOINTS  # stage 6 imports this module
+
         states = {name: load_states(workspace.checkpoint_path(name))[0] for name in CHECKPOINTS}
         run = RunFacts(
             config, info,
@@ -129,13 +131,13 @@ def phase2_input(phase2_dir: Path, config: ExperimentConfig | None = None) -> Re
             attempts={name: sum(s.attempts for s in st.values()) for name, st in states.items()},
             usage=usage(config, workspace.load_prompts(), states),
         )
-    return ReportInput(info["experiment"], str(phase2_dir), LOGGING_POLICY, variants, run)
+    return ReportInput(info["experiment"], str(phase2_dir), info["logging_policy"], variants, tuple(info["clones"]), run)
 
 
 # ---------------------------------------------------------------- numbers
 
 
-def policy_weights(rows: list[dict]) -> dict[str, PolicyWeights]:
+def policy_weights(rows: list[dict], clones: tuple[str, ...]) -> dict[str, PolicyWeights]:
     policies = list(dict.fromkeys(p for row in rows for p in row["target_policy_logprobs"]))
     weights = {}
     for policy in policies:
@@ -144,7 +146,7 @@ def policy_weights(rows: list[dict]) -> dict[str, PolicyWeights]:
             base, target = row["base_policy_logprob"], row["target_policy_logprobs"].get(policy)
             ratios[row["prompt_id"]] = None if base is None or target is None else target - base
         diagnostics = weight_diagnostics(policy, list(ratios.values()))
-        if policy in CLONE_POLICIES:
+        if policy in clones:
             clone_check(diagnostics, ratios)
         weights[policy] = PolicyWeights(ratios, diagnostics, *_weight_shape(np.array([r for r in ratios.values() if r is not None])))
     return weights
@@ -175,7 +177,7 @@ def clone_verdict(policy: str, weights: PolicyWeights) -> str:
     d = weights.diagnostics
     known = weights.known
     if d.clone_check == "PASS":
-        return f"PASS: all {d.n} log-ratios of {policy} to P0 are exactly 0"
+        return f"PASS: all {d.n} log-ratios of {policy} to the logging policy are exactly 0"
     problems = []
     if d.n == 0:
         problems.append("no log-ratio could be computed")
@@ -236,7 +238,7 @@ class Analysis:
 
 def analyse(report: ReportInput) -> Analysis:
     first = next(iter(report.variants.values()))
-    weights = policy_weights(first.logged)
+    weights = policy_weights(first.logged, report.clones)
     uncertainty = {}
     for rows in report.variants.values():  # the variant whose scores are distribution means carries their variance
         if rows.logged and rows.logged[0].get("metadata", {}).get("judge_variance") is not None:
@@ -246,7 +248,7 @@ def analyse(report: ReportInput) -> Analysis:
     return Analysis(
         weights,
         scores={v: _own_scores(rows, report.base_policy) for v, rows in report.variants.items()},
-        reweighted={v: {p: s for p, s in reweighted_scores(rows.logged, weights).items() if p not in CLONE_POLICIES}
+        reweighted={v: {p: s for p, s in reweighted_scores(rows.logged, weights).items() if p not in report.clones}
                     for v, rows in report.variants.items()},
         oracle={v: _oracle_pairs(rows, report.base_policy) for v, rows in report.variants.items()},
         uncertainty=uncertainty,
@@ -290,9 +292,9 @@ def _weight_findings(weights: dict[str, PolicyWeights]) -> list[str]:
     findings = []
     for policy, w in weights.items():
         d = w.diagnostics
-        if policy in CLONE_POLICIES:
+        if d.clone_check is not None:
             if d.clone_check != "PASS":
-                advice = ("Teacher forcing does not reproduce P0's own log-probs, so every importance weight carries an "
+                advice = ("Teacher forcing does not reproduce the logging policy's own log-probs, so every importance weight carries an "
                           "error of this size: fix the scoring path before trusting any off-policy estimate."
                           if (w.known != 0).any() else "Its nulls leave those responses unchecked (see Nulls by reason).")
                 findings.append(f"**{policy} fails the clone check**: {clone_verdict(policy, w).removeprefix('FAIL: ')}. {advice}")
@@ -383,7 +385,7 @@ def _weights_section(report: ReportInput, weights: dict[str, PolicyWeights], fig
         lines.append(f"| {policy} | {d.n} | {d.null_logprobs} | {_pct(d.ess_fraction)} | {_num(effective, '.1f')} "
                      f"| {_weight(w.log_mean_weight)} | {_num(d.median_weight, '.3g')} | {_weight(d.max_log_weight)} "
                      f"| {_pct(w.top_share)} | {d.extreme_weights} |")
-    known = {policy: w.known for policy, w in weights.items() if len(w.known) and policy not in CLONE_POLICIES}
+    known = {policy: w.known for policy, w in weights.items() if len(w.known) and w.diagnostics.clone_check is None}
     if known:
         titles = {p: f"{p}\nESS {_pct(weights[p].diagnostics.ess_fraction)}, top 1% hold {_pct(weights[p].top_share)}, "
                      f"max w {_weight(weights[p].diagnostics.max_log_weight)}" for p in known}
@@ -417,18 +419,20 @@ def _nulls(report: ReportInput, weights: dict[str, PolicyWeights]) -> list[str]:
 
 
 def _clone_section(weights: dict[str, PolicyWeights], figure_dir: Path) -> list[str]:
-    clones = [p for p in weights if p in CLONE_POLICIES]
+    clones = [p for p, w in weights.items() if w.diagnostics.clone_check is not None]
     if not clones:
-        return ["## Clone check", "", "No clone policy in this dataset.", ""]
-    policy = clones[0]
-    verdict = clone_verdict(policy, weights[policy])
-    figures.clone_log_ratios(figure_dir / "clone_log_ratio.png", policy, weights[policy].known, verdict)
-    lines = [f"## Clone check ({policy})", "",
-             f"{policy} is P0 under another name, so each of its log-ratios must be exactly 0. **{verdict}**.", "",
-             "![clone log-ratios](figures/clone_log_ratio.png)", ""]
-    errors = weights[policy].diagnostics.clone_errors
-    if errors:
-        lines += ["Responses beyond the error threshold:", "", *[f"- {e}" for e in errors[:20]], ""]
+        return ["## Clone check", "", "No clone of the logging policy in this dataset.", ""]
+    lines = []
+    for policy in clones:
+        verdict = clone_verdict(policy, weights[policy])
+        figure = f"clone_log_ratio_{policy}.png"
+        figures.clone_log_ratios(figure_dir / figure, policy, weights[policy].known, verdict)
+        lines += [f"## Clone check ({policy})", "",
+                  f"{policy} samples exactly as the logging policy does, so each of its log-ratios must be exactly 0. "
+                  f"**{verdict}**.", "", f"![clone log-ratios](figures/{figure})", ""]
+        errors = weights[policy].diagnostics.clone_errors
+        if errors:
+            lines += ["Responses beyond the error threshold:", "", *[f"- {e}" for e in errors[:20]], ""]
     return lines
 
 

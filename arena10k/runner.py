@@ -41,6 +41,13 @@ class StageReport:
     def missing(self) -> int:
         return self.expected - self.done
 
+    def describe(self) -> str:
+        text = (f"{self.stage}: {self.done}/{self.expected} done, {self.failed_total} failed, "
+                f"{self.attempted} tried in this run ({self.seconds:.1f}s)")
+        for reason, count in list(self.failed.items()) + [(f"blocked, {r}", n) for r, n in self.blocked.items()]:
+            text += f"\n    {count} x {reason}"
+        return text
+
 
 WorkItem = tuple[str, Callable[[], dict]]
 

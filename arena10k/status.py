@@ -17,16 +17,14 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from arena10k.checkpoint import ItemState, load_states
-from arena10k.config import ExperimentConfig, OracleConfig
-from arena10k.coverage import CHECKPOINTS, Coverage, expected_keys, tally
+from arena10k.checkpoint import Coverage, ItemState, load_states, tally
+from arena10k.config import ExperimentConfig
 from arena10k.liveness import Claim, finish_times, read_claim
 from arena10k.records import SCHEMA_VERSION
-from arena10k.stages.work import POLICIES
+from arena10k.stages.registry import CHECKPOINTS, expected_keys
 from arena10k.workspace import Workspace, policy_of
 
 RECENT_SECONDS = 600  # the rate is measured over the last ten minutes of finished items
-ORACLE_SLICE_FIELDS = ("enabled", "calibration_fraction", "validation_fraction", "calibration_seed", "validation_seed")
 
 # Checkpoint lines are canonical JSON (sorted keys): a finished item's line starts with its key and ends with
 # its status, a failed attempt's line starts with its error. Finding line ends with memchr and comparing
@@ -133,7 +131,9 @@ def collect(workspace: Workspace, config: ExperimentConfig, now: float | None = 
     status.prompts = len(prompt_ids)
     finished = {name: finish_times(workspace, name) for name in CHECKPOINTS}
     latest = max(((times[-1][0], name) for name, times in finished.items() if times), default=None)
-    for name, keys in expected_keys(_oracle_settings(workspace, config), prompt_ids).items():
+    for name, keys in expected_keys(config, prompt_ids).items():
+        if not keys:
+            continue
         states = settled_states(workspace.checkpoint_path(name))
         working = alive and latest is not None and latest[1] == name
         total = _progress(keys, states, [t for t, _ in finished[name]], working, now)
@@ -145,22 +145,11 @@ def collect(workspace: Workspace, config: ExperimentConfig, now: float | None = 
             keys_by_policy[policy_of(key)].append(key)
         for t, key in finished[name]:
             times_by_policy[policy_of(key)].append(t)
-        for policy in POLICIES:
+        for policy in config.policy_names:
             if keys_by_policy[policy]:
                 stage.by_policy[policy] = _progress(keys_by_policy[policy], states, times_by_policy[policy], working, now)
         status.stages.append(stage)
     return status
-
-
-def _oracle_settings(workspace: Workspace, config: ExperimentConfig) -> OracleConfig:
-    """The oracle slices a started oracle stage was configured with; the given config's before that."""
-    for name in ("oracle_calibration", "oracle_validation"):
-        try:
-            judge = json.loads(workspace.checkpoint_meta_path(name).read_text())["fingerprint"]["judge"]
-            return config.oracle.model_copy(update={k: judge[k] for k in ORACLE_SLICE_FIELDS})
-        except (OSError, ValueError, KeyError):
-            continue
-    return config.oracle
 
 
 def _progress(keys: list[str], states: dict[str, ItemState], times: list[float], working: bool, now: float) -> Progress:

@@ -1,4 +1,4 @@
-"""Where a run keeps its files, and the stage names that key them. One data directory = one run."""
+"""Where a run keeps its files. One data directory = one run."""
 
 from __future__ import annotations
 
@@ -9,11 +9,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from arena10k.checkpoint import Checkpoint, describe_changes, dumps, write_atomic
+from typing import TYPE_CHECKING
+
+from arena10k.checkpoint import Checkpoint, describe_changes, drop_policies, dumps, write_atomic
 from arena10k.errors import CheckpointMismatchError
 from arena10k.records import SCHEMA_VERSION, Prompt, from_dict
 
-STAGES = ("prepare", "generate", "teacher_force", "judge", "oracle", "phase2")
+if TYPE_CHECKING:
+    from arena10k.config import ExperimentConfig
+    from arena10k.stages.base import CheckpointSpec
 
 
 def derive_seed(run_seed: int, *parts: str) -> int:
@@ -28,10 +32,6 @@ def item_key(prompt_id: str, policy: str) -> str:
 
 def policy_of(key: str) -> str:
     return key.rpartition("|")[2]
-
-
-def force_flag(stage: str) -> str:
-    return f"--force {stage}"
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,25 @@ class Workspace:
         """When each item of a checkpoint finished, for status's rate and ETA; resuming never needs it."""
         return self.root / "progress" / f"{name}.tsv"
 
-    def open_checkpoint(self, name: str, stage: str, fingerprint: dict) -> Checkpoint:
-        return Checkpoint(self.checkpoint_path(name), name, fingerprint, force_flag(stage))
+    @property
+    def config_path(self) -> Path:
+        """The configuration of the latest run, so that readers (status) follow its policies."""
+        return self.root / "config.json"
+
+    def saved_config(self) -> ExperimentConfig | None:
+        from arena10k.config import ExperimentConfig
+
+        if not self.config_path.exists():
+            return None
+        return ExperimentConfig.model_validate(json.loads(self.config_path.read_text()))
+
+    def open_checkpoint(self, spec: CheckpointSpec, config: ExperimentConfig) -> Checkpoint:
+        return Checkpoint(self.checkpoint_path(spec.name), spec.name, spec.fingerprints(config))
+
+    def drop(self, checkpoint: str, policies: set[str]) -> int:
+        """Deletes these policies' items of a checkpoint, and their progress lines, so they are recomputed."""
+        drop_policies(self.progress_path(checkpoint), policies)
+        return drop_policies(self.checkpoint_path(checkpoint), policies)
 
     def check_prepare_fingerprint(self, fingerprint: dict) -> bool:
         """True when prompts were already prepared under this fingerprint."""
@@ -83,7 +100,7 @@ class Workspace:
             if changes and self.prompts_path.exists():
                 raise CheckpointMismatchError(
                     "Prompts in this data directory were prepared differently:\n  " + "\n  ".join(changes)
-                    + f"\nRecompute everything with {force_flag('prepare')}, or restore the previous configuration."
+                    + "\nRecompute everything with --force prepare, or restore the previous configuration."
                 )
         return self.prompts_path.exists() and meta_path.exists()
 
@@ -97,29 +114,11 @@ class Workspace:
             raise CheckpointMismatchError(f"No prompts in {self.root}: run stage 01 (prepare) first.")
         return [from_dict(Prompt, json.loads(line)) for line in self.prompts_path.read_text().splitlines()]
 
-    def forget(self, stages: list[str]) -> None:
-        """Delete what the given stages wrote, so they are recomputed."""
-        for path in self._outputs(stages):
-            if path.is_dir():
-                for child in sorted(path.rglob("*"), reverse=True):
-                    child.unlink() if child.is_file() else child.rmdir()
-                path.rmdir()
-            elif path.exists():
-                path.unlink()
-
-    def _outputs(self, stages: list[str]) -> list[Path]:
-        by_stage = {
-            "prepare": [self.prompts_path, self.filter_report_path, self.root / "prepare.meta.json"],
-            "generate": self._checkpoint_files("generate"),
-            "teacher_force": self._checkpoint_files("teacher_force"),
-            "judge": self._checkpoint_files("judge"),
-            "oracle": self._checkpoint_files("oracle_calibration") + self._checkpoint_files("oracle_validation"),
-            "phase2": [self.phase2_dir],
-        }
-        return [path for stage in stages for path in by_stage[stage]]
-
-    def _checkpoint_files(self, name: str) -> list[Path]:
-        return [self.checkpoint_path(name), self.checkpoint_meta_path(name), self.progress_path(name)]
+    def forget_prompts(self) -> None:
+        """--force prepare: the prompts and everything computed from them."""
+        for path in [self.prompts_path, self.filter_report_path, self.root / "prepare.meta.json",
+                     *(self.root / "checkpoints").glob("*"), *(self.root / "progress").glob("*")]:
+            path.unlink(missing_ok=True)
 
     def start_log(self) -> Path:
         """One log file per run, beside the data it describes."""

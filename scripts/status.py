@@ -18,11 +18,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, required=True, help="the run's directory")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
-                        help="the run's config (default: configs/local.yaml); only needed for the oracle slices "
-                             "before stage 5 starts, after that they are read from its checkpoints")
+                        help="the run's config, only read when the run directory has none yet (it keeps a copy "
+                             "from its latest start); default: configs/local.yaml")
     args = parser.parse_args()
     with user_errors():
-        print(status.describe(status.collect(Workspace(args.data_dir), load_config(args.config))))
+        workspace = Workspace(args.data_dir)
+        config = workspace.saved_config() or load_config(args.config)
+        print(status.describe(status.collect(workspace, config)))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ provider for something it cannot do, or lacks a key, before any work starts."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from arena10k.config import ExperimentConfig, ModelConfig
 from arena10k.errors import ConfigError
@@ -13,12 +15,27 @@ from arena10k.ratelimit import RateLimiter
 
 _loaded: dict[str, Provider] = {}
 _limiters: dict[tuple, RateLimiter] = {}
+_substitute: list[Callable[[ModelConfig], Provider]] = []
 
 
 def get_provider(config: ExperimentConfig, model_name: str) -> Provider:
     if model_name not in _loaded:
-        _loaded[model_name] = _create(config.models[model_name])
+        model = config.models[model_name]
+        _loaded[model_name] = _substitute[-1](model) if _substitute else _create(model)
     return _loaded[model_name]
+
+
+@contextmanager
+def substituted(factory: Callable[[ModelConfig], Provider]) -> Iterator[None]:
+    """Every model is served by `factory(model)` instead of its provider (tests run stages in-process on a
+    fake provider this way). Providers loaded before or inside are forgotten on both sides."""
+    _loaded.clear()
+    _substitute.append(factory)
+    try:
+        yield
+    finally:
+        _substitute.pop()
+        _loaded.clear()
 
 
 def stage_concurrency(config: ExperimentConfig, model_names: set[str]) -> int:
@@ -70,10 +87,14 @@ def capabilities(model: ModelConfig) -> frozenset[str]:
     return frozenset({GENERATE, TOP_LOGPROBS} | ({TEACHER_FORCE} if echo and model.chat_template else set()))
 
 
-def check_config(config: ExperimentConfig) -> None:
+def check_config(config: ExperimentConfig, model_names: set[str]) -> None:
+    """Checks the models that the stages about to run will call (`model_names`); a stage that calls no
+    model, such as stage 6, needs no key."""
     problems = []
     for name, policy in config.policies.items():
         model = config.models[policy.model]
+        if policy.model not in model_names:
+            continue
         if TEACHER_FORCE not in capabilities(model):
             if model.provider == "openai" and model.base_url is None:
                 why = ("OpenAI's chat models return no prompt log-probs, so P0's responses cannot be teacher-forced "
@@ -82,7 +103,7 @@ def check_config(config: ExperimentConfig) -> None:
                 why = "teacher forcing renders the policy's context with the model's chat_template, and none is configured"
             problems.append(f"policies.{name}: model '{policy.model}' cannot teacher-force: {why}.")
     for name, model in config.used_models().items():
-        if model.provider != "local":
+        if model.provider != "local" and name in model_names:
             try:
                 _api_key(model)
             except ConfigError as error:

@@ -4,7 +4,7 @@ Sampling is done here, not by llama.cpp's sampler, so that the sampled tokens' l
 teacher-forced log-probs come from one function applied to the same logits. llama.cpp gives
 bit-identical logits for a token whether it is decoded alone or inside a batch as long as the
 micro-batch stays under 64 tokens with flash attention; hence N_BATCH. With that, P0's teacher-forced
-log-prob equals the sum of its sampled log-probs exactly, and pi_clone's weight is exactly 1.
+log-prob equals the sum of its sampled log-probs exactly, and a clone's weight is exactly 1.
 """
 
 from __future__ import annotations

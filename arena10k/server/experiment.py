@@ -19,7 +19,7 @@ def write_loopback_config(path: Path, base_url: str, *, samples: int, dataset: s
              "requests_per_minute": requests_per_minute}
     policy = {"model": "small", "system_prompt": "You are a helpful assistant.", "temperature": 0.7, "max_tokens": 24}
     config = {
-        "name": "loopback", "seed": 42, "samples": samples, "dataset": dataset, "max_attempts": 3,
+        "name": "loopback", "seed": 42, "samples": samples, "dataset": dataset, "max_attempts": 3, "logging_policy": "p0",
         # Each synthetic model id is a different model; requests to all of them share the server's limits.
         "models": {"small": {**model, "model": "synthetic-small"}, "big": {**model, "model": "synthetic-big"},
                    "oracle": {**model, "model": "synthetic-oracle"}},

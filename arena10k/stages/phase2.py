@@ -1,7 +1,7 @@
 """Stage 6: check every stage's coverage, compute weight diagnostics, and write the Phase 2 dataset.
 
 The Phase 2 files are what cje-eval 0.3.0 loads with its own loader (`cje.analyze_dataset`):
-`{variant}/logged.jsonl` (P0 responses with all five log-probs, judge score and oracle label) and
+`{variant}/logged.jsonl` (the logging policy's responses with every policy's log-prob, judge score and oracle label) and
 `{variant}/fresh_draws/{policy}_responses.jsonl` (each target's own judged responses), once with the
 deterministic judge score and once with the mean of the judge's score distribution. A value that is
 missing stays null with its reason in `metadata`; rows cje cannot use without a value (no judge score)
@@ -16,14 +16,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from arena10k.checkpoint import ItemState, dumps, load_states, write_atomic
-from arena10k.config import LOGGING_POLICY, TARGET_POLICIES, ExperimentConfig
+from arena10k.checkpoint import ItemState, dumps, load_states, tally, write_atomic
+from arena10k.config import ExperimentConfig
 from arena10k.records import SCHEMA_VERSION
-from arena10k.coverage import CHECKPOINTS, Coverage, expected_keys, tally
+from arena10k.stages.base import Stage
 from arena10k.workspace import Workspace, item_key
 
-POLICIES = (LOGGING_POLICY, *TARGET_POLICIES)
-CLONE_ERROR_NATS = 5.0  # |log pi_clone - log P0| beyond this is an error, not noise
+CLONE_ERROR_NATS = 5.0  # |log clone - log logging policy| beyond this is an error, not noise
 EXTREME_LOG_WEIGHT = math.log(10)  # weights above 10 or below 0.1 count as extreme
 VARIANTS = {"deterministic": "score", "uncertainty": "score_mean"}
 
@@ -37,7 +36,7 @@ class WeightDiagnostics:
     ess_fraction: float | None
     max_log_weight: float | None
     extreme_weights: int
-    clone_check: str | None = None  # PASS/FAIL, for pi_clone only
+    clone_check: str | None = None  # PASS/FAIL, for clones of the logging policy only
     clone_errors: list[str] = field(default_factory=list)
 
 
@@ -78,22 +77,28 @@ def _reason(states: dict[str, ItemState], key: str, stage: str) -> str:
 
 
 def build(config: ExperimentConfig, workspace: Workspace) -> dict:
+    from arena10k.stages import registry  # the registry lists this stage too
+
     prompts = workspace.load_prompts()
-    states = {name: _states(workspace, name) for name in CHECKPOINTS}
-    records = {name: {k: s.record for k, s in st.items() if s.record is not None} for name, st in states.items()}
-    coverage = _coverage(config, prompts, states)
+    expected = registry.expected_keys(config, [p.prompt_id for p in prompts])
+    states = {name: _states(workspace, name) for name in registry.CHECKPOINTS}
+    # Only the items the config asks for: a label of a prompt no longer in the oracle slice is not used.
+    records = {name: {k: states[name][k].record for k in keys if k in states[name] and states[name][k].record is not None}
+               for name, keys in expected.items()}
+    coverage = {name: tally(keys, states[name]) for name, keys in expected.items() if keys}
+    targets, logging_policy = config.target_policies, config.logging_policy
 
     logged: dict[str, list[dict]] = {variant: [] for variant in VARIANTS}
-    fresh: dict[str, dict[str, list[dict]]] = {variant: {p: [] for p in TARGET_POLICIES} for variant in VARIANTS}
+    fresh: dict[str, dict[str, list[dict]]] = {variant: {p: [] for p in targets} for variant in VARIANTS}
     excluded: dict[str, str] = {}
-    log_ratios: dict[str, dict[str, float | None]] = {p: {} for p in TARGET_POLICIES}
+    log_ratios: dict[str, dict[str, float | None]] = {p: {} for p in targets}
     for prompt in prompts:
-        base_key = item_key(prompt.prompt_id, LOGGING_POLICY)
+        base_key = item_key(prompt.prompt_id, logging_policy)
         response = records["generate"].get(base_key)
         judgement = records["judge"].get(base_key)
-        logprobs = {p: records["teacher_force"].get(item_key(prompt.prompt_id, p)) for p in POLICIES}
-        base = logprobs[LOGGING_POLICY]
-        for policy in TARGET_POLICIES:
+        logprobs = {p: records["teacher_force"].get(item_key(prompt.prompt_id, p)) for p in config.policy_names}
+        base = logprobs[logging_policy]
+        for policy in targets:
             target = logprobs[policy]
             if response is not None:
                 log_ratios[policy][prompt.prompt_id] = None if base is None or target is None else target["logprob"] - base["logprob"]
@@ -104,8 +109,8 @@ def build(config: ExperimentConfig, workspace: Workspace) -> dict:
         else:
             oracle = records["oracle_calibration"].get(base_key)
             for variant, score_field in VARIANTS.items():
-                logged[variant].append(_logged_row(prompt, response, judgement, score_field, logprobs, oracle, states))
-        for policy in TARGET_POLICIES:
+                logged[variant].append(_logged_row(config, prompt, response, judgement, score_field, logprobs, oracle, states))
+        for policy in targets:
             key = item_key(prompt.prompt_id, policy)
             draw, draw_judgement = records["generate"].get(key), records["judge"].get(key)
             if draw is None or draw_judgement is None:
@@ -117,11 +122,15 @@ def build(config: ExperimentConfig, workspace: Workspace) -> dict:
                 fresh[variant][policy].append(_fresh_row(prompt, draw, draw_judgement, score_field, oracle))
 
     diagnostics = {policy: weight_diagnostics(policy, list(ratios.values())) for policy, ratios in log_ratios.items()}
-    clone_check(diagnostics["pi_clone"], log_ratios["pi_clone"])
+    for policy in config.clones():
+        clone_check(diagnostics[policy], log_ratios[policy])
     _write(workspace, logged, fresh)
     info = {
         "schema": SCHEMA_VERSION,
         "experiment": config.name,
+        "logging_policy": logging_policy,
+        "target_policies": list(targets),
+        "clones": list(config.clones()),
         "prompts": len(prompts),
         "logged_rows": len(logged["deterministic"]),
         "fresh_draws": {p: len(rows) for p, rows in fresh["deterministic"].items()},
@@ -137,22 +146,18 @@ def build(config: ExperimentConfig, workspace: Workspace) -> dict:
     return info
 
 
-def _coverage(config: ExperimentConfig, prompts, states) -> dict[str, Coverage]:
-    keys = expected_keys(config.oracle, [p.prompt_id for p in prompts])
-    return {name: tally(expected, states[name]) for name, expected in keys.items()}
-
-
-def _logged_row(prompt, response, judgement, score_field, logprobs, oracle, states) -> dict:
+def _logged_row(config, prompt, response, judgement, score_field, logprobs, oracle, states) -> dict:
     def value(policy):
         return None if logprobs[policy] is None else logprobs[policy]["logprob"]
 
-    nulls = {p: _reason(states["teacher_force"], item_key(prompt.prompt_id, p), "teacher_force") for p in POLICIES if logprobs[p] is None}
+    nulls = {p: _reason(states["teacher_force"], item_key(prompt.prompt_id, p), "teacher_force")
+             for p in config.policy_names if logprobs[p] is None}
     return {
         "prompt_id": prompt.prompt_id,
         "prompt": prompt.prompt,
         "response": response["text"],
-        "base_policy_logprob": value(LOGGING_POLICY),
-        "target_policy_logprobs": {p: value(p) for p in TARGET_POLICIES},
+        "base_policy_logprob": value(config.logging_policy),
+        "target_policy_logprobs": {p: value(p) for p in config.target_policies},
         "judge_score": judgement[score_field],
         "oracle_label": None if oracle is None else oracle["score_mean"],
         "metadata": {
@@ -162,7 +167,7 @@ def _logged_row(prompt, response, judgement, score_field, logprobs, oracle, stat
             "judge_variance": judgement["score_variance"] if score_field == "score_mean" else None,
             "judge_probability_mass": judgement["probability_mass"],
             "judge_method": judgement["method"] + ("" if score_field == "score_mean" else ":greedy"),
-            "teacher_forcing_methods": {p: logprobs[p]["method"] for p in POLICIES if logprobs[p] is not None},
+            "teacher_forcing_methods": {p: logprobs[p]["method"] for p in config.policy_names if logprobs[p] is not None},
             "null_logprob_reasons": nulls,
         },
     }
@@ -197,7 +202,8 @@ def summary_table(info: dict) -> str:
     for name, c in info["coverage"].items():
         lines.append(f"  {name:<20}{c['expected']:>9}{c['done']:>7}{sum(c['failed'].values()):>8}{c['missing']:>9}")
         lines += [f"      failed: {n} x {reason}" for reason, n in c["failed"].items()]
-    lines += ["", "Importance weights (w = exp(logp_target - logp_P0))",
+    clones = info["clones"]
+    lines += ["", f"Importance weights (w = exp(logp_target - logp_{info['logging_policy']}))",
               f"  {'policy':<17}{'n':>5}{'nulls':>7}{'median w':>11}{'ESS':>8}{'max log w':>11}{'extreme':>9}  check"]
     for policy, d in info["weights"].items():
         median = "-" if d["median_weight"] is None else f"{d['median_weight']:.3g}"
@@ -207,7 +213,22 @@ def summary_table(info: dict) -> str:
         lines += [f"      ERROR {e}" for e in d["clone_errors"]]
     lines += ["", f"Phase 2: {info['logged_rows']} logged rows, fresh draws {info['fresh_draws']}, "
               f"oracle labels {info['oracle_labels']['calibration']} calibration / {sum(info['oracle_labels']['validation'].values())} validation"]
+    lines.append(f"Clone check (targets that sample exactly as {info['logging_policy']}, so every weight must be 1): "
+                 + (", ".join(f"{p} {info['weights'][p]['clone_check']}" for p in clones) if clones else "no clone in this config"))
     if info["excluded"]:
         lines.append(f"  excluded ({len(info['excluded'])}):")
         lines += [f"    {what}: {why}" for what, why in info["excluded"].items()]
     return "\n".join(lines)
+
+
+def run(config: ExperimentConfig, workspace: Workspace, samples: int | str | None = None) -> str:
+    info = build(config, workspace)
+    table = summary_table(info)
+    (workspace.phase2_dir / "summary.txt").write_text(table + "\n")
+    from arena10k import report  # matplotlib takes a second to import; only this stage needs it
+
+    report_path = report.write_report(report.phase2_input(workspace.phase2_dir, config), workspace.phase2_dir)
+    return f"{table}\n\nPhase 2 files: {workspace.phase2_dir}\nDiagnostics: {report_path}"
+
+
+STAGE = Stage("phase2", "validate coverage, weight diagnostics, write the Phase 2 dataset and its report", run)

@@ -3,7 +3,8 @@
 It lets the tools that read runs (status, estimate, report) be tested and benchmarked at any size without
 running a model. Records are the real dataclasses and checkpoints carry the real fingerprints, so every
 reader sees exactly the shapes a run produces. Log-probs and scores are drawn per policy so that weight
-and judge diagnostics have something to show: pi_clone equals P0 exactly, pi_bad is far from it.
+and judge diagnostics have something to show: clones of the logging policy equal it exactly, the other
+targets are further and further from it (SHAPES, in config order).
 """
 
 from __future__ import annotations
@@ -15,19 +16,19 @@ from pathlib import Path
 import numpy as np
 
 from arena10k import judging
-from arena10k.stages import work as stages
 from arena10k.checkpoint import dumps
-from arena10k.config import LOGGING_POLICY, ExperimentConfig, JudgeConfig
-from arena10k.coverage import expected_keys
+from arena10k.config import ExperimentConfig, JudgeConfig
+from arena10k.stages.registry import SPEC, expected_keys, response_needed
 from arena10k.data import prompt_id_for
 from arena10k.liveness import progress_line
 from arena10k.records import SCHEMA_VERSION, Judgement, Prompt, Response, TeacherForced, to_dict
 from arena10k.workspace import Workspace, item_key, policy_of
 
 WORDS = "the a model answer question explain why how data city river light music code test simple about".split()
-# policy -> (mean log-ratio to P0 in nats, its spread, mean judge score)
-POLICY_SHAPES = {"p0": (0.0, 0.0, 0.6), "pi_clone": (0.0, 0.0, 0.6), "pi_cot": (-1.0, 1.5, 0.65),
-                 "pi_bigger_model": (-3.0, 3.0, 0.7), "pi_bad": (-8.0, 4.0, 0.2)}
+# (mean log-ratio to the logging policy in nats, its spread, mean judge score): the logging policy and its
+# clones, then the other targets in config order, cycling
+LOGGED_SHAPE = (0.0, 0.0, 0.6)
+SHAPES = ((-1.0, 1.5, 0.65), (-3.0, 3.0, 0.7), (-8.0, 4.0, 0.2))
 REASONS = {"generate": ("prompt is 5000 tokens; with 48 more it exceeds the model's context of 4096", False),
            "teacher_force": ("prompt is 5000 tokens; with 49 more it exceeds the model's context of 4096", False)}
 JUDGE_REASON = ("the judge's reply contains no score digit", True)
@@ -60,7 +61,7 @@ def write_run(root: Path, config: ExperimentConfig, n_prompts: int, *, settled: 
     records: dict[str, dict[str, dict]] = {}  # checkpoint -> key -> record, for the stages that build on them
     written: dict[str, Written] = {}
     finished: list[tuple[str, str]] = []  # (checkpoint, key) in the order a run settles them
-    for name, keys in expected_keys(config.oracle, list(by_id)).items():
+    for name, keys in expected_keys(config, list(by_id)).items():
         keys = keys[: round((settled or {}).get(name, 1.0) * len(keys))]
         if not keys:
             continue  # a stage that has not started has no files
@@ -68,8 +69,8 @@ def write_run(root: Path, config: ExperimentConfig, n_prompts: int, *, settled: 
         done = records[name] = {}
         for index, key in enumerate(keys):
             prompt, policy = by_id[key.partition("|")[0]], policy_of(key)
-            needs = item_key(prompt.prompt_id, LOGGING_POLICY) if name == "teacher_force" else key
-            if name != "generate" and needs not in records["generate"]:
+            needs = response_needed(config, name, key)
+            if needs is not None and needs not in records["generate"]:
                 counts.blocked += 1  # a real run never tries an item whose response failed
                 continue
             failing = fail_every and index % fail_every == fail_every - 1
@@ -113,16 +114,14 @@ def _failed_line(key: str, error: str, retryable: bool) -> str:
     return dumps({"schema": SCHEMA_VERSION, "key": key, "status": "failed", "error": error, "retryable": retryable, "raw": None}) + "\n"
 
 
+def shape(config: ExperimentConfig, policy: str) -> tuple[float, float, float]:
+    others = [p for p in config.target_policies if p not in config.clones()]
+    return SHAPES[others.index(policy) % len(SHAPES)] if policy in others else LOGGED_SHAPE
+
+
 def _write_checkpoint(workspace: Workspace, name: str, config: ExperimentConfig, lines: list[str]) -> None:
-    # The stages' own fingerprints, so the meta files are the ones a real run of this config writes.
-    fingerprints = {
-        "generate": stages._generation_fingerprint(config),
-        "teacher_force": {"generation": stages._generation_fingerprint(config)},
-        "judge": stages._judge_fingerprint(config, config.judge, judging.JUDGE_RUBRIC),
-    }
-    oracle = stages._judge_fingerprint(config, config.oracle, judging.ORACLE_RUBRIC)
-    with workspace.open_checkpoint(name, name, fingerprints.get(name, oracle)):
-        pass  # writes the meta file
+    with workspace.open_checkpoint(SPEC[name], config):
+        pass  # writes the meta file with the stages' own fingerprints, as a real run of this config does
     with open(workspace.checkpoint_path(name), "a", encoding="utf-8") as f:
         f.write("".join(lines))
 
@@ -132,17 +131,17 @@ def _record(name: str, config: ExperimentConfig, prompt: Prompt, policy: str, re
     if name == "generate":
         return _response(config, prompt, policy, rng)
     if name == "teacher_force":
-        base = records["teacher_force"].get(item_key(prompt.prompt_id, LOGGING_POLICY))
+        base = records["teacher_force"].get(item_key(prompt.prompt_id, config.logging_policy))
         logprob = -abs(float(rng.normal(60, 20))) if base is None else base["logprob"]
-        shift, spread, _ = POLICY_SHAPES[policy]
+        shift, spread, _ = shape(config, policy)
         if spread:
             logprob = min(logprob + float(rng.normal(shift, spread)), -1e-3)
-        return to_dict(TeacherForced(prompt.prompt_id, policy, logprob, config.policies[LOGGING_POLICY].max_tokens, "sampled_token_ids"))
+        return to_dict(TeacherForced(prompt.prompt_id, policy, logprob, config.policies[config.logging_policy].max_tokens, "sampled_token_ids"))
     if name == "judge":
-        quality = rng.normal(POLICY_SHAPES[policy][2], 0.15)
+        quality = rng.normal(shape(config, policy)[2], 0.15)
         return _judgement(config, config.judge, prompt, policy, float(quality), rng)
     judged = records["judge"].get(item_key(prompt.prompt_id, policy))  # the oracle agrees with the judge, roughly
-    quality = rng.normal(POLICY_SHAPES[policy][2] if judged is None else judged["score_mean"], 0.1)
+    quality = rng.normal(shape(config, policy)[2] if judged is None else judged["score_mean"], 0.1)
     return _judgement(config, config.oracle, prompt, policy, float(quality), rng)
 
 
