@@ -2,15 +2,15 @@ import json
 
 import pytest
 
-from arena10k.checkpoint import Checkpoint, read_records
+from arena10k.checkpoint import Checkpoint, drop_policies, read_records
 from arena10k.errors import CheckpointMismatchError, ItemError
 from arena10k.runner import run_items
 
-FINGERPRINT = {"policies": {"p0": {"temperature": 0.7}}}
+FINGERPRINT = {"p0": {"policies": {"p0": {"temperature": 0.7}}}}
 
 
 def open_checkpoint(tmp_path, fingerprint=FINGERPRINT):
-    return Checkpoint(tmp_path / "stage.jsonl", "stage", fingerprint, "--force stage")
+    return Checkpoint(tmp_path / "stage.jsonl", "stage", fingerprint)
 
 
 def test_torn_last_line_is_dropped_and_redone(tmp_path):
@@ -28,13 +28,24 @@ def test_torn_last_line_is_dropped_and_redone(tmp_path):
     assert [line["key"] for line in lines] == ["a", "b", "c"]
 
 
-def test_changed_configuration_is_refused_with_the_difference(tmp_path):
+def test_changed_policy_fingerprint_is_refused_and_a_new_policy_is_added(tmp_path):
     open_checkpoint(tmp_path).close()
-    changed = {"policies": {"p0": {"temperature": 0.9}}}
-    with pytest.raises(CheckpointMismatchError) as error:
-        open_checkpoint(tmp_path, changed)
-    assert "policies.p0.temperature: 0.7 -> 0.9" in str(error.value)
-    assert "--force stage" in str(error.value)
+    with pytest.raises(CheckpointMismatchError, match="for p0 with a different configuration; recompute with --force p0"):
+        open_checkpoint(tmp_path, {"p0": {"policies": {"p0": {"temperature": 0.9}}}})
+    added = {**FINGERPRINT, "pi_new": {"policies": {"pi_new": {"temperature": 1.0}}}}
+    open_checkpoint(tmp_path, added).close()
+    assert json.loads((tmp_path / "stage.meta.json").read_text())["fingerprints"] == added
+
+
+def test_dropping_a_policy_removes_its_lines_and_fingerprint_only(tmp_path):
+    two = {**FINGERPRINT, "pi_bad": {"policies": {"pi_bad": {"temperature": 1.0}}}}
+    with open_checkpoint(tmp_path, two) as checkpoint:
+        for key in ("a|p0", "a|pi_bad", "b|p0", "b|pi_bad"):
+            checkpoint.append(key, record={"key": key})
+        checkpoint.append("c|pi_bad", error="no digit", retryable=True)
+    assert drop_policies(tmp_path / "stage.jsonl", {"pi_bad"}) == 3
+    assert set(read_records(tmp_path / "stage.jsonl")) == {"a|p0", "b|p0"}
+    assert json.loads((tmp_path / "stage.meta.json").read_text())["fingerprints"] == FINGERPRINT
 
 
 def test_failures_are_recorded_retried_and_bounded(tmp_path):

@@ -9,8 +9,9 @@ import time
 import pytest
 from conftest import PHASE2_FILES, TINY_CONFIG, phase2_bytes
 
-from arena10k import coverage, estimate, liveness, report, status
-from arena10k.stages import phase2
+from arena10k import estimate, liveness, report, status
+from arena10k.checkpoint import tally
+from arena10k.stages import phase2, registry
 from arena10k.testing import synthetic_run
 from arena10k.checkpoint import Checkpoint, load_states
 from arena10k.config import ExperimentConfig, load_config
@@ -44,7 +45,7 @@ def hosted_config(config):
 
 def test_synthetic_lines_are_the_lines_checkpoint_append_writes(tmp_path):
     # The synthetic runs below stand in for real ones only if their lines are byte for byte the real format.
-    with Checkpoint(tmp_path / "stage.jsonl", "stage", {}, "--force stage") as checkpoint:
+    with Checkpoint(tmp_path / "stage.jsonl", "stage", {}) as checkpoint:
         checkpoint.append("p|p0", record={"b": 1, "a": [1.5, "x"]})
         checkpoint.append("p|pi_bad", error="no digit", retryable=True)
     expected = synthetic_run._ok_line("p|p0", {"b": 1, "a": [1.5, "x"]}) + synthetic_run._failed_line("p|pi_bad", "no digit", True)
@@ -138,23 +139,23 @@ def test_coverage_counts_what_stage_6_counts(tmp_path, config):
     synthetic_run.write_run(tmp_path, config, 12, fail_every=5, settled={"judge": 0.7, "oracle_validation": 0})
     workspace = Workspace(tmp_path)
     info = phase2.build(config, workspace)
-    keys = coverage.expected_keys(config.oracle, [p.prompt_id for p in workspace.load_prompts()])
-    counted = {name: coverage.tally(k, load_states(workspace.checkpoint_path(name))[0]) for name, k in keys.items()}
+    keys = registry.expected_keys(config, [p.prompt_id for p in workspace.load_prompts()])
+    counted = {name: tally(k, load_states(workspace.checkpoint_path(name))[0]) for name, k in keys.items()}
     assert info["coverage"] == {name: {"expected": c.expected, "done": c.done, "failed": dict(c.failed), "missing": c.missing}
                                 for name, c in counted.items()}
 
 
 def test_progress_lines_round_trip_and_a_half_written_line_is_skipped(tmp_path, config):
     workspace = Workspace(tmp_path)
-    with workspace.open_checkpoint("judge", "judge", {}) as checkpoint:
+    with workspace.open_checkpoint(registry.SPEC["judge"], config) as checkpoint:
         liveness.record_finished(checkpoint, "a|p0")
         liveness.record_finished(checkpoint, "a|pi_cot")
     with open(workspace.progress_path("judge"), "a") as f:
         f.write("1800000000.5\tb|p")
     times = liveness.finish_times(workspace, "judge")
     assert [key for _, key in times] == ["a|p0", "a|pi_cot"] and abs(times[-1][0] - time.time()) < 60
-    workspace.forget(["judge"])
-    assert not workspace.progress_path("judge").exists()  # --force judge also forgets when its items finished
+    workspace.drop("judge", {"pi_cot"})  # --force pi_cot also forgets when its items finished
+    assert [key for _, key in liveness.finish_times(workspace, "judge")] == ["a|p0"]
 
 
 def test_estimate_counts_only_what_is_left(tmp_path, hosted_config):
@@ -198,14 +199,14 @@ def test_estimate_of_a_finished_run_and_the_usage_of_its_attempts(tmp_path, host
 
 def test_report_on_the_shared_reference_sample(shared_arena, tmp_path):
     dataset = shared_arena / "reference_cje_dataset_sample.jsonl"
-    path = report.write_report(report.cje_dataset_input(dataset), tmp_path / "a")
+    path = report.write_report(report.cje_dataset_input(dataset, clones=("clone",)), tmp_path / "a")
     text = path.read_text()
     assert "**clone fails the clone check**: 66 of 200 log-ratios differ from 0" in text
     assert "**unhelpful: ESS 0.6%**" in text and "| parallel_universe_prompt | no reason recorded | 1 |" in text
     assert "unhelpful (judge_score): reweighted, it scores 0.86, above base's 0.77" in text
     figures = sorted(p.name for p in (tmp_path / "a" / "figures").iterdir())
-    assert figures == ["clone_log_ratio.png", "judge_scores.png", "judge_vs_oracle.png", "log_weights.png", "weight_concentration.png"]
-    report.write_report(report.cje_dataset_input(dataset), tmp_path / "b")
+    assert figures == ["clone_log_ratio_clone.png", "judge_scores.png", "judge_vs_oracle.png", "log_weights.png", "weight_concentration.png"]
+    report.write_report(report.cje_dataset_input(dataset, clones=("clone",)), tmp_path / "b")
     for name in [*(f"figures/{f}" for f in figures), "report.md"]:  # same data, same bytes
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     assert (tmp_path / "a" / "figures" / figures[0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -232,7 +233,7 @@ def test_report_says_pass_when_the_clone_matches_exactly(tmp_path, config):
     workspace = Workspace(tmp_path)
     phase2.build(config, workspace)
     text = report.write_report(report.phase2_input(workspace.phase2_dir, config), workspace.phase2_dir).read_text()
-    assert "**PASS: all 12 log-ratios of pi_clone to P0 are exactly 0**" in text and "fails the clone check" not in text
+    assert "**PASS: all 12 log-ratios of pi_clone to the logging policy are exactly 0**" in text and "fails the clone check" not in text
 
 
 def test_report_of_a_run_where_nothing_was_judged_says_so(tmp_path, config):

@@ -87,9 +87,10 @@ def capabilities(model: ModelConfig) -> frozenset[str]:
     return frozenset({GENERATE, TOP_LOGPROBS} | ({TEACHER_FORCE} if echo and model.chat_template else set()))
 
 
-def check_config(config: ExperimentConfig, model_names: set[str]) -> None:
-    """Checks the models that the stages about to run will call (`model_names`); a stage that calls no
-    model, such as stage 6, needs no key."""
+def check_config(config: ExperimentConfig, model_names: set[str] | None = None) -> None:
+    """Checks the models that the stages about to run will call (`model_names`, default: every model the
+    config uses); a stage that calls no model, such as stage 6, needs no key."""
+    model_names = set(config.used_models()) if model_names is None else model_names
     problems = []
     for name, policy in config.policies.items():
         model = config.models[policy.model]
