@@ -7,6 +7,7 @@ import pytest
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SHARED_ARENA = PROJECT_ROOT.parent / "shared" / "arena"
 TINY_CONFIG = PROJECT_ROOT / "tests" / "data" / "tiny.yaml"
+OWN_CONFIG = PROJECT_ROOT / "tests" / "data" / "own_policies.yaml"  # a researcher's own policies, seven of them
 PHASE2_FILES = ("deterministic", "uncertainty", "dataset_info.json")
 
 
@@ -27,9 +28,10 @@ def phase2_bytes(data_dir: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="session")
 def clean_run(tmp_path_factory) -> Path:
-    """One uninterrupted run of the tiny config, shared by the tests that only read its output."""
+    """One uninterrupted run of the own-policies config on the embedded models, shared by the tests that only
+    read its output."""
     data_dir = tmp_path_factory.mktemp("clean_run")
-    result = run_pipeline(data_dir)
+    result = run_pipeline(data_dir, config=OWN_CONFIG)
     assert result.returncode == 0, result.stderr[-3000:]
     return data_dir
 

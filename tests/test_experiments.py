@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import PROJECT_ROOT, phase2_bytes
+from conftest import OWN_CONFIG, PROJECT_ROOT, phase2_bytes
 
 from arena10k import pipeline, providers
 from arena10k.config import ExperimentConfig, load_config
@@ -21,7 +21,6 @@ from arena10k.stages import registry
 from arena10k.testing import synthetic_run
 from arena10k.testing.fake_provider import FakeModels
 
-OWN_CONFIG = PROJECT_ROOT / "tests" / "data" / "own_policies.yaml"
 PROMPTS = 10
 VALIDATION_SLICE = 2  # validation_fraction 0.2 of 10 prompts
 
