@@ -42,6 +42,11 @@ class ModelConfig(_Strict):
         "enter checkpoint fingerprints, so a run can move to another endpoint or port and resume.",
     )
     n_ctx: int = Field(4096, ge=256, description="Local only: context window in tokens (prompt + response).")
+    reuse_prefix: bool = Field(
+        True, exclude=True,
+        description="Local only: start a prompt after the cached part it shares with the previous one (the judge's "
+        "rubric and examples). Results are bit-identical either way; false only to measure what it saves.",
+    )
     chat_template: str | None = Field(
         None,
         description="Hosted only: the served model's chat template (Jinja, as in its tokenizer_config.json). "

@@ -83,14 +83,23 @@ class PolicyWeights:
 # ---------------------------------------------------------------- input
 
 
-def read_cje_dataset(logged_path: Path) -> Rows:
+def read_cje_dataset(logged_path: Path, order: tuple[str, ...] = ()) -> Rows:
     """A CJE dataset file, with the fresh draws in `fresh_draws/` beside it when there are any. Judge scores
-    and oracle labels may sit at the top level (our Phase 2 files) or in `metadata` (the shared reference sample)."""
+    and oracle labels may sit at the top level (our Phase 2 files) or in `metadata` (the shared reference sample).
+    Target policies come in `order` (a run's config order) where given, else alphabetically, as the files list them."""
     if not logged_path.is_file():
         raise Arena10kError(f"{logged_path} does not exist.")
     fresh_dir = logged_path.parent / "fresh_draws"
     fresh = {path.name.removesuffix("_responses.jsonl"): _read_rows(path) for path in sorted(fresh_dir.glob("*_responses.jsonl"))}
-    return Rows(_read_rows(logged_path), fresh)
+    logged = _read_rows(logged_path)
+    for row in logged:
+        row["target_policy_logprobs"] = _in_order(row["target_policy_logprobs"], order)
+    return Rows(logged, _in_order(fresh, order))
+
+
+def _in_order(by_policy: dict, order: tuple[str, ...]) -> dict:
+    rank = {policy: index for index, policy in enumerate(order)}
+    return dict(sorted(by_policy.items(), key=lambda item: rank.get(item[0], len(rank))))
 
 
 def _read_rows(path: Path) -> list[dict]:
@@ -116,7 +125,8 @@ def phase2_input(phase2_dir: Path, config: ExperimentConfig | None = None) -> Re
     if not info_path.is_file():
         raise Arena10kError(f"No {info_path}: run stage 6 (phase2) first.")
     info = json.loads(info_path.read_text())
-    variants = {variant: read_cje_dataset(phase2_dir / variant / "logged.jsonl") for variant in VARIANTS}
+    variants = {variant: read_cje_dataset(phase2_dir / variant / "logged.jsonl", tuple(info["target_policies"]))
+                for variant in VARIANTS}
     config = config or ExperimentConfig.model_validate(info["config"])
     workspace = Workspace(phase2_dir.parent)
     run = None

@@ -78,3 +78,32 @@ def test_prompt_beyond_the_context_fails_the_item_permanently(smollm):
 def test_gemma_context_carries_the_system_prompt(gemma):
     rendered = gemma._render(messages("hi", system="SYSTEM TEXT"))
     assert rendered == "<bos><start_of_turn>user\nSYSTEM TEXT\n\nhi<end_of_turn>\n<start_of_turn>model\n"
+
+
+def calls_sharing_prefixes(provider):
+    """Judge calls (a long shared rubric), then generation and teacher forcing under two system prompts."""
+    from arena10k.judging import JUDGE_RUBRIC, judge_messages
+
+    results = []
+    for response in ("The sky is blue because of Rayleigh scattering.", "No idea.", "Blue light scatters more."):
+        reply = provider.generate(GenerationRequest(judge_messages(JUDGE_RUBRIC, PROMPTS[1], response), 0, 4, 0, top_logprobs=20))
+        results.append((reply.token_ids, reply.token_logprobs, reply.top_logprobs))
+    for system in (SYSTEM, SYSTEM + " Think step by step before answering, and explain your reasoning in detail."):
+        for prompt in PROMPTS[1:3]:
+            generation = provider.generate(GenerationRequest(messages(prompt, system), 0.7, 16, seed=5))
+            forced = teacher_force(provider, generation, prompt, system=system)
+            results.append((generation.token_ids, generation.token_logprobs, generation.stop_logprob, forced.logprob))
+    return results
+
+
+@pytest.mark.parametrize("model", ["smollm", "gemma"])
+def test_prefix_reuse_gives_bit_identical_results_on_both_models(model, request):
+    provider = request.getfixturevalue(model)
+    provider.reuse_prefix = False
+    fresh = calls_sharing_prefixes(provider)
+    provider.reuse_prefix = True
+    before = (provider.prompt_tokens, provider.prompt_tokens_evaluated)
+    reused = calls_sharing_prefixes(provider)
+    assert reused == fresh  # every token id, log-prob and top log-prob, exactly
+    held, evaluated = provider.prompt_tokens - before[0], provider.prompt_tokens_evaluated - before[1]
+    assert evaluated < 0.6 * held, (held, evaluated)  # the judge's rubric and examples were evaluated once

@@ -49,7 +49,7 @@ def _create(model: ModelConfig) -> Provider:
     if model.provider == "local":
         from arena10k.providers.local import LocalProvider
 
-        return LocalProvider(model.model, model.n_ctx)
+        return LocalProvider(model.model, model.n_ctx, model.reuse_prefix)
     from arena10k.providers.hosted import HostedProvider, key_fingerprint
 
     api_key = _api_key(model)

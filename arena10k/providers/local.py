@@ -46,7 +46,7 @@ def sample(logprobs: np.ndarray, rng: np.random.Generator) -> int:
 class LocalProvider:
     capabilities = frozenset({GENERATE, TEACHER_FORCE, TOP_LOGPROBS})
 
-    def __init__(self, model: str, n_ctx: int):
+    def __init__(self, model: str, n_ctx: int, reuse_prefix: bool = True):
         import llama_cpp
 
         path = gguf_path(model)
@@ -57,6 +57,11 @@ class LocalProvider:
         )
         self.n_ctx = n_ctx
         self.n_vocab = self._llm.n_vocab()
+        self.reuse_prefix = reuse_prefix
+        # The prompt tokens whose keys and values are in the cache as a fresh evaluation computes them: whole
+        # N_BATCH chunks from position 0. A later prompt that starts with some of those chunks starts after them.
+        self._cached_prompt: list[int] = []
+        self.prompt_tokens = self.prompt_tokens_evaluated = 0  # what prompts held, and what was computed of them
         self.tokenizer = f"{path.name}:{_file_digest(path)}"
         registered = LOCAL_MODELS.get(model)
         template = (registered and registered.chat_template) or self._llm.metadata["tokenizer.chat_template"]
@@ -84,10 +89,31 @@ class LocalProvider:
                 f"prompt is {len(ids)} tokens; with {room} more it exceeds the model's context of {self.n_ctx} "
                 "(raise n_ctx in the model config)", retryable=False)
 
+    def _prompt_logits(self, ids: list[int]) -> np.ndarray:
+        """The logits after a prompt (one row), reusing the cached chunks it starts with.
+
+        A prompt is always evaluated in N_BATCH chunks aligned at position 0, and only whole chunks are
+        reused, so every chunk is computed exactly as a fresh evaluation computes it: the logits are
+        bit-identical with or without reuse, whatever the model's batch invariance (tested on both
+        embedded models). Judge calls share a 239-token rubric and examples, which this evaluates once.
+        """
+        reused = 0
+        if self.reuse_prefix:
+            common = next((i for i, (a, b) in enumerate(zip(self._cached_prompt, ids)) if a != b),
+                          min(len(self._cached_prompt), len(ids)))
+            reused = min(common, len(ids) - 1) // N_BATCH * N_BATCH  # at least one token is evaluated, for its logits
+        self._llm._ctx.kv_cache_seq_rm(-1, reused, -1)
+        logits = self._forward(ids[reused:], reused, all_logits=False)
+        self.prompt_tokens += len(ids)
+        self.prompt_tokens_evaluated += len(ids) - reused
+        self._cached_prompt = ids[: len(ids) // N_BATCH * N_BATCH]
+        return logits
+
     def _forward(self, tokens: list[int], n_past: int, all_logits: bool) -> np.ndarray:
-        """Decode tokens after n_past cached ones; logits of every token, or only of the last."""
+        """Decode tokens after n_past cached ones (chunks start at n_past); logits of every token, or only of the last."""
         if n_past == 0:
             self._llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+            self._cached_prompt = []
         rows = []
         for start in range(0, len(tokens), N_BATCH):
             chunk = tokens[start:start + N_BATCH]
@@ -113,7 +139,7 @@ class LocalProvider:
             stop = self._end_of_turn if request.ended_turn else None
         targets = response + ([stop] if stop is not None else [])
         prompt = self._prompt_ids(request.messages, room=len(targets))
-        first = self._forward(prompt, 0, all_logits=False)
+        first = self._prompt_logits(prompt)
         rest = self._forward(targets[:-1], len(prompt), all_logits=True) if len(targets) > 1 else first[:0]
         logprob = sum(float(log_softmax(row, request.temperature)[t]) for row, t in zip(np.vstack([first, rest]), targets))
         return TeacherForced(logprob=logprob, n_tokens=len(targets), method=method + ("+end_of_turn" if stop is not None else ""))
@@ -164,7 +190,7 @@ class LocalProvider:
                         if top_logprobs:
                             prompt_top.append(top(dist))
         elif max_tokens:
-            logits = self._forward(ids, 0, all_logits=False)[-1]
+            logits = self._prompt_logits(ids)[-1]
         rng = np.random.default_rng(seed)
         sampled: list[int] = []
         logprobs: list[float] = []
