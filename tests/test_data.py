@@ -64,7 +64,13 @@ def test_sampling_is_seeded_and_nested():
 
 
 def test_missing_hub_dataset_offline_names_the_flag(monkeypatch):
+    import datasets
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    # Read at import: another test may have imported them already, and then only these make it offline.
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ConfigError, match="--dataset"):
         data.load_conversations("agie-ai/lmsys-chatbot_arena_conversations")

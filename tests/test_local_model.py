@@ -85,12 +85,12 @@ def calls_sharing_prefixes(provider):
     from arena10k.judging import JUDGE_RUBRIC, judge_messages
 
     results = []
-    for response in ("The sky is blue because of Rayleigh scattering.", "No idea.", "Blue light scatters more."):
+    for response in ("The sky is blue because of Rayleigh scattering.", "No idea."):
         reply = provider.generate(GenerationRequest(judge_messages(JUDGE_RUBRIC, PROMPTS[1], response), 0, 4, 0, top_logprobs=20))
         results.append((reply.token_ids, reply.token_logprobs, reply.top_logprobs))
     for system in (SYSTEM, SYSTEM + " Think step by step before answering, and explain your reasoning in detail."):
         for prompt in PROMPTS[1:3]:
-            generation = provider.generate(GenerationRequest(messages(prompt, system), 0.7, 16, seed=5))
+            generation = provider.generate(GenerationRequest(messages(prompt, system), 0.7, 8, seed=5))
             forced = teacher_force(provider, generation, prompt, system=system)
             results.append((generation.token_ids, generation.token_logprobs, generation.stop_logprob, forced.logprob))
     return results
@@ -106,4 +106,4 @@ def test_prefix_reuse_gives_bit_identical_results_on_both_models(model, request)
     reused = calls_sharing_prefixes(provider)
     assert reused == fresh  # every token id, log-prob and top log-prob, exactly
     held, evaluated = provider.prompt_tokens - before[0], provider.prompt_tokens_evaluated - before[1]
-    assert evaluated < 0.6 * held, (held, evaluated)  # the judge's rubric and examples were evaluated once
+    assert evaluated <= held - 7 * 32, (held, evaluated)  # the second judge call skipped the rubric's 7 whole chunks

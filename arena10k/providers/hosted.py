@@ -145,10 +145,14 @@ def _field(value: Any, name: str) -> Any:
 
 
 def _retry_after(error: Any) -> float | None:
-    try:
-        return float(error.response.headers.get("retry-after"))
-    except (TypeError, ValueError, AttributeError):
-        return None
+    """The server's requested wait: OpenAI's exact retry-after-ms where sent, else HTTP's whole-second Retry-After."""
+    headers = getattr(getattr(error, "response", None), "headers", None) or {}
+    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
+        try:
+            return float(headers.get(name)) * scale
+        except (TypeError, ValueError):
+            continue
+    return None
 
 
 def _message(error: Any) -> str:
