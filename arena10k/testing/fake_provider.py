@@ -10,6 +10,7 @@ gets a digit reply with a digit distribution. Every call is recorded, so tests c
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -44,10 +45,15 @@ class Call:
 class FakeModels:
     """The factory for `providers.substituted`, and the record of every call made through it."""
 
+    latency: float = 0.0  # seconds each call takes, for tests that need a run to last
     calls: list[Call] = field(default_factory=list)
 
     def __call__(self, model: ModelConfig) -> FakeProvider:
-        return FakeProvider(model.model, self.calls.append)
+        return FakeProvider(model.model, self._record)
+
+    def _record(self, call: Call) -> None:
+        time.sleep(self.latency)
+        self.calls.append(call)
 
     def count(self, kind: str, where: Callable[[Call], bool] = lambda call: True) -> int:
         return sum(call.kind == kind and where(call) for call in self.calls)

@@ -1,0 +1,245 @@
+"""A run that cannot hurt you: mistakes, damaged files and accidents get a clear error, nothing is lost or
+wasted, and nothing fake passes for real. In-process on the fake provider unless a process is the point."""
+
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import OWN_CONFIG, PROJECT_ROOT, phase2_bytes, pipeline_command
+
+from arena10k import liveness, pipeline, providers, status
+from arena10k.config import load_config
+from arena10k.errors import RunInProgressError
+from arena10k.testing.fake_provider import FakeModels
+from arena10k.workspace import Workspace
+
+FAKE_PIPELINE = PROJECT_ROOT / "tests" / "fake_pipeline.py"
+
+
+def run(data_dir, *args, config=OWN_CONFIG):
+    fake = FakeModels()
+    with providers.substituted(fake):
+        code = pipeline.main(["--config", str(config), "--data-dir", str(data_dir), *args])
+    return code, fake
+
+
+def prompt_count(data_dir):
+    return len((data_dir / "prompts.jsonl").read_text().splitlines())
+
+
+# ---------------------------------------------------------------- 1. --fresh deletes only a run
+
+
+def test_fresh_refuses_a_directory_that_holds_no_run(tmp_path, capsys):
+    (tmp_path / ".git").mkdir()
+    (tmp_path / "notes.txt").write_text("mine")
+    code, fake = run(tmp_path, "--fresh")
+    assert code == 2 and fake.calls == []
+    assert f"{tmp_path} is not empty and holds no arena10k run" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".git", "notes.txt"]
+
+
+def test_fresh_deletes_the_runs_files_and_nothing_else(tmp_path):
+    data_dir = tmp_path / "run"
+    assert run(data_dir, "4")[0] == 0
+    (data_dir / "notes.txt").write_text("mine")
+    code, fake = run(data_dir, "--fresh", "4")
+    assert code == 0 and fake.count("teacher_force") == 7 * 4  # everything was recomputed
+    assert (data_dir / "notes.txt").read_text() == "mine"
+
+
+# ---------------------------------------------------------------- 2. the run's size is part of the run
+
+
+def test_resume_without_n_keeps_the_runs_size_and_a_new_n_is_announced(tmp_path, capsys):
+    data_dir = tmp_path / "run"
+    assert run(data_dir, "4")[0] == 0  # the config says 10
+    code, fake = run(data_dir, "--force", "judge")
+    assert code == 0 and prompt_count(data_dir) == 4 and fake.count("teacher_force") == 0
+    capsys.readouterr()
+    code, fake = run(data_dir, "6")
+    assert code == 0 and prompt_count(data_dir) == 6
+    assert "the run grows from 4 to 6 prompts" in capsys.readouterr().out
+    assert fake.count("teacher_force") == 7 * 2  # only the two new prompts
+
+
+def test_shrinking_n_gives_exactly_the_smaller_run(tmp_path):
+    assert run(tmp_path / "shrunk", "8")[0] == 0
+    assert run(tmp_path / "shrunk", "6")[0] == 0
+    assert run(tmp_path / "direct", "6")[0] == 0
+    assert phase2_bytes(tmp_path / "shrunk") == phase2_bytes(tmp_path / "direct")
+
+
+# ---------------------------------------------------------------- 4. inputs that cannot give a dataset
+
+
+def rows_file(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("plain.jsonl", '{"prompt": "Why is the sky blue?"}\n', "no row has a conversation_a"),
+    ("french.jsonl", '{"conversation_a": [{"role": "user", "content": "Pourquoi le ciel est-il bleu ?"}]}\n',
+     "no English first-turn prompt"),
+    ("empty.jsonl", "", "is empty"),
+    ("rows.csv", "prompt\nWhy?\n", "must be .json, .jsonl or .parquet"),
+])
+def test_inputs_that_cannot_yield_prompts_are_refused_with_the_row_shape(tmp_path, capsys, name, text, message):
+    code, fake = run(tmp_path / "run", "--dataset", str(rows_file(tmp_path, name, text)))
+    error = capsys.readouterr().err
+    assert code == 2 and fake.calls == [] and message in error and "Traceback" not in error
+    assert '{"conversation_a": [{"role": "user", "content": "' in error or "must be" in error
+
+
+@pytest.mark.parametrize("samples, message", [
+    ("0", "a whole number of prompts of at least 1, or 'all'"),
+    ("-3", "a whole number of prompts of at least 1, or 'all'"),
+    ("abc", "a whole number of prompts of at least 1, or 'all'"),
+    ("5000", "asks for 5000 prompts, but"),
+])
+def test_a_number_of_prompts_that_makes_no_sense_is_refused(tmp_path, capsys, samples, message):
+    with pytest.raises(SystemExit) if samples in ("0", "-3", "abc") else _no_exit():
+        code, _ = run(tmp_path / "run", samples)
+        assert code == 2
+    assert message in capsys.readouterr().err
+
+
+class _no_exit:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+# ---------------------------------------------------------------- 5. one pipeline per directory, atomically
+
+
+def _hold_claim(root, barrier, results):
+    barrier.wait()
+    try:
+        with liveness.claim(Workspace(root)):
+            time.sleep(0.3)
+        results.put("ran")
+    except RunInProgressError:
+        results.put("refused")
+
+
+def test_two_claims_started_together_let_exactly_one_run(tmp_path):
+    context = multiprocessing.get_context("fork")
+    for round_ in range(20):
+        root = tmp_path / f"round{round_}"
+        root.mkdir()
+        barrier, results = context.Barrier(2), context.Queue()
+        processes = [context.Process(target=_hold_claim, args=(root, barrier, results)) for _ in range(2)]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(10)
+        assert sorted(results.get(timeout=5) for _ in processes) == ["ran", "refused"], round_
+
+
+def test_two_pipelines_started_together_run_one(tmp_path):
+    commands = [[sys.executable, str(FAKE_PIPELINE), "--config", str(OWN_CONFIG), "--data-dir", str(tmp_path / "run"), "3"]] * 2
+    processes = [subprocess.Popen(c, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in commands]
+    outcomes = sorted((p.wait(60), p.stderr.read()) for p in processes)
+    assert [code for code, _ in outcomes] == [0, 2]
+    assert "is working on" in outcomes[1][1]
+    keys = [json.loads(line)["key"] for line in (tmp_path / "run" / "checkpoints" / "generate.jsonl").read_text().splitlines()]
+    assert len(keys) == len(set(keys)) == 7 * 3
+
+
+# ---------------------------------------------------------------- 6. a dry run never passes for a real one
+
+
+def test_a_dry_runs_directory_is_refused_by_a_real_run(tmp_path, capsys):
+    assert run(tmp_path / "run", "3", "--dry-run")[0] == 0
+    info = json.loads((tmp_path / "run" / "phase2" / "dataset_info.json").read_text())
+    assert info["dry_run"] is True
+    code, fake = run(tmp_path / "run", "3")
+    assert code == 2 and fake.calls == []
+    assert "holds a dry run" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- 8. a damaged checkpoint loses only what is damaged
+
+
+def test_a_corrupt_line_is_quarantined_and_only_its_item_redone(tmp_path, capsys):
+    data_dir = tmp_path / "run"
+    assert run(data_dir, "4")[0] == 0
+    before = phase2_bytes(data_dir)
+    path = data_dir / "checkpoints" / "judge.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    lines[5] = lines[5][: len(lines[5]) // 2] + "\n"  # damaged in the middle of the file
+    path.write_text("".join(lines))
+    capsys.readouterr()
+    code, fake = run(data_dir)
+    out = capsys.readouterr().out
+    assert code == 0 and len(fake.calls) == 1
+    assert out.count("line 6 of") == 1 and "quarantine" in out
+    assert (data_dir / "quarantine" / "judge.jsonl").exists()
+    assert phase2_bytes(data_dir) == before
+
+
+# ---------------------------------------------------------------- 10. clean messages
+
+
+def test_an_error_is_said_once_without_a_traceback(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text(OWN_CONFIG.read_text().replace("logging_policy: assistant", "logging_policy: nobody"))
+    result = subprocess.run(pipeline_command(tmp_path / "run", config=config), capture_output=True, text=True, cwd=PROJECT_ROOT)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.count("logging_policy 'nobody' is not a key of policies") == 1
+
+
+def test_a_key_pasted_as_api_key_env_is_refused_and_never_shown(tmp_path, capsys):
+    secret = "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789"
+    config = tmp_path / "key.yaml"
+    raw = load_config(OWN_CONFIG).model_dump()
+    raw["models"]["smollm2"] = {"provider": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1",
+                                "api_key_env": secret, "chat_template": "{{ messages }}"}
+    config.write_text(json.dumps(raw))
+    code, _ = run(tmp_path / "run", config=config)
+    captured = capsys.readouterr()
+    assert code == 2 and "api_key_env must name an environment variable" in captured.err
+    assert secret not in captured.err + captured.out
+    assert not any(secret in p.read_text(errors="ignore") for p in tmp_path.rglob("*") if p.is_file() and p != config)
+
+
+def test_ctrl_c_stops_without_a_traceback_and_says_how_to_resume(tmp_path):
+    process = subprocess.Popen([sys.executable, str(FAKE_PIPELINE), "--latency", "0.05", "--config", str(OWN_CONFIG),
+                                "--data-dir", str(tmp_path / "run")], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    generate = tmp_path / "run" / "checkpoints" / "generate.jsonl"
+    deadline = time.monotonic() + 60
+    while not (generate.exists() and generate.read_text().count("\n") >= 3):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 130 and "Traceback" not in err
+    assert "interrupted" in err and "rerun the same command to resume" in err
+
+
+def test_status_of_a_missing_directory_says_so(tmp_path):
+    result = subprocess.run([sys.executable, str(PROJECT_ROOT / "scripts" / "status.py"), "--data-dir", str(tmp_path / "nope")],
+                            capture_output=True, text=True, cwd=PROJECT_ROOT)
+    assert result.returncode == 2 and f"{tmp_path / 'nope'} does not exist" in result.stderr
+
+
+def test_status_shows_items_awaiting_retry_apart_from_failed_ones(tmp_path):
+    from arena10k.testing import synthetic_run
+
+    config = load_config(OWN_CONFIG)
+    synthetic_run.write_run(tmp_path, config, 12, fail_every=5)
+    text = status.describe(status.collect(Workspace(tmp_path), config))
+    assert "awaiting retry" in text
+    judge = next(s for s in status.collect(Workspace(tmp_path), config).stages if s.name == "judge")
+    assert judge.total.coverage.retrying == 0  # the synthetic judge failures used up their attempts
