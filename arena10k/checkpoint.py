@@ -165,9 +165,39 @@ def load_states(path: Path, strict: bool = False) -> tuple[dict[str, ItemState],
         try:
             _apply(items, json.loads(line))
         except (json.JSONDecodeError, KeyError):
-            if strict:
-                raise CheckpointMismatchError(f"{path} line {number} is corrupt; recompute with --force.") from None
+            if strict:  # the pipeline quarantines damaged lines before any stage opens a checkpoint
+                raise CheckpointMismatchError(f"{path} line {number} is damaged; rerun the pipeline, which moves it "
+                                              "to quarantine/ and redoes its item.") from None
     return items, len(complete)
+
+
+def quarantine_damaged_lines(path: Path, quarantine: Path) -> list[str]:
+    """Moves every complete line that is not a valid entry (a disk error, an edit gone wrong) to `quarantine`,
+    with its line number, so that only its item is redone; returns what was moved, for the user."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    complete, torn = data[: data.rfind(b"\n") + 1], data[data.rfind(b"\n") + 1:]
+    lines = complete.decode("utf-8", errors="replace").splitlines(keepends=True)
+    damaged = [number for number, line in enumerate(lines, start=1) if not _valid_entry(line)]
+    if not damaged:
+        return []
+    quarantine.parent.mkdir(parents=True, exist_ok=True)
+    with open(quarantine, "a", encoding="utf-8") as f:
+        f.write("".join(json.dumps({"file": path.name, "line": n, "text": lines[n - 1]}) + "\n" for n in damaged))
+    kept = "".join(line for number, line in enumerate(lines, start=1) if number not in set(damaged))
+    write_atomic(path, kept + torn.decode("utf-8", errors="replace"))
+    return [f"{path.parent.name}/{path.name}: line {n} of {len(lines)} was damaged; it is kept in "
+            f"{quarantine.parent.name}/{quarantine.name} and its item will be redone" for n in damaged]
+
+
+def _valid_entry(line: str) -> bool:
+    try:
+        entry = json.loads(line)
+        return isinstance(entry, dict) and isinstance(entry["key"], str) and entry["status"] in ("ok", "failed") and (
+            isinstance(entry.get("record"), dict) if entry["status"] == "ok" else "error" in entry)
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return False
 
 
 def drop_policies(path: Path, policies: set[str]) -> int:
@@ -210,15 +240,20 @@ class Coverage:
     expected: int = 0
     done: int = 0
     failed: Counter = field(default_factory=Counter)  # last error -> items whose latest attempt failed
+    retrying_by_reason: Counter = field(default_factory=Counter)  # of those, the ones a rerun tries again
 
     @property
     def missing(self) -> int:
         return self.expected - self.done - sum(self.failed.values())
 
+    @property
+    def retrying(self) -> int:
+        return sum(self.retrying_by_reason.values())
 
-def tally(keys: list[str], states: dict[str, ItemState]) -> Coverage:
-    """How many of the items a checkpoint must hold are done, failed (by latest error) or missing.
-    Stage 6's coverage table, status and the estimate all count with this."""
+
+def tally(keys: list[str], states: dict[str, ItemState], max_attempts: int | None = None) -> Coverage:
+    """How many of the items a checkpoint must hold are done, failed (by latest error) or missing, and, given
+    max_attempts, how many failed ones a rerun tries again. Stage 6's coverage table and status count with this."""
     coverage = Coverage(expected=len(keys))
     for key in keys:
         state = states.get(key)
@@ -226,4 +261,6 @@ def tally(keys: list[str], states: dict[str, ItemState]) -> Coverage:
             coverage.done += 1
         elif state is not None:
             coverage.failed[state.last_error] += 1
+            if max_attempts is not None and may_try(state, max_attempts):
+                coverage.retrying_by_reason[state.last_error] += 1
     return coverage

@@ -18,6 +18,7 @@ from arena10k.errors import ConfigError
 
 # Policy names become file names (fresh_draws/<name>_responses.jsonl) and item keys (<prompt id>|<name>).
 POLICY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+ENV_VAR_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
 # `--force NAME` takes a stage or a policy; a policy may not take a stage's name.
 STAGE_NAMES = ("prepare", "generate", "teacher_force", "judge", "oracle", "phase2")
 
@@ -34,7 +35,9 @@ class ModelConfig(_Strict):
         description="Local: a model name from arena10k.models.LOCAL_MODELS or a path to a .gguf file. "
         "Hosted: the provider's model id."
     )
-    api_key_env: str | None = Field(None, description="Hosted only: name of the environment variable holding the key.")
+    api_key_env: str | None = Field(
+        None, description="Hosted only: the NAME of the environment variable holding the key (e.g. FIREWORKS_API_KEY), "
+        "never the key itself.")
     base_url: str | None = Field(
         None, exclude=True,
         description="Hosted only: API base URL: for openai, up to and including /v1 (any OpenAI-compatible server); "
@@ -59,6 +62,10 @@ class ModelConfig(_Strict):
     concurrency: int = Field(16, ge=1, exclude=True, description="Hosted only: the most calls in flight for this model.")
     request_timeout: float = Field(60.0, gt=0, exclude=True, description="Hosted only: seconds before a call is abandoned and retried.")
     max_retries: int = Field(6, ge=0, exclude=True, description="Hosted only: retries of one call on 429, 5xx, timeouts and dropped connections.")
+    outage_seconds: float = Field(
+        60.0, gt=0, exclude=True,
+        description="Hosted only: how long calls may fail (5xx, timeouts, connection errors) with none succeeding before "
+        "the endpoint counts as down and the stage stops, charging no item with the outage.")
     # Prices and rate limits change no result, so they are left out of model_dump() and with it out of every
     # checkpoint fingerprint and dataset_info.json: updating them never forces a recompute.
     price_per_million_input_tokens: float = Field(
@@ -74,6 +81,16 @@ class ModelConfig(_Strict):
         None, gt=0, exclude=True,
         description="Hosted only: the provider's limit on input + output tokens per minute for this model; null means none.",
     )
+
+
+    @model_validator(mode="after")
+    def _key_is_named_not_given(self) -> ModelConfig:
+        # An environment variable's name, by convention upper case; a key pasted here instead is refused
+        # without being repeated anywhere.
+        if self.api_key_env is not None and not ENV_VAR_NAME.fullmatch(self.api_key_env):
+            raise ValueError("api_key_env must name an environment variable (upper-case letters, digits and '_', "
+                             "e.g. OPENAI_API_KEY); what is there is not a name, and is not shown in case it is a key")
+        return self
 
 
 class PolicyConfig(_Strict):
@@ -126,7 +143,9 @@ class ExperimentConfig(_Strict):
 
     name: str = Field(description="Experiment name, recorded in dataset_info.json.")
     seed: int = Field(description="Run seed: prompt sampling and every per-item sampling seed derive from it.")
-    samples: int | Literal["all"] = Field(description="How many prompts to sample after filtering (the runner's N overrides it).")
+    samples: int | Literal["all"] = Field(
+        description="How many prompts a new run samples after filtering; the runner's N sets another size, and a "
+        "resume keeps the size the run was prepared with.")
     dataset: str = Field(
         description="Hugging Face dataset id, or a local JSON/JSONL/Parquet file (relative paths are resolved "
         "against the project root) with ChatBot Arena rows."
@@ -143,6 +162,8 @@ class ExperimentConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentConfig:
+        if self.samples != "all" and self.samples < 1:
+            raise ValueError("samples must be a whole number of prompts of at least 1, or 'all'")
         for name in self.policies:
             if not POLICY_NAME.fullmatch(name):
                 raise ValueError(f"policy name '{name}' must be 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit")

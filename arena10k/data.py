@@ -13,6 +13,10 @@ from arena10k.records import Prompt
 
 HUB_DATASET = "agie-ai/lmsys-chatbot_arena_conversations"
 LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+ROW_SHAPE = ('one row per conversation, as ChatBot Arena has them; only the first user turn is used, question_id is '
+             'optional:\n  {"conversation_a": [{"role": "user", "content": "Why is the sky blue?"}, '
+             '{"role": "assistant", "content": "..."}], "question_id": "q1"}\n'
+             "(data/prompts/example_rows.jsonl is a small example)")
 
 
 @dataclass
@@ -38,7 +42,15 @@ def load_conversations(dataset: str):
     if path.suffix in LOCAL_FORMATS:
         if not path.is_file():
             raise ConfigError(f"Dataset file {path} does not exist.")
-        return datasets.load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
+        if path.stat().st_size == 0:
+            raise ConfigError(f"Dataset file {path} is empty. Expected {ROW_SHAPE}")
+        try:
+            return datasets.load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
+        except Exception as error:  # the loader raises many types for a file it cannot parse
+            raise ConfigError(f"Could not read {path} ({type(error).__name__}: {str(error)[:200]}). Expected {ROW_SHAPE}") from None
+    if path.exists():
+        raise ConfigError(f"{path}: a local dataset must be .json, .jsonl or .parquet, not '{path.suffix or path.name}'. "
+                          f"Expected {ROW_SHAPE}")
     try:
         return datasets.load_dataset(dataset, split="train")
     except Exception as error:  # the hub client raises many types when offline
@@ -55,12 +67,15 @@ def first_user_turn(row: dict) -> str:
     return ""
 
 
-def prepare_prompts(rows, samples: int | str, seed: int) -> tuple[list[Prompt], FilterReport]:
+def prepare_prompts(rows, samples: int | str, seed: int, source: str = "the dataset") -> tuple[list[Prompt], FilterReport]:
+    """Refuses, with the expected row shape, inputs that yield no prompt or fewer than `samples`."""
     report = FilterReport()
     seen: set[str] = set()
     candidates: list[Prompt] = []
+    conversations = 0
     for row in rows:
         report.rows += 1
+        conversations += bool(row.get("conversation_a"))
         text = first_user_turn(row)
         if not text:
             report.empty += 1
@@ -75,6 +90,15 @@ def prepare_prompts(rows, samples: int | str, seed: int) -> tuple[list[Prompt], 
                 candidates.append(Prompt(prompt_id_for(text), text, None if source_id is None else str(source_id)))
     # Shuffling the whole pool and taking a prefix makes a larger N a superset of a smaller one,
     # so growing an experiment reuses every finished item.
+    if conversations == 0:
+        raise ConfigError(f"{source}: no row has a conversation_a ({report.rows} rows). Expected {ROW_SHAPE}")
+    if not candidates:
+        raise ConfigError(f"{source}: no English first-turn prompt ({report.rows} rows: {report.empty} empty, "
+                          f"{report.duplicate} duplicate, {report.non_english} not English). Expected {ROW_SHAPE}")
+    if samples != "all" and int(samples) > len(candidates):
+        raise ConfigError(f"The run asks for {samples} prompts, but {source} yields {len(candidates)} after filtering "
+                          f"({report.rows} rows: {report.empty} empty, {report.duplicate} duplicate, {report.non_english} "
+                          f"not English). Ask for at most {len(candidates)}, or 'all'.")
     random.Random(seed).shuffle(candidates)
     chosen = candidates if samples == "all" else candidates[: int(samples)]
     report.sampled_out = len(candidates) - len(chosen)

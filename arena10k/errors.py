@@ -22,6 +22,11 @@ class AuthenticationError(Arena10kError):
     so the stage stops instead of recording thousands of failures (or fake scores)."""
 
 
+class EndpointDownError(Arena10kError):
+    """An endpoint stopped answering (connection errors, timeouts, 5xx) for every item alike: an outage, not a
+    failure of the items, so the stage stops with no item recorded as failed and a rerun resumes normally."""
+
+
 class ItemError(Arena10kError):
     """One work item failed. `retryable` tells whether trying again could help;
     `raw` keeps what the model said when its reply could not be used."""

@@ -152,7 +152,7 @@ class _Accounting:
 
     def _response_tokens(self, key: str) -> int:
         state = self.generated.get(key)
-        if state is None or state.record is None:
+        if state is None or state.record is None or state.record["n_tokens"] is None:
             return self.config.policies[policy_of(key)].max_tokens
         return state.record["n_tokens"] + (state.record["finish_reason"] == "stop")  # the end-of-turn token
 

@@ -1,5 +1,8 @@
 """Whether a pipeline process works on a data directory, and when its items finish.
 
+- `DIR/pipeline.lock` is locked (flock) by the pipeline for as long as it runs: the kernel grants the lock to
+  one process only, atomically, and releases it when the process ends, however it ends.
+
 Two small files that the pipeline writes and the status command only reads:
 - `DIR/pipeline.pid` names the process while it runs. A process killed with -9 leaves the file behind;
   readers then find the pid dead, or reused by another process (told apart by the kernel's start time).
@@ -10,6 +13,7 @@ Two small files that the pipeline writes and the status command only reads:
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -36,26 +40,45 @@ class Claim:
     alive: bool | None  # None when the claim was made on another host and cannot be checked from here
 
 
+_held: set[Path] = set()  # directories this process holds the lock of
+
+
 @contextmanager
 def claim(workspace: Workspace) -> Iterator[None]:
     """Marks this process as the pipeline working on the directory, and refuses a second one.
 
-    Nested claims by the same process are allowed and leave the file to the outermost one.
+    Nested claims by the same process are allowed and leave the files to the outermost one.
     """
-    current = read_claim(workspace)
-    if current is not None and current.alive and current.pid == os.getpid():
+    root = workspace.root.resolve()
+    if root in _held:
         yield
         return
-    if current is not None and current.alive is None:
+    lock = os.open(workspace.root / "pipeline.lock", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(lock)
+        current = read_claim(workspace)
+        who = f"Pipeline process {current.pid}" if current else "Another pipeline process"
+        raise RunInProgressError(
+            f"{who} is working on {workspace.root}. Wait for it, or stop it, before starting another run on this "
+            "directory; scripts/status.py shows its progress.") from None
+    _held.add(root)
+    try:
+        with _pid_file(workspace):
+            yield
+    finally:
+        _held.discard(root)
+        os.close(lock)  # releases the lock; the file stays, as deleting it would let two processes lock two files
+
+
+@contextmanager
+def _pid_file(workspace: Workspace) -> Iterator[None]:
+    current = read_claim(workspace)
+    if current is not None and current.alive is None:  # a lock on another host's file system may not be shared
         raise RunInProgressError(
             f"{workspace.pid_path} names pid {current.pid} on host {current.host}, which cannot be checked from here. "
             f"If no pipeline runs on {workspace.root} there, delete that file and start again."
-        )
-    if current is not None and current.alive:
-        raise RunInProgressError(
-            f"Pipeline process {current.pid} (started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(current.started))}) "
-            f"is working on {workspace.root}. Wait for it, or stop it, before starting another run on this directory; "
-            "scripts/status.py shows its progress."
         )
     mine = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "process_start": _process_start(os.getpid())}
     write_atomic(workspace.pid_path, json.dumps(mine) + "\n")

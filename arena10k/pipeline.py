@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import sys
 import time
 from collections import defaultdict
@@ -20,7 +19,7 @@ from arena10k.checkpoint import dumps, write_atomic
 from arena10k.config import STAGE_NAMES, ExperimentConfig, load_config
 from arena10k.errors import Arena10kError
 from arena10k.providers import check_config
-from arena10k.stages import registry
+from arena10k.stages import phase2, registry
 from arena10k.workspace import Workspace
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -41,22 +40,36 @@ def open_run(args: argparse.Namespace) -> tuple[ExperimentConfig, Workspace]:
         config = config.model_copy(update={"dataset": str(args.dataset)})
     elif not Path(config.dataset).is_absolute() and (PROJECT_ROOT / config.dataset).exists():
         config = config.model_copy(update={"dataset": str(PROJECT_ROOT / config.dataset)})
-    workspace = Workspace(args.data_dir or PROJECT_ROOT / "data" / "runs" / config.name)
-    workspace.root.mkdir(parents=True, exist_ok=True)
-    return config, workspace
+    return config, Workspace(args.data_dir or PROJECT_ROOT / "data" / "runs" / config.name)
+
+
+def samples_argument(value: str) -> int | str:
+    """N on the command line: a whole number of prompts of at least 1, or 'all'."""
+    if value == "all":
+        return value
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"'{value}': must be a whole number of prompts of at least 1, or 'all'")
+    return number
 
 
 def run_parser(description: str, stage: str | None = None) -> argparse.ArgumentParser:
     """The runner's options; a stage script (`stage` given) has the same ones but --from and --only."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     if stage in (None, "prepare"):
-        parser.add_argument("samples", nargs="?", help="number of prompts, or 'all' (default: the config's samples)")
+        parser.add_argument("samples", nargs="?", type=samples_argument,
+                            help="number of prompts, or 'all' (default: the run's own size; for a new run the config's samples)")
         parser.add_argument("--dataset", help="a local JSON/JSONL/Parquet file or Hugging Face dataset id (overrides the config)")
     add_common_arguments(parser)
     if stage is None:
         parser.add_argument("--from", dest="start", choices=STAGE_NAMES, help="start at this stage")
         parser.add_argument("--only", choices=STAGE_NAMES, help="run only this stage")
-        parser.add_argument("--fresh", action="store_true", help="delete this run's data directory and start over")
+        parser.add_argument("--fresh", action="store_true", help="delete this run's files (and nothing else) and start over")
+        parser.add_argument("--dry-run", action="store_true",
+                            help="mark the directory as a dry run's (scripts/dry_run.py sets it): a real run refuses it")
     parser.add_argument("--force", action="append", default=[], metavar="NAME", help=FORCE_HELP)
     parser.add_argument("--estimate", action="store_true",
                         help="print the calls, tokens, cost and rate-limited time of what is left (with --force: of "
@@ -66,16 +79,20 @@ def run_parser(description: str, stage: str | None = None) -> argparse.ArgumentP
 
 def main(argv: list[str] | None = None, stage: str | None = None, description: str = __doc__) -> int:
     """The runner (all stages, or --from/--only) or, with `stage`, one stage's script."""
-    args = run_parser(description, stage).parse_args(argv)
+    parser = run_parser(description, stage)
+    args = parser.parse_args(argv)
     try:
-        return _run(args, stage)
+        return _run(args, stage, " ".join(["python", parser.prog, *(sys.argv[1:] if argv is None else argv)]))
     except Arena10kError as error:
         report_error(error)
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: every finished item is saved; rerun the same command to resume.", file=sys.stderr)
+        return 130
 
 
-def _run(args: argparse.Namespace, stage: str | None) -> int:
-    samples = parse_samples(args.samples) if getattr(args, "samples", None) else None
+def _run(args: argparse.Namespace, stage: str | None, command: str) -> int:
+    samples = getattr(args, "samples", None)
     config, workspace = open_run(args)
     if stage is not None:
         selected = [registry.stage(stage)]
@@ -88,10 +105,16 @@ def _run(args: argparse.Namespace, stage: str | None) -> int:
         print(estimate.describe(estimate.estimate_run(config, workspace, samples, forced)))
         return 0
     check_config(config, registry.models_called(config, selected))
+    workspace.refuse_foreign_directory()
+    workspace.root.mkdir(parents=True, exist_ok=True)
     with liveness.claim(workspace):  # a second pipeline on the same directory is refused
+        workspace.mark_run(dry_run=getattr(args, "dry_run", False))
         if getattr(args, "fresh", False):
-            fresh_start(workspace)
+            workspace.delete_run_files()
         log_path = workspace.start_log()
+        for line in workspace.quarantine_damaged(registry.CHECKPOINTS):
+            log.warning("%s", line)
+            print(line)
         if "prepare" in args.force:
             workspace.forget_prompts()
         if workspace.prompts_path.exists():
@@ -105,6 +128,11 @@ def _run(args: argparse.Namespace, stage: str | None) -> int:
             print(each.run(config, workspace, samples), flush=True)
             timings.append(f"{each.name} {time.monotonic() - started:.1f}s")
         print("stage times: " + ", ".join(timings))
+    if selected[-1].name == "phase2":
+        incomplete = phase2.incomplete(workspace)
+        if incomplete:
+            print(f"error: {incomplete} Continue with: {command.replace(' --fresh', '')}", file=sys.stderr)
+            return 3
     return 0
 
 
@@ -116,10 +144,6 @@ def _recompute(workspace: Workspace, units: set[registry.Unit]) -> None:
         dropped = workspace.drop(checkpoint, policies)
         log.info("--force: dropped %d items of %s (%s)", dropped, checkpoint, ", ".join(sorted(policies)))
         print(f"recomputing {checkpoint}: {', '.join(sorted(policies))} ({dropped} finished items dropped)")
-
-
-def parse_samples(value: str) -> int | str:
-    return value if value == "all" else int(value)
 
 
 def report_error(error: Arena10kError) -> None:
@@ -135,10 +159,3 @@ def user_errors() -> Iterator[None]:
     except Arena10kError as error:
         report_error(error)
         sys.exit(2)
-
-
-def fresh_start(workspace: Workspace) -> None:
-    """--fresh: delete everything in this run's data directory (and nothing else), but this process's claim on it."""
-    for child in workspace.root.iterdir():
-        if child != workspace.pid_path:
-            shutil.rmtree(child) if child.is_dir() else child.unlink()

@@ -26,6 +26,9 @@ class RateLimiter:
         self._condition = threading.Condition()
         self._clock, self._sleep = clock, sleep
         self.throttled_count = 0
+        # The endpoint's health, shared by every call to it: an outage is failures with no success among them.
+        self._last_success = clock()
+        self._failing_since: float | None = None
 
     def acquire(self, tokens: int = 0) -> None:
         """Blocks until a call of about `tokens` tokens may start."""
@@ -55,6 +58,26 @@ class RateLimiter:
             if used + tokens > self.tokens_per_minute:
                 waits.append(60 - (now - self._recent[0][0]))
         return max(waits)
+
+    def record_outcome(self, succeeded: bool) -> None:
+        """A call's outcome for the endpoint's health (429s are limits, not outages, and are not recorded)."""
+        with self._condition:
+            now = self._clock()
+            if succeeded:
+                self._last_success, self._failing_since = now, None
+            elif self._failing_since is None:
+                self._failing_since = now
+
+    def seconds_down(self, since: float | None = None) -> float:
+        """How long calls have failed with no success in between (0 when the last outcome was a success); with
+        `since`, 0 also when a call succeeded after that time."""
+        with self._condition:
+            if self._failing_since is None or (since is not None and self._last_success > since):
+                return 0.0
+            return self._clock() - self._failing_since
+
+    def now(self) -> float:
+        return self._clock()
 
     def release(self, *, throttled: bool = False, retry_after: float | None = None) -> None:
         with self._condition:

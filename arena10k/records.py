@@ -33,7 +33,7 @@ class Response:
     policy: str
     text: str
     finish_reason: str  # "stop" (the model ended its turn) or "length" (cut by max_tokens)
-    n_tokens: int  # response tokens, without the end-of-turn token
+    n_tokens: int | None  # response tokens, without the end-of-turn token; None when the provider reports none
     model: str
     temperature: float
     top_p: float

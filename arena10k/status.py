@@ -76,7 +76,8 @@ def settled_states(path: Path) -> dict[str, ItemState]:
         try:
             entry = json.loads(line)
             if states.get(entry["key"]) is not _DONE:  # a success ends an item's attempts
-                states[entry["key"]] = ItemState(last_error=entry["error"], gave_up=not entry["retryable"])
+                attempts = states[entry["key"]].attempts + 1 if entry["key"] in states else 1
+                states[entry["key"]] = ItemState(last_error=entry["error"], gave_up=not entry["retryable"], attempts=attempts)
         except (json.JSONDecodeError, KeyError):
             continue  # a corrupt line: the pipeline reports it when it resumes
     return states
@@ -136,7 +137,7 @@ def collect(workspace: Workspace, config: ExperimentConfig, now: float | None = 
             continue
         states = settled_states(workspace.checkpoint_path(name))
         working = alive and latest is not None and latest[1] == name
-        total = _progress(keys, states, [t for t, _ in finished[name]], working, now)
+        total = _progress(keys, states, [t for t, _ in finished[name]], working, now, config.max_attempts)
         if total.last_finished is None and states:
             total.last_finished = _mtime(workspace.checkpoint_path(name))  # a run from before progress lines
         stage = StageStatus(name, total)
@@ -147,13 +148,15 @@ def collect(workspace: Workspace, config: ExperimentConfig, now: float | None = 
             times_by_policy[policy_of(key)].append(t)
         for policy in config.policy_names:
             if keys_by_policy[policy]:
-                stage.by_policy[policy] = _progress(keys_by_policy[policy], states, times_by_policy[policy], working, now)
+                stage.by_policy[policy] = _progress(keys_by_policy[policy], states, times_by_policy[policy], working, now,
+                                                    config.max_attempts)
         status.stages.append(stage)
     return status
 
 
-def _progress(keys: list[str], states: dict[str, ItemState], times: list[float], working: bool, now: float) -> Progress:
-    progress = Progress(tally(keys, states), last_finished=times[-1] if times else None)
+def _progress(keys: list[str], states: dict[str, ItemState], times: list[float], working: bool, now: float,
+              max_attempts: int) -> Progress:
+    progress = Progress(tally(keys, states, max_attempts), last_finished=times[-1] if times else None)
     working = working and progress.coverage.missing > 0
     progress.rate_per_minute = _rate(times, working, now)
     if working and progress.rate_per_minute:
@@ -189,7 +192,8 @@ def describe(status: RunStatus) -> str:
         lines.append("  prompts: not prepared yet (stage 1 has not finished)")
         return "\n".join(lines)
     lines += [f"  prompts: {status.prompts}", ""]
-    header = f"  {'stage / policy':<22}{'done':>15}{'failed':>8}{'remaining':>11}{'rate/min':>10}{'ETA':>13}   last finished"
+    header = (f"  {'stage / policy':<22}{'done':>15}{'failed':>8}{'retrying':>10}{'remaining':>11}{'rate/min':>10}"
+              f"{'ETA':>13}   last finished")
     lines.append(header)
     failures = []
     for stage in status.stages:
@@ -197,9 +201,11 @@ def describe(status: RunStatus) -> str:
         lines += [_row(policy, progress, status.now, indent="  ") for policy, progress in stage.by_policy.items()]
         for reason, count in stage.total.coverage.failed.most_common():
             where = ", ".join(f"{policy} {p.coverage.failed[reason]}" for policy, p in stage.by_policy.items() if p.coverage.failed[reason])
+            retrying = stage.total.coverage.retrying_by_reason[reason]
+            where += f"; {retrying} of them awaiting retry" if retrying else ""
             failures.append(f"  {stage.name}: {count} x {reason} ({where})")
     if failures:
-        lines += ["", "Failed items by reason (their latest error):", *failures]
+        lines += ["", "Failed items by reason (their latest error; 'retrying': awaiting retry, within max_attempts):", *failures]
     if status.phase2_written is not None:
         report = status.root / "phase2" / "report.md"
         lines += ["", f"Phase 2 written {_when(status.phase2_written, status.now)}: {status.root / 'phase2'}"
@@ -213,7 +219,8 @@ def _row(name: str, progress: Progress, now: float, indent: str) -> str:
     rate = "-" if progress.rate_per_minute is None else f"{progress.rate_per_minute:.3g}"
     eta = "-" if progress.eta_seconds is None else _duration(progress.eta_seconds)
     last = "-" if progress.last_finished is None else _when(progress.last_finished, now)
-    return (f"  {indent + name:<22}{done:>15}{sum(c.failed.values()):>8}{c.missing:>11}{rate:>10}{eta:>13}   {last}")
+    return (f"  {indent + name:<22}{done:>15}{sum(c.failed.values()) - c.retrying:>8}{c.retrying:>10}{c.missing:>11}"
+            f"{rate:>10}{eta:>13}   {last}")
 
 
 def _describe_claim(status: RunStatus) -> str:

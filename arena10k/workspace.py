@@ -1,18 +1,20 @@
-"""Where a run keeps its files. One data directory = one run."""
+"""Where a run keeps its files. One data directory = one run, and it knows it is one: a marker file written
+when the run starts, without which nothing is ever deleted."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from arena10k.checkpoint import Checkpoint, describe_changes, drop_policies, dumps, write_atomic
-from arena10k.errors import CheckpointMismatchError
+from arena10k.checkpoint import Checkpoint, describe_changes, drop_policies, dumps, quarantine_damaged_lines, write_atomic
+from arena10k.errors import CheckpointMismatchError, ConfigError
 from arena10k.records import SCHEMA_VERSION, Prompt, from_dict
 
 if TYPE_CHECKING:
@@ -34,9 +36,60 @@ def policy_of(key: str) -> str:
     return key.rpartition("|")[2]
 
 
+RUN_MARKER = ".arena10k-run"
+# Everything a run writes; --fresh deletes these and nothing else (the lock and marker stay, the run goes on).
+RUN_FILES = ("prompts.jsonl", "filter_report.json", "prepare.meta.json", "config.json", "pipeline.pid",
+             "checkpoints", "progress", "logs", "phase2", "quarantine")
+
+
 @dataclass(frozen=True)
 class Workspace:
     root: Path
+
+    @property
+    def marker_path(self) -> Path:
+        return self.root / RUN_MARKER
+
+    def refuse_foreign_directory(self) -> None:
+        """Before anything is written: a directory of other files is never made a run (nor emptied by --fresh)."""
+        if not self.root.is_dir() or self.marker_path.exists() or (self.root / "pipeline.lock").exists():
+            return  # a pipeline creates the lock before anything else: one may be starting here
+        earlier_run = self.prompts_path.exists() or (self.root / "checkpoints").is_dir()  # from before the marker
+        if not earlier_run and any(self.root.iterdir()):
+            raise ConfigError(f"{self.root} is not empty and holds no arena10k run (no {RUN_MARKER} file); nothing was "
+                              "written or deleted there. Pass a new or empty --data-dir.")
+
+    def mark_run(self, dry_run: bool) -> None:
+        """Makes the directory this run's (under the pipeline's lock), and keeps a dry run's synthetic results
+        and a real run's apart."""
+        if not self.marker_path.exists():
+            write_atomic(self.marker_path, json.dumps({"dry_run": dry_run, "created": time.time()}) + "\n")
+            return
+        marked_dry = json.loads(self.marker_path.read_text()).get("dry_run", False)
+        if marked_dry and not dry_run:
+            raise ConfigError(f"{self.root} holds a dry run (synthetic responses from the loopback server); a real "
+                              "run needs a directory of its own. Pass another --data-dir.")
+        if dry_run and not marked_dry:
+            raise ConfigError(f"{self.root} holds a real run; a dry run needs a directory of its own.")
+
+    @property
+    def is_dry_run(self) -> bool:
+        return self.marker_path.exists() and json.loads(self.marker_path.read_text()).get("dry_run", False)
+
+    def delete_run_files(self) -> None:
+        """--fresh: what this run wrote, and only that."""
+        for name in RUN_FILES:
+            path = self.root / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists() and path != self.pid_path:
+                path.unlink()
+
+    def quarantine_damaged(self, names: tuple[str, ...]) -> list[str]:
+        """Moves damaged lines out of these checkpoints into quarantine/, so that only their items are redone;
+        returns one line per damaged line, for the user."""
+        return [line for name in names
+                for line in quarantine_damaged_lines(self.checkpoint_path(name), self.root / "quarantine" / f"{name}.jsonl")]
 
     @property
     def prompts_path(self) -> Path:
@@ -91,6 +144,13 @@ class Workspace:
         drop_policies(self.progress_path(checkpoint), policies)
         return drop_policies(self.checkpoint_path(checkpoint), policies)
 
+    def prepared_samples(self) -> int | str | None:
+        """The run's size as it was last prepared: N given once is remembered."""
+        meta_path = self.root / "prepare.meta.json"
+        if not (meta_path.exists() and self.prompts_path.exists()):
+            return None
+        return json.loads(meta_path.read_text()).get("samples")
+
     def check_prepare_fingerprint(self, fingerprint: dict) -> bool:
         """True when prompts were already prepared under this fingerprint."""
         meta_path = self.root / "prepare.meta.json"
@@ -104,10 +164,11 @@ class Workspace:
                 )
         return self.prompts_path.exists() and meta_path.exists()
 
-    def save_prompts(self, prompts: list[Prompt], report: dict, fingerprint: dict) -> None:
+    def save_prompts(self, prompts: list[Prompt], report: dict, fingerprint: dict, samples: int | str) -> None:
         write_atomic(self.prompts_path, "".join(dumps(p.__dict__) + "\n" for p in prompts))
         write_atomic(self.filter_report_path, json.dumps(report, indent=2) + "\n")
-        write_atomic(self.root / "prepare.meta.json", dumps({"schema": SCHEMA_VERSION, "fingerprint": fingerprint}) + "\n")
+        write_atomic(self.root / "prepare.meta.json",
+                     dumps({"schema": SCHEMA_VERSION, "fingerprint": fingerprint, "samples": samples}) + "\n")
 
     def load_prompts(self) -> list[Prompt]:
         if not self.prompts_path.exists():

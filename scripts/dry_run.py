@@ -36,7 +36,7 @@ def main() -> None:
         dry_config = Path(tmp) / "config.yaml"
         dry_config.write_text(yaml.safe_dump(point_at_loopback(config, server.root_url)))
         command = [sys.executable, str(PROJECT_ROOT / "run_phase1_pipeline.py"), args.samples,
-                   "--config", str(dry_config), "--data-dir", str(data_dir)]
+                   "--config", str(dry_config), "--data-dir", str(data_dir), "--dry-run"]
         if args.dataset:
             command += ["--dataset", args.dataset]
         result = subprocess.run(command, cwd=PROJECT_ROOT)

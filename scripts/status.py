@@ -10,6 +10,7 @@ from pathlib import Path
 
 from arena10k import status
 from arena10k.config import load_config
+from arena10k.errors import Arena10kError
 from arena10k.pipeline import DEFAULT_CONFIG, user_errors
 from arena10k.workspace import Workspace
 
@@ -22,6 +23,8 @@ def main() -> None:
                              "from its latest start); default: configs/local.yaml")
     args = parser.parse_args()
     with user_errors():
+        if not args.data_dir.is_dir():
+            raise Arena10kError(f"{args.data_dir} does not exist: no run is there (give the --data-dir the pipeline was given).")
         workspace = Workspace(args.data_dir)
         config = workspace.saved_config() or load_config(args.config)
         print(status.describe(status.collect(workspace, config)))

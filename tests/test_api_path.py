@@ -46,6 +46,10 @@ def test_clean_api_run_is_complete_and_clone_weights_are_one(clean_api_run):
     for stage, coverage in info["coverage"].items():
         assert coverage["done"] == coverage["expected"] > 0, stage
     assert info["weights"]["pi_clone"]["clone_check"] == "PASS"
+    assert info["endpoints"]["small"] == "http://127.0.0.1/v1"  # which server, without the port a run may move from
+    generated = [json.loads(line)["record"] for line in (data_dir / "checkpoints" / "generate.jsonl").read_text().splitlines()]
+    assert all(r["n_tokens"] == r["max_tokens"] or (0 < r["n_tokens"] < r["max_tokens"] and r["finish_reason"] == "stop")
+               for r in generated if r["text"])  # the API's own count, not 0 for want of token ids
     for path in data_dir.rglob("*"):  # logs, checkpoints, outputs, report
         assert not path.is_file() or KEY.encode() not in path.read_bytes(), path
     methods = {line for line in (data_dir / "checkpoints" / "teacher_force.jsonl").read_text().splitlines()}
@@ -85,6 +89,29 @@ def test_killed_api_runs_resume_to_the_clean_result_without_duplicates(clean_api
         assert len(keys) == len(set(keys)), f"duplicate lines in {name}"
     # Work repeated because of the kills is at most what was in flight at each kill.
     assert completions - clean_api_run[1]["completions"] <= kills * 8
+
+
+def test_an_outage_stops_the_run_naming_the_endpoint_and_a_rerun_completes(clean_api_run, tmp_path, key):
+    data_dir = tmp_path / "data"
+    generate = data_dir / "checkpoints" / "generate.jsonl"
+    server = run_in_thread(ServerConfig("synthetic", api_key=KEY, faults=FaultConfig(latency_ms=100)))
+    config = write_loopback_config(tmp_path / "config.yaml", server.base_url, samples=12, outage_seconds=3)
+    process = subprocess.Popen(pipeline_command(data_dir, config=config), cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (generate.exists() and generate.read_text().count("\n") >= 10):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    server.stop()  # the endpoint goes down in the middle of stage 2
+    stopped = time.monotonic()
+    _, error = process.communicate(timeout=120)
+    assert process.returncode == 2 and time.monotonic() - stopped < 30
+    assert f"{server.base_url} (synthetic-small) is not answering" in error and error.count("is not answering") == 1
+    assert '"status": "failed"' not in generate.read_text()  # the outage is charged to no item
+    with run_in_thread(ServerConfig("synthetic", api_key=KEY)) as back:  # back, on another port
+        result = run_pipeline(data_dir, config=write_loopback_config(tmp_path / "config.yaml", back.base_url, samples=12))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert phase2_bytes(data_dir) == phase2_bytes(clean_api_run[0])
 
 
 def test_invalid_key_stops_the_stage_at_the_first_401_and_writes_no_scores(tmp_path, monkeypatch):

@@ -235,11 +235,37 @@ def test_status_of_a_missing_directory_says_so(tmp_path):
 
 
 def test_status_shows_items_awaiting_retry_apart_from_failed_ones(tmp_path):
-    from arena10k.testing import synthetic_run
-
+    data_dir = tmp_path / "run"
+    assert run(data_dir, "3")[0] == 0
+    path = data_dir / "checkpoints" / "judge.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    retried, given_up = json.loads(lines[0])["key"], json.loads(lines[1])["key"]
+    failed = [{"error": "no score digit", "key": retried, "raw": "hm", "retryable": True},
+              {"error": "prompt too long", "key": given_up, "raw": None, "retryable": False}]
+    path.write_text("".join(lines[2:]) + "".join(
+        json.dumps({**f, "schema": 1, "status": "failed"}, sort_keys=True) + "\n" for f in failed))
     config = load_config(OWN_CONFIG)
-    synthetic_run.write_run(tmp_path, config, 12, fail_every=5)
-    text = status.describe(status.collect(Workspace(tmp_path), config))
-    assert "awaiting retry" in text
-    judge = next(s for s in status.collect(Workspace(tmp_path), config).stages if s.name == "judge")
-    assert judge.total.coverage.retrying == 0  # the synthetic judge failures used up their attempts
+    judge = next(s for s in status.collect(Workspace(data_dir), config).stages if s.name == "judge")
+    assert judge.total.coverage.retrying == 1 and sum(judge.total.coverage.failed.values()) == 2
+    text = status.describe(status.collect(Workspace(data_dir), config))
+    assert "judge: 1 x no score digit (assistant 1; 1 of them awaiting retry)" in text
+    assert "judge: 1 x prompt too long (twin 1)" in text
+
+
+# ---------------------------------------------------------------- 4. the exit status tells the truth
+
+
+def test_a_run_whose_phase2_is_incomplete_exits_non_zero_saying_what_is_missing(tmp_path, capsys):
+    data_dir = tmp_path / "run"
+    assert run(data_dir, "3")[0] == 0
+    path = data_dir / "checkpoints" / "judge.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    key = json.loads(lines[3])["key"]
+    failed = {"error": "the judge's reply contains no score digit", "key": key, "raw": "hm", "retryable": False,
+              "schema": 1, "status": "failed"}
+    path.write_text("".join(lines[:3] + lines[4:]) + json.dumps(failed, sort_keys=True) + "\n")
+    capsys.readouterr()
+    code, fake = run(data_dir)
+    error = capsys.readouterr().err
+    assert code == 3 and fake.calls == []
+    assert "Phase 2 is incomplete: judge 20/21 done (1 failed, 0 not run)" in error and "Continue with: python" in error

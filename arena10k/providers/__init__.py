@@ -65,8 +65,9 @@ def _create(model: ModelConfig) -> Provider:
     limiter_key = (model.provider, model.base_url, key_fingerprint(api_key), model.model)
     if limiter_key not in _limiters:
         _limiters[limiter_key] = RateLimiter(model.concurrency, model.requests_per_minute, model.tokens_per_minute)
+    endpoint = model.base_url or f"{model.provider}'s API"
     return HostedProvider(sdk, client, model.model, _limiters[limiter_key], model.max_retries,
-                          model.chat_template, model.end_of_turn, capabilities(model))
+                          model.chat_template, model.end_of_turn, capabilities(model), endpoint, model.outage_seconds)
 
 
 def _api_key(model: ModelConfig) -> str:

@@ -34,6 +34,12 @@ class Generation:
     stop_token_id: int | None
     stop_logprob: float | None
     top_logprobs: list[dict[str, float]] = field(default_factory=list)  # per token: text -> log-prob
+    reported_tokens: int | None = None  # the provider's count of generated tokens (usage), for APIs without ids
+
+    @property
+    def n_tokens(self) -> int | None:
+        """Response tokens, without the end-of-turn token; None when the provider says nothing of them."""
+        return len(self.token_ids) or len(self.token_texts) or self.reported_tokens
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 What is retryable is decided here, once: 429 (after Retry-After), 5xx, timeouts, dropped connections and
 malformed bodies are retried with exponential backoff and jitter; 400/404/422 fail the item at once with
-the provider's reason; 401/403 stop the stage (AuthenticationError).
+the provider's reason; 401/403 stop the stage (AuthenticationError). Failures of the second kind that go on
+with no call to the endpoint succeeding for `outage_seconds`, or that outlast an item's retries with none
+succeeding, are an outage: the stage stops (EndpointDownError) and no item is charged with it.
 
 Teacher forcing uses the completions endpoint with echo and log-probs on the policy's rendered chat
 template. The prompt/response boundary is found in the returned tokens' text offsets and verified: a
@@ -25,7 +27,7 @@ from typing import Any
 
 import jinja2
 
-from arena10k.errors import AuthenticationError, ItemError
+from arena10k.errors import AuthenticationError, EndpointDownError, ItemError
 from arena10k.providers.base import (
     Generation,
     GenerationRequest,
@@ -42,9 +44,11 @@ BACKOFF_MAX_SECONDS = 30.0
 
 class HostedProvider:
     def __init__(self, sdk: ModuleType, client: Any, model: str, limiter: RateLimiter, max_retries: int,
-                 chat_template: str | None, end_of_turn: str | None, capabilities: frozenset[str]):
+                 chat_template: str | None, end_of_turn: str | None, capabilities: frozenset[str],
+                 endpoint: str, outage_seconds: float):
         self._sdk, self._client, self.model = sdk, client, model
         self._limiter, self._max_retries = limiter, max_retries
+        self._endpoint, self._outage_seconds = endpoint, outage_seconds
         self._template = None if chat_template is None else jinja2.Environment().from_string(chat_template)
         self._end_of_turn = end_of_turn or ""
         self.tokenizer = f"api:{model}"
@@ -72,6 +76,7 @@ class HostedProvider:
             stop_logprob=None,
             top_logprobs=[{_field(top, "token"): _field(top, "logprob") for top in _field(t, "top_logprobs") or []}
                           for t in content],
+            reported_tokens=_field(_field(response, "usage"), "completion_tokens"),
         )
 
     def teacher_force(self, request: TeacherForceRequest) -> TeacherForced:
@@ -106,6 +111,7 @@ class HostedProvider:
 
     def _call(self, send: Callable[[], Any], tokens: int) -> Any:
         sdk = self._sdk
+        started = self._limiter.now()
         for attempt in range(self._max_retries + 1):
             self._limiter.acquire(tokens)
             try:
@@ -126,17 +132,33 @@ class HostedProvider:
                     sdk.APIResponseValidationError, json.JSONDecodeError) as error:
                 self._limiter.release()
                 reason = f"{type(error).__name__}: {_message(error)}"
+                self._failed(reason, started=None)
             else:
                 self._limiter.release()
                 if not getattr(response, "choices", None):
                     reason = "malformed response body"
+                    self._failed(reason, started=None)
                 else:
+                    self._limiter.record_outcome(succeeded=True)
                     return response
             if attempt < self._max_retries:
                 delay = min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** attempt) * random.uniform(0.5, 1.0)
                 log.info("%s: %s; retry %d in %.1fs", self.model, reason, attempt + 1, delay)
                 time.sleep(delay)
+        if reason != "rate limited (HTTP 429)":
+            self._failed(reason, started=started)  # no call succeeded while this one retried: an outage
         raise ItemError(f"{reason} (gave up after {self._max_retries + 1} attempts)", retryable=True)
+
+    def _failed(self, reason: str, started: float | None) -> None:
+        """Records a failure of the endpoint's kind and stops the stage when it is an outage: failures for
+        outage_seconds with no success, or (given `started`) none since this item's first attempt."""
+        self._limiter.record_outcome(succeeded=False)
+        down = self._limiter.seconds_down(since=started)
+        if down >= self._outage_seconds or (started is not None and down > 0):
+            raise EndpointDownError(
+                f"{self._endpoint} ({self.model}) is not answering: no call has succeeded for {down:.0f} s "
+                f"(last error: {reason}). The stage stopped and no item was recorded as failed; rerun the same "
+                "command once the endpoint is back.")
 
 
 def _field(value: Any, name: str) -> Any:

@@ -13,10 +13,11 @@ KEY_ENV = "ARENA10K_LOOPBACK_KEY"
 
 def write_loopback_config(path: Path, base_url: str, *, samples: int, dataset: str = "data/prompts/arena10k_prompts.jsonl",
                           concurrency: int = 8, requests_per_minute: int | None = None, request_timeout: float = 1.5,
-                          calibration_fraction: float = 1.0, validation_fraction: float = 0.25) -> Path:
+                          calibration_fraction: float = 1.0, validation_fraction: float = 0.25,
+                          outage_seconds: float = 60.0) -> Path:
     model = {"provider": "openai", "base_url": base_url, "api_key_env": KEY_ENV, "chat_template": CHAT_TEMPLATE,
              "end_of_turn": "<|end|>", "concurrency": concurrency, "request_timeout": request_timeout, "max_retries": 10,
-             "requests_per_minute": requests_per_minute}
+             "requests_per_minute": requests_per_minute, "outage_seconds": outage_seconds}
     policy = {"model": "small", "system_prompt": "You are a helpful assistant.", "temperature": 0.7, "max_tokens": 24}
     config = {
         "name": "loopback", "seed": 42, "samples": samples, "dataset": dataset, "max_attempts": 3, "logging_policy": "p0",

@@ -46,7 +46,7 @@ def _work(config: ExperimentConfig, name: str, prompt: Prompt):
         result = get_provider(config, policy.model).generate(request)
         return to_dict(Response(
             prompt_id=prompt.prompt_id, policy=name, text=result.text, finish_reason=result.finish_reason,
-            n_tokens=len(result.token_ids), model=config.models[policy.model].model, temperature=policy.temperature,
+            n_tokens=result.n_tokens, model=config.models[policy.model].model, temperature=policy.temperature,
             top_p=policy.top_p, max_tokens=policy.max_tokens, seed=seed, tokenizer=result.tokenizer,
             token_ids=result.token_ids, token_logprobs=result.token_logprobs, stop_token_id=result.stop_token_id,
             stop_logprob=result.stop_logprob,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from urllib.parse import urlsplit, urlunsplit
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -131,6 +132,8 @@ def build(config: ExperimentConfig, workspace: Workspace) -> dict:
         "logging_policy": logging_policy,
         "target_policies": list(targets),
         "clones": list(config.clones()),
+        "dry_run": workspace.is_dry_run,  # synthetic responses from the loopback server, not a real dataset
+        "endpoints": {name: endpoint(m) for name, m in config.used_models().items()},
         "prompts": len(prompts),
         "logged_rows": len(logged["deterministic"]),
         "fresh_draws": {p: len(rows) for p, rows in fresh["deterministic"].items()},
@@ -197,6 +200,16 @@ def _write(workspace: Workspace, logged: dict, fresh: dict) -> None:
             write_atomic(folder / "fresh_draws" / f"{policy}_responses.jsonl", "".join(dumps(r) + "\n" for r in draws))
 
 
+def endpoint(model) -> str:
+    """Where a model was served, without the port: a run that moved to another port of one server is one run."""
+    if model.provider == "local":
+        return "in-process (llama-cpp-python)"
+    if model.base_url is None:
+        return f"{model.provider}'s default API"
+    parts = urlsplit(model.base_url)
+    return urlunsplit((parts.scheme, parts.hostname or "", parts.path, "", ""))
+
+
 def summary_table(info: dict) -> str:
     lines = ["Coverage", f"  {'stage':<20}{'expected':>9}{'done':>7}{'failed':>8}{'missing':>9}"]
     for name, c in info["coverage"].items():
@@ -219,6 +232,22 @@ def summary_table(info: dict) -> str:
         lines.append(f"  excluded ({len(info['excluded'])}):")
         lines += [f"    {what}: {why}" for what, why in info["excluded"].items()]
     return "\n".join(lines)
+
+
+def incomplete(workspace: Workspace) -> str | None:
+    """One line on what keeps the Phase 2 files from being a usable dataset, or None when nothing does."""
+    info = json.loads((workspace.phase2_dir / "dataset_info.json").read_text())
+    problems = [f"{name} {c['done']}/{c['expected']} done ({sum(c['failed'].values())} failed, {c['missing']} not run)"
+                for name, c in info["coverage"].items() if c["done"] < c["expected"]]
+    failed_clones = [p for p in info["clones"] if info["weights"][p]["clone_check"] != "PASS"]
+    if info["logged_rows"] == 0:
+        return "Phase 2 is empty: no logged response has a judge score" + (f" ({'; '.join(problems)})." if problems else ".")
+    if failed_clones:
+        return (f"The clone check failed for {', '.join(failed_clones)}: the importance weights are not to be used "
+                "(see phase2/report.md).")
+    if problems:
+        return f"Phase 2 is incomplete: {'; '.join(problems)}; failed items are retried up to max_attempts."
+    return None
 
 
 def run(config: ExperimentConfig, workspace: Workspace, samples: int | str | None = None) -> str:

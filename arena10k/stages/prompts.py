@@ -14,18 +14,26 @@ LANGUAGE_FILTER_VERSION = 1  # bump when arena10k.language changes what it keeps
 
 
 def run(config: ExperimentConfig, workspace: Workspace, samples: int | str | None = None) -> str:
+    """`samples` is the N given on the command line; without one, the run keeps the size it was prepared with
+    (the config's `samples` only sizes a new run), so that a resume never resizes a run by accident."""
     started = time.monotonic()
-    samples = config.samples if samples is None else samples
+    prepared = workspace.prepared_samples()
+    samples = samples if samples is not None else prepared if prepared is not None else config.samples
     fingerprint = {"dataset": config.dataset, "seed": config.seed, "language_filter": LANGUAGE_FILTER_VERSION}
-    if workspace.check_prepare_fingerprint(fingerprint):
-        prompts = workspace.load_prompts()
-        if samples != "all" and len(prompts) == int(samples):
-            return f"prepare: {len(prompts)} prompts already prepared in {workspace.prompts_path}"
-    prompts, report = data.prepare_prompts(data.load_conversations(config.dataset), samples, config.seed)
+    if workspace.check_prepare_fingerprint(fingerprint) and samples == prepared:
+        return f"prepare: {len(workspace.load_prompts())} prompts already prepared in {workspace.prompts_path}"
+    prompts, report = data.prepare_prompts(data.load_conversations(config.dataset), samples, config.seed, config.dataset)
     report_dict = {"dataset": config.dataset, "samples": samples, "seed": config.seed, **asdict(report)}
-    workspace.save_prompts(prompts, report_dict, fingerprint)
+    resized = "" if prepared is None else (
+        f"; the run {'grows' if len(prompts) > _count(workspace) else 'shrinks'} from {_count(workspace)} to "
+        f"{len(prompts)} prompts (every finished item of the prompts it keeps is reused)")
+    workspace.save_prompts(prompts, report_dict, fingerprint, samples)
     counts = ", ".join(f"{k} {report_dict[k]}" for k in ("rows", "empty", "duplicate", "non_english", "sampled_out", "kept"))
-    return f"prepare: {counts} -> {workspace.prompts_path} ({time.monotonic() - started:.1f}s)"
+    return f"prepare: {counts} -> {workspace.prompts_path} ({time.monotonic() - started:.1f}s){resized}"
+
+
+def _count(workspace: Workspace) -> int:
+    return len(workspace.prompts_path.read_text().splitlines()) if workspace.prompts_path.exists() else 0
 
 
 STAGE = Stage("prepare", "sample unique English first-turn prompts", run)

@@ -56,7 +56,7 @@ def write_run(root: Path, config: ExperimentConfig, n_prompts: int, *, settled: 
     rng = np.random.default_rng(seed)
     workspace = Workspace(root)
     prompts = [_prompt(i, rng) for i in range(n_prompts)]
-    workspace.save_prompts(prompts, {"synthetic": True}, {"synthetic": seed})
+    workspace.save_prompts(prompts, {"synthetic": True}, {"synthetic": seed}, n_prompts)
     by_id = {p.prompt_id: p for p in prompts}
     records: dict[str, dict[str, dict]] = {}  # checkpoint -> key -> record, for the stages that build on them
     written: dict[str, Written] = {}
