@@ -74,7 +74,7 @@ def test_killed_api_runs_resume_to_the_clean_result_without_duplicates(clean_api
         for _ in range(3):
             process = subprocess.Popen(pipeline_command(data_dir, config=config), cwd=PROJECT_ROOT,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(rng.uniform(2.0, 6.0))
+            time.sleep(rng.uniform(1.5, 4.0))
             if process.poll() is None:
                 process.send_signal(signal.SIGKILL)
                 kills += 1

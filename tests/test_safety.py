@@ -126,7 +126,7 @@ def _hold_claim(root, barrier, results):
     barrier.wait()
     try:
         with liveness.claim(Workspace(root)):
-            time.sleep(0.3)
+            time.sleep(0.1)
         results.put("ran")
     except RunInProgressError:
         results.put("refused")
