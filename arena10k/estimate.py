@@ -31,6 +31,7 @@ from arena10k.workspace import Workspace, item_key, policy_of
 CHARS_PER_TOKEN = 4  # the usual rule of thumb for English text with GPT-style tokenizers
 TOKENS_PER_MESSAGE = 5  # role markers and separators that a chat template wraps around each message
 TOKENS_TO_OPEN_REPLY = 4  # the template's opening of the assistant's turn
+LARGE_FIELDS = ("text", "token_ids", "token_logprobs", "raw_text")  # counting needs lengths, not contents
 
 
 @dataclass
@@ -71,7 +72,7 @@ def estimate_run(config: ExperimentConfig, workspace: Workspace, samples: int | 
     `recompute` as not done."""
     prompts = _prompts(config, workspace, samples)
     keys = expected_keys(config, [p.prompt_id for p in prompts])
-    states = {name: load_states(workspace.checkpoint_path(name))[0] for name in keys}
+    states = {name: load_states(workspace.checkpoint_path(name), drop=LARGE_FIELDS)[0] for name in keys}
     for name, policy in recompute:
         states[name] = {key: state for key, state in states[name].items() if policy_of(key) != policy}
     estimate = RunEstimate(config, len(prompts), items=sum(map(len, keys.values())),

@@ -26,7 +26,7 @@ from arena10k import figures
 from arena10k.checkpoint import load_states, may_try
 from arena10k.config import ExperimentConfig
 from arena10k.errors import Arena10kError
-from arena10k.estimate import Usage, usage, usage_table
+from arena10k.estimate import LARGE_FIELDS, Usage, usage, usage_table
 from arena10k.stages.phase2 import CLONE_ERROR_NATS, VARIANTS, WeightDiagnostics, clone_check, weight_diagnostics
 from arena10k.workspace import Workspace
 
@@ -133,7 +133,7 @@ def phase2_input(phase2_dir: Path, config: ExperimentConfig | None = None) -> Re
     if workspace.prompts_path.exists():
         from arena10k.stages.registry import CHECKPOINTS  # stage 6 imports this module
 
-        states = {name: load_states(workspace.checkpoint_path(name))[0] for name in CHECKPOINTS}
+        states = {name: load_states(workspace.checkpoint_path(name), drop=LARGE_FIELDS)[0] for name in CHECKPOINTS}
         run = RunFacts(
             config, info,
             retried={name: sum(s.attempts > 1 and s.record is not None for s in st.values()) for name, st in states.items()},

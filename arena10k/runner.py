@@ -50,18 +50,28 @@ class StageReport:
 
 
 WorkItem = tuple[str, Callable[[], dict]]
+# The work of an item, or why it cannot be done yet (the response it needs is missing).
+MakeWork = Callable[[str], Callable[[], dict] | str]
 
 
-def run_items(stage: str, checkpoint: Checkpoint, items: list[WorkItem], max_attempts: int,
-              blocked: Counter | None = None, concurrency: int = 1) -> StageReport:
-    """Runs the items not yet done, at most `concurrency` at a time. Only this thread writes the
-    checkpoint, one line per outcome as it arrives, so a kill loses only the calls in flight."""
+def run_items(stage: str, checkpoint: Checkpoint, keys: list[str], make_work: MakeWork, max_attempts: int,
+              concurrency: int = 1) -> StageReport:
+    """Runs the items of `keys` not yet done, at most `concurrency` at a time; work is made only for those.
+    Only this thread writes the checkpoint, one line per outcome as it arrives, so a kill loses only the calls
+    in flight."""
     started = time.monotonic()
-    report = StageReport(stage, expected=len(items) + sum((blocked or Counter()).values()), blocked=blocked or Counter())
-    todo = deque((key, work) for key, work in items if may_try(checkpoint.items.get(key), max_attempts))
-    done = sum(1 for key, _ in items if _succeeded(checkpoint, key))
-    failed = len(items) - len(todo) - done
-    with tqdm(total=len(items), initial=len(items) - len(todo), desc=f"{stage:>18}", unit="item",
+    report = StageReport(stage, expected=len(keys))
+    todo: deque[WorkItem] = deque()
+    for key in checkpoint.todo(keys, max_attempts):
+        work = make_work(key)
+        if isinstance(work, str):
+            report.blocked[work] += 1
+        else:
+            todo.append((key, work))
+    runnable = len(keys) - sum(report.blocked.values())
+    done = sum(1 for key in keys if _succeeded(checkpoint, key))
+    failed = runnable - len(todo) - done
+    with tqdm(total=runnable, initial=runnable - len(todo), desc=f"{stage:>18}", unit="item",
               dynamic_ncols=True) as bar, ThreadPoolExecutor(max_workers=concurrency) as pool:
         in_flight: dict[Future, WorkItem] = {}
         tried: set[str] = set()
@@ -85,7 +95,7 @@ def run_items(stage: str, checkpoint: Checkpoint, items: list[WorkItem], max_att
                     done += _succeeded(checkpoint, key)
                     failed += not _succeeded(checkpoint, key)
                     liveness.record_finished(checkpoint, key)
-                    bar.set_postfix(done=done, failed=failed, remaining=len(items) - done - failed, refresh=False)
+                    bar.set_postfix(done=done, failed=failed, remaining=runnable - done - failed, refresh=False)
                     bar.update(1)
         except BaseException:
             # Authentication failures, Ctrl-C: start nothing new; what finished is already on disk.
@@ -93,7 +103,7 @@ def run_items(stage: str, checkpoint: Checkpoint, items: list[WorkItem], max_att
                 future.cancel()
             raise
     report.attempted = len(tried)
-    for key, _ in items:
+    for key in keys:
         state = checkpoint.items.get(key)
         if state and state.record is not None:
             report.done += 1

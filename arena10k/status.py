@@ -2,7 +2,7 @@
 
 Only reads: the checkpoints (for done and failed), the progress lines (for rate, ETA and finish times) and
 the pid file (for liveness). Nothing is locked or written, so a running pipeline never waits for it.
-Checkpoint records are not decoded (see `settled_states`): that keeps a 10,000-prompt run under a second.
+Checkpoint records are not decoded (see `checkpoint.scan_states`): that keeps a 10,000-prompt run under a second.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from arena10k.checkpoint import Coverage, ItemState, load_states, tally
+from arena10k.checkpoint import Coverage, ItemState, scan_states, tally
 from arena10k.config import ExperimentConfig
 from arena10k.liveness import Claim, finish_times, read_claim
 from arena10k.records import SCHEMA_VERSION
@@ -25,15 +25,6 @@ from arena10k.stages.registry import CHECKPOINTS, expected_keys
 from arena10k.workspace import Workspace, policy_of
 
 RECENT_SECONDS = 600  # the rate is measured over the last ten minutes of finished items
-
-# Checkpoint lines are canonical JSON (sorted keys): a finished item's line starts with its key and ends with
-# its status, a failed attempt's line starts with its error. Finding line ends with memchr and comparing
-# these few bytes, rather than parsing records, is what keeps a 10,000-prompt run under a second.
-_OK_START = b'{"key": "'
-_OK_END = b', "schema": %d, "status": "ok"}' % SCHEMA_VERSION
-_FAILED_START = b'{"error": '
-_DONE = ItemState(record={})  # shared by every finished item: status reads states, never updates them
-
 
 @dataclass
 class Progress:
@@ -61,61 +52,6 @@ class RunStatus:
     phase2_written: float | None = None
 
 
-def settled_states(path: Path) -> dict[str, ItemState]:
-    """Each item's state as checkpoint.load_states gives it, for what status needs: whether it is done, or
-    its latest error (records and attempts are not read). A torn or half-written last line is skipped."""
-    try:
-        with open(path, "rb") as f, _contents(f) as data:
-            done, failed = _split_lines(data)
-    except FileNotFoundError:
-        return {}
-    if done is None:  # a line of another kind, e.g. a key with an escape: the JSON parser reads them all
-        return {key: _DONE if state.record is not None else state for key, state in load_states(path)[0].items()}
-    states = dict.fromkeys(done, _DONE)
-    for line in failed:
-        try:
-            entry = json.loads(line)
-            if states.get(entry["key"]) is not _DONE:  # a success ends an item's attempts
-                attempts = states[entry["key"]].attempts + 1 if entry["key"] in states else 1
-                states[entry["key"]] = ItemState(last_error=entry["error"], gave_up=not entry["retryable"], attempts=attempts)
-        except (json.JSONDecodeError, KeyError):
-            continue  # a corrupt line: the pipeline reports it when it resumes
-    return states
-
-
-@contextmanager
-def _contents(f) -> Iterator[bytes | mmap.mmap]:
-    """The file mapped into memory, which spares copying hundreds of megabytes of records. The pipeline only
-    ever shrinks a checkpoint to cut a torn last line; a file that ends with a newline has none, and one that
-    does not is read instead of mapped, as reading a mapped page that a truncation removed would crash."""
-    size = os.fstat(f.fileno()).st_size
-    if size == 0 or os.pread(f.fileno(), 1, size - 1) != b"\n":
-        yield f.read()
-        return
-    with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as mapped:
-        yield mapped
-
-
-def _split_lines(data: bytes | mmap.mmap) -> tuple[list[str] | None, list[bytes]]:
-    """Keys of finished items and failed lines, in file order; None instead of keys when another line occurs."""
-    done, failed = [], []
-    start, complete = 0, data.rfind(b"\n") + 1
-    while start < complete:
-        end = data.find(b"\n", start)
-        head = data[start: start + len(_OK_START)]
-        if head == _OK_START and data[end - len(_OK_END): end] == _OK_END:
-            key = data[start + len(_OK_START): data.find(b'"', start + len(_OK_START), end)]
-            if b"\\" in key:
-                return None, []
-            done.append(key.decode())
-        elif head.startswith(_FAILED_START):
-            failed.append(data[start:end])
-        else:
-            return None, []
-        start = end + 1
-    return done, failed
-
-
 def collect(workspace: Workspace, config: ExperimentConfig, now: float | None = None) -> RunStatus:
     now = time.time() if now is None else now
     claim = read_claim(workspace)
@@ -135,7 +71,7 @@ def collect(workspace: Workspace, config: ExperimentConfig, now: float | None = 
     for name, keys in expected_keys(config, prompt_ids).items():
         if not keys:
             continue
-        states = settled_states(workspace.checkpoint_path(name))
+        states = scan_states(workspace.checkpoint_path(name))[0]
         working = alive and latest is not None and latest[1] == name
         total = _progress(keys, states, [t for t, _ in finished[name]], working, now, config.max_attempts)
         if total.last_finished is None and states:

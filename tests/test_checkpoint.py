@@ -22,7 +22,7 @@ def test_torn_last_line_is_dropped_and_redone(tmp_path):
         f.write('{"schema": 1, "key": "c", "status": "ok", "rec')  # a crash in the middle of a write
     assert set(read_records(path)) == {"a", "b"}
     with open_checkpoint(tmp_path) as checkpoint:
-        assert set(checkpoint.records()) == {"a", "b"}
+        assert checkpoint.done_keys() == {"a", "b"}
         checkpoint.append("c", record={"value": 3})
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert [line["key"] for line in lines] == ["a", "b", "c"]
@@ -59,14 +59,15 @@ def test_failures_are_recorded_retried_and_bounded(tmp_path):
         calls.append(2)
         raise ItemError("prompt too long", retryable=False)
 
+    work = {"flaky": flaky, "permanent": permanent, "fine": lambda: {"v": 1}}
     with open_checkpoint(tmp_path) as checkpoint:
-        report = run_items("stage", checkpoint, [("flaky", flaky), ("permanent", permanent), ("fine", lambda: {"v": 1})], max_attempts=3)
+        report = run_items("stage", checkpoint, list(work), work.get, max_attempts=3)
     assert sorted(calls) == [1, 1, 1, 2]
     assert report.attempted == 3 and report.done == 1 and report.failed == {"no score digit": 1, "prompt too long": 1}
     assert checkpoint.items["flaky"].raw == "I think it is good"
     with open_checkpoint(tmp_path) as checkpoint:  # the next run does not retry exhausted items
-        run_items("stage", checkpoint, [("flaky", flaky), ("permanent", permanent)], max_attempts=3)
+        run_items("stage", checkpoint, ["flaky", "permanent"], work.get, max_attempts=3)
     assert sorted(calls) == [1, 1, 1, 2]
     with open_checkpoint(tmp_path) as checkpoint:  # a larger budget retries the retryable one only
-        run_items("stage", checkpoint, [("flaky", flaky), ("permanent", permanent)], max_attempts=4)
+        run_items("stage", checkpoint, ["flaky", "permanent"], work.get, max_attempts=4)
     assert sorted(calls) == [1, 1, 1, 1, 2]

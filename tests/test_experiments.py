@@ -79,11 +79,15 @@ def test_own_policies_run_end_to_end_and_every_output_follows_the_config(finishe
     assert fake.count("teacher_force") == 7 * PROMPTS
 
 
-def test_rerun_of_a_finished_run_makes_no_call_and_rewrites_identical_files(run_copy):
+def test_rerun_of_a_finished_run_makes_no_call_and_rebuilds_phase2_only_when_its_inputs_change(run_copy, capsys):
     before = phase2_bytes(run_copy)
     status, fake = run(run_copy, OWN_CONFIG)
     assert status == 0 and fake.calls == []
     assert phase2_bytes(run_copy) == before
+    assert "its inputs did not change since it was written" in capsys.readouterr().out
+    status, fake = run(run_copy, OWN_CONFIG, "--force", "judge")  # the same scores again, newly written
+    assert status == 0 and len(fake.calls) == 7 * PROMPTS
+    assert "its inputs did not change" not in capsys.readouterr().out and phase2_bytes(run_copy) == before
 
 
 def test_adding_a_policy_makes_exactly_that_policys_calls(tmp_path):

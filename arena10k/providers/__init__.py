@@ -25,6 +25,11 @@ def get_provider(config: ExperimentConfig, model_name: str) -> Provider:
     return _loaded[model_name]
 
 
+def loaded() -> dict[str, Provider]:
+    """The providers created so far in this process, by model key (benchmarks read their counters)."""
+    return dict(_loaded)
+
+
 @contextmanager
 def substituted(factory: Callable[[ModelConfig], Provider]) -> Iterator[None]:
     """Every model is served by `factory(model)` instead of its provider (tests run stages in-process on a

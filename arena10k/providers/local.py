@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import jinja2
@@ -61,7 +62,9 @@ class LocalProvider:
         # The prompt tokens whose keys and values are in the cache as a fresh evaluation computes them: whole
         # N_BATCH chunks from position 0. A later prompt that starts with some of those chunks starts after them.
         self._cached_prompt: list[int] = []
-        self.prompt_tokens = self.prompt_tokens_evaluated = 0  # what prompts held, and what was computed of them
+        # What prompts held, what was computed of them and how long that took (for benchmarks/quick_start.py).
+        self.prompt_tokens = self.prompt_tokens_evaluated = 0
+        self.prompt_seconds = 0.0
         self.tokenizer = f"{path.name}:{_file_digest(path)}"
         registered = LOCAL_MODELS.get(model)
         template = (registered and registered.chat_template) or self._llm.metadata["tokenizer.chat_template"]
@@ -102,8 +105,10 @@ class LocalProvider:
             common = next((i for i, (a, b) in enumerate(zip(self._cached_prompt, ids)) if a != b),
                           min(len(self._cached_prompt), len(ids)))
             reused = min(common, len(ids) - 1) // N_BATCH * N_BATCH  # at least one token is evaluated, for its logits
+        started = time.perf_counter()
         self._llm._ctx.kv_cache_seq_rm(-1, reused, -1)
         logits = self._forward(ids[reused:], reused, all_logits=False)
+        self.prompt_seconds += time.perf_counter() - started
         self.prompt_tokens += len(ids)
         self.prompt_tokens_evaluated += len(ids) - reused
         self._cached_prompt = ids[: len(ids) // N_BATCH * N_BATCH]

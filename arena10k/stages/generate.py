@@ -7,9 +7,9 @@ from arena10k.config import ExperimentConfig, PolicyConfig
 from arena10k.providers import get_provider, stage_concurrency
 from arena10k.providers.base import GenerationRequest
 from arena10k.records import Prompt, Response, from_dict, to_dict
-from arena10k.runner import WorkItem, run_items
+from arena10k.runner import run_items
 from arena10k.stages.base import CheckpointSpec, Stage
-from arena10k.workspace import Workspace, derive_seed, item_key
+from arena10k.workspace import Workspace, derive_seed
 
 
 def policy_messages(policy: PolicyConfig, prompt: str) -> tuple[dict, ...]:
@@ -28,12 +28,14 @@ def policy_models(config: ExperimentConfig) -> set[str]:
 
 
 def run(config: ExperimentConfig, workspace: Workspace, samples: int | str | None = None) -> str:
-    items: list[WorkItem] = [
-        (item_key(prompt.prompt_id, name), _work(config, name, prompt))
-        for prompt in workspace.load_prompts() for name in config.policy_names
-    ]
+    prompts = {p.prompt_id: p for p in workspace.load_prompts()}
+
+    def make_work(key: str):
+        prompt_id, _, policy = key.rpartition("|")
+        return _work(config, policy, prompts[prompt_id])
+
     with workspace.open_checkpoint(CHECKPOINT, config) as checkpoint:
-        return run_items("generate", checkpoint, items, config.max_attempts,
+        return run_items("generate", checkpoint, CHECKPOINT.keys(config, list(prompts)), make_work, config.max_attempts,
                          concurrency=stage_concurrency(config, policy_models(config))).describe()
 
 
@@ -55,8 +57,11 @@ def _work(config: ExperimentConfig, name: str, prompt: Prompt):
     return work
 
 
-def responses(workspace: Workspace) -> dict[str, Response]:
-    return {key: from_dict(Response, r) for key, r in read_records(workspace.checkpoint_path("generate")).items()}
+def responses(workspace: Workspace, keys: set[str]) -> dict[str, Response]:
+    """The generated responses of these items (only their lines are decoded)."""
+    if not keys:
+        return {}
+    return {key: from_dict(Response, r) for key, r in read_records(workspace.checkpoint_path("generate"), keys).items()}
 
 
 CHECKPOINT = CheckpointSpec(

@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
 
 from arena10k import judging
 from arena10k.config import ExperimentConfig, JudgeConfig, OracleConfig
 from arena10k.providers import get_provider, stage_concurrency
 from arena10k.providers.base import GenerationRequest
 from arena10k.records import Judgement, Prompt, Response, to_dict
-from arena10k.runner import WorkItem, run_items
+from arena10k.runner import run_items
 from arena10k.stages.base import CheckpointSpec, Stage
 from arena10k.stages.generate import responses, responses_fingerprint
 from arena10k.workspace import Workspace, derive_seed
@@ -44,17 +43,15 @@ def _work(config: ExperimentConfig, judge: JudgeConfig, prompt: Prompt, response
 
 def _run(spec: CheckpointSpec, judge: JudgeConfig, config: ExperimentConfig, workspace: Workspace) -> str:
     prompts = {p.prompt_id: p for p in workspace.load_prompts()}
-    generated = responses(workspace)
-    items: list[WorkItem] = []
-    blocked: Counter = Counter()
-    for key in spec.keys(config, list(prompts)):
-        response = generated.get(key)
-        if response is None:
-            blocked["no response"] += 1
-        else:
-            items.append((key, _work(config, judge, prompts[response.prompt_id], response)))
+    keys = spec.keys(config, list(prompts))  # prompt by prompt: consecutive calls share the rubric and the prompt
     with workspace.open_checkpoint(spec, config) as checkpoint:
-        return run_items(spec.name, checkpoint, items, config.max_attempts, blocked,
+        generated = responses(workspace, set(checkpoint.todo(keys, config.max_attempts)))
+
+        def make_work(key: str):
+            response = generated.get(key)
+            return "no response" if response is None else _work(config, judge, prompts[response.prompt_id], response)
+
+        return run_items(spec.name, checkpoint, keys, make_work, config.max_attempts,
                          stage_concurrency(config, {judge.model})).describe()
 
 

@@ -66,8 +66,12 @@ def clone_check(diagnostics: WeightDiagnostics, log_ratios: dict[str, float | No
     diagnostics.clone_check = "PASS" if exact and diagnostics.n > 0 else "FAIL"
 
 
+# Record fields Phase 2 never reads: left out as they are read, so memory does not grow with response length.
+UNUSED_FIELDS = ("token_ids", "token_logprobs")
+
+
 def _states(workspace: Workspace, name: str) -> dict[str, ItemState]:
-    return load_states(workspace.checkpoint_path(name))[0]
+    return load_states(workspace.checkpoint_path(name), drop=UNUSED_FIELDS)[0]
 
 
 def _reason(states: dict[str, ItemState], key: str, stage: str) -> str:
@@ -250,13 +254,33 @@ def incomplete(workspace: Workspace) -> str | None:
     return None
 
 
+def _inputs(config: ExperimentConfig, workspace: Workspace) -> dict:
+    """What the Phase 2 files are made from: when none of it changed, they are up to date. Checkpoints are
+    appended to or rewritten, never changed in place, so their size and modification time tell."""
+    from arena10k.stages import registry
+
+    def stat(path):
+        return [path.stat().st_size, path.stat().st_mtime_ns] if path.exists() else None
+
+    return {"schema": SCHEMA_VERSION, "config": config.model_dump(), "dry_run": workspace.is_dry_run,
+            "endpoints": {name: endpoint(m) for name, m in config.used_models().items()},
+            "prompts": stat(workspace.prompts_path),
+            "checkpoints": {name: stat(workspace.checkpoint_path(name)) for name in registry.CHECKPOINTS}}
+
+
 def run(config: ExperimentConfig, workspace: Workspace, samples: int | str | None = None) -> str:
+    inputs_path = workspace.phase2_dir / "inputs.json"
+    inputs = json.loads(dumps(_inputs(config, workspace)))
+    if inputs_path.exists() and json.loads(inputs_path.read_text()) == inputs and (workspace.phase2_dir / "report.md").exists():
+        return (f"phase2: its inputs did not change since it was written, so the files in {workspace.phase2_dir} are "
+                "up to date\n\n" + (workspace.phase2_dir / "summary.txt").read_text().rstrip())
     info = build(config, workspace)
     table = summary_table(info)
     (workspace.phase2_dir / "summary.txt").write_text(table + "\n")
     from arena10k import report  # matplotlib takes a second to import; only this stage needs it
 
     report_path = report.write_report(report.phase2_input(workspace.phase2_dir, config), workspace.phase2_dir)
+    write_atomic(inputs_path, dumps(inputs) + "\n")
     return f"{table}\n\nPhase 2 files: {workspace.phase2_dir}\nDiagnostics: {report_path}"
 
 

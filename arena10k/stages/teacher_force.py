@@ -3,32 +3,34 @@ the temperature that policy samples with. A target's weight is exp(its log-prob 
 
 from __future__ import annotations
 
-from collections import Counter
-
 from arena10k.config import ExperimentConfig
 from arena10k.providers import get_provider, stage_concurrency
 from arena10k.providers.base import TeacherForceRequest
 from arena10k.records import Prompt, Response, TeacherForced, to_dict
-from arena10k.runner import WorkItem, run_items
+from arena10k.runner import run_items
 from arena10k.stages.base import CheckpointSpec, Stage
 from arena10k.stages.generate import policy_messages, policy_models, responses
 from arena10k.workspace import Workspace, item_key
 
 
 def run(config: ExperimentConfig, workspace: Workspace, samples: int | str | None = None) -> str:
-    generated = responses(workspace)
-    items: list[WorkItem] = []
-    blocked: Counter = Counter()
-    for prompt in workspace.load_prompts():
-        logged = generated.get(item_key(prompt.prompt_id, config.logging_policy))
-        for name in config.policy_names:
-            if logged is None:
-                blocked[f"no {config.logging_policy} response"] += 1
-            else:
-                items.append((item_key(prompt.prompt_id, name), _work(config, name, prompt, logged)))
+    prompts = {p.prompt_id: p for p in workspace.load_prompts()}
+    keys = CHECKPOINT.keys(config, list(prompts))
     with workspace.open_checkpoint(CHECKPOINT, config) as checkpoint:
-        return run_items("teacher_force", checkpoint, items, config.max_attempts, blocked,
+        logged = responses(workspace, {_logged_key(config, key) for key in checkpoint.todo(keys, config.max_attempts)})
+
+        def make_work(key: str):
+            response = logged.get(_logged_key(config, key))
+            if response is None:
+                return f"no {config.logging_policy} response"
+            return _work(config, key.rpartition("|")[2], prompts[response.prompt_id], response)
+
+        return run_items("teacher_force", checkpoint, keys, make_work, config.max_attempts,
                          stage_concurrency(config, policy_models(config))).describe()
+
+
+def _logged_key(config: ExperimentConfig, key: str) -> str:
+    return item_key(key.rpartition("|")[0], config.logging_policy)
 
 
 def _work(config: ExperimentConfig, name: str, prompt: Prompt, logged: Response):

@@ -1,0 +1,80 @@
+"""Benchmark: the quick-start run (configs/local.yaml, 20 prompts, embedded models), stage by stage, with and
+without prefix reuse in the embedded provider, in one process each; and llama.cpp's own prefill rate for SmolLM2
+on this machine, to compare the rate at which the pipeline evaluates prompt tokens with.
+
+    python benchmarks/quick_start.py                 # both settings, 20 prompts
+    python benchmarks/quick_start.py --samples 10
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_ROOT))
+
+from arena10k.models import gguf_path  # noqa: E402
+from arena10k.providers.local import N_BATCH  # noqa: E402
+
+CHILD = """
+import contextlib, io, json, re, sys
+sys.path.insert(0, {root!r})
+from arena10k import pipeline, providers
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    status = pipeline.main(["--config", {config!r}, "--data-dir", {data_dir!r}, {samples!r}])
+times = dict((name, float(seconds)) for name, seconds in re.findall(r"(\\w+) ([0-9.]+)s", out.getvalue().split("stage times: ")[-1]))
+counters = {{name: [p.prompt_tokens, p.prompt_tokens_evaluated, p.prompt_seconds] for name, p in providers.loaded().items()}}
+print(json.dumps({{"status": status, "stages": times, "prompt_tokens": counters}}))
+"""
+
+
+def run(config: Path, samples: str, reuse: bool) -> dict:
+    raw = yaml.safe_load(config.read_text())
+    for model in raw["models"].values():
+        model["reuse_prefix"] = reuse
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        code = CHILD.format(root=str(PROJECT_ROOT), config=str(path), data_dir=str(Path(tmp) / "run"), samples=samples)
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def llama_cpp_prefill_rate(n_batch: int) -> float:
+    """Tokens per second of llama.cpp evaluating a 512-token prompt in micro-batches of n_batch."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(gguf_path("smollm2-135m-instruct")), n_ctx=1024, n_batch=n_batch, n_ubatch=n_batch,
+                          flash_attn=True, verbose=False)
+    tokens = (llm.tokenize(b"The quick brown fox jumps over the lazy dog and keeps on running. ") * 60)[:512]
+    best = float("inf")
+    for _ in range(3):
+        llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+        started = time.perf_counter()
+        for start in range(0, len(tokens), n_batch):
+            llm._batch.set_batch(tokens[start:start + n_batch], n_past=start, logits_all=False)
+            llm._ctx.decode(llm._batch)
+        best = min(best, time.perf_counter() - started)
+    return len(tokens) / best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", default="20")
+    parser.add_argument("--config", type=Path, default=PROJECT_ROOT / "configs" / "local.yaml")
+    args = parser.parse_args()
+    results = {"with prefix reuse": run(args.config, args.samples, True),
+               "without prefix reuse": run(args.config, args.samples, False)}
+    results["llama.cpp prefill, tokens/s"] = {f"n_batch {n}": round(llama_cpp_prefill_rate(n)) for n in (N_BATCH, 512)}
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

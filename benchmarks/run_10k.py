@@ -1,0 +1,76 @@
+"""Benchmark: a finished 10,000-prompt run with 512-token responses (a synthetic run: the real record types,
+checkpoint lines and fingerprints), rerun with nothing to do; and Phase 2 built from it. Each as a process of its
+own, measuring wall time and peak memory (the process's maximum resident set size). Every model is the fake
+provider, which counts calls: a rerun must make none.
+
+    python benchmarks/run_10k.py                        # 10,000 prompts, 512 tokens
+    python benchmarks/run_10k.py --prompts 30000        # the growth rate
+    python benchmarks/run_10k.py --max-tokens 64        # does memory grow with response length?
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_ROOT))
+
+from arena10k.config import load_config  # noqa: E402
+from arena10k.testing import synthetic_run  # noqa: E402
+
+# The pipeline on fake models in a process of its own, printing the calls it made last.
+CHILD = """
+import sys
+sys.path.insert(0, {root!r})
+from arena10k import pipeline, providers
+from arena10k.testing.fake_provider import FakeModels
+fake = FakeModels()
+with providers.substituted(fake):
+    status = pipeline.main({argv!r})
+print("calls", len(fake.calls), "status", status)
+"""
+
+
+def measured(argv: list[str]) -> dict:
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-c", CHILD.format(root=str(PROJECT_ROOT), argv=argv)],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - started
+    last = process.stdout.read().strip().splitlines()[-1]
+    return {"seconds": round(seconds, 2), "peak_memory_mb": round(usage.ru_maxrss / 1024), "result": last}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prompts", type=int, default=10_000)
+    parser.add_argument("--max-tokens", type=int, default=512)
+    args = parser.parse_args()
+    config_path = PROJECT_ROOT / "configs" / "local.yaml"
+    config = load_config(config_path)
+    config = config.model_copy(update={"policies": {name: policy.model_copy(update={"max_tokens": args.max_tokens})
+                                                    for name, policy in config.policies.items()}})
+    with tempfile.TemporaryDirectory() as directory:
+        root = Path(directory) / "run"
+        started = time.perf_counter()
+        synthetic_run.write_run(root, config, args.prompts)
+        written = time.perf_counter() - started
+        (Path(directory) / "config.json").write_text(json.dumps(config.model_dump() | {"samples": args.prompts}))
+        sizes = {p.stem: round(p.stat().st_size / 1e6) for p in sorted((root / "checkpoints").glob("*.jsonl"))}
+        argv = ["--config", str(Path(directory) / "config.json"), "--data-dir", str(root), "--from", "generate"]
+        results = {"prompts": args.prompts, "max_tokens": args.max_tokens, "written_seconds": round(written),
+                   "checkpoint_mb": sizes,
+                   "first run (Phase 2 built)": measured(argv),
+                   "rerun (nothing changed)": measured(argv)}
+        (root / "phase2" / "inputs.json").unlink()
+        results["Phase 2 alone, rebuilt"] = measured(argv[:4] + ["--only", "phase2"])
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
