@@ -12,11 +12,8 @@ Why it is built this way:
 from __future__ import annotations
 
 import json
-import mmap
 import os
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -209,99 +206,81 @@ def _key_of_bytes(line: bytes) -> str | None:
 
 
 # Checkpoint lines are canonical JSON (sorted keys): a finished item's line starts with its key and ends with
-# its status, a failed attempt's line starts with its error. Finding line ends with memchr and comparing
+# its status. Reading a line at a time and comparing
 # these few bytes, rather than parsing records, keeps deciding what is done fast at any size: status takes
 # under a second on a 10,000-prompt run, and a stage with nothing to do decides so without decoding a record.
 _OK_START = b'{"key": "'
 _OK_END = b', "schema": %d, "status": "ok"}' % SCHEMA_VERSION
-_FAILED_START = b'{"error": '
 _NOT_DECODED: dict = {}  # the record of every item found done by scan_states; never filled in
 
 
 def scan_states(path: Path, strict: bool = False) -> tuple[dict[str, ItemState], int]:
     """Each item's state as load_states gives it, but with records left undecoded (`record` is an empty dict
-    for a done item), and the byte length of the complete lines. A torn or half-written last line is skipped."""
-    try:
-        with open(path, "rb") as f, _contents(f) as data:
-            lines, complete = _split_lines(data)
-    except FileNotFoundError:
-        return {}, 0
-    if lines is None:  # a line of another kind, e.g. a key with an escape: the JSON parser reads them all
-        states, complete = load_states(path, strict=strict)
-        return {key: ItemState(record=_NOT_DECODED) if s.record is not None else s for key, s in states.items()}, complete
+    for a done item), and the byte length of the complete lines. A torn or half-written last line is skipped.
+    Lines are read one at a time, so memory does not grow with the size of the checkpoint."""
     states: dict[str, ItemState] = {}
-    for number, (kind, value) in enumerate(lines, start=1):
-        previous = states.get(value) if kind == "ok" else None
-        if kind == "ok":
-            states[value] = ItemState(record=_NOT_DECODED, attempts=(previous.attempts if previous else 0) + 1)
-            continue
-        try:
-            entry = json.loads(value)
-            previous = states.get(entry["key"])
-            if previous is None or previous.record is None:  # a success ends an item's attempts
-                states[entry["key"]] = ItemState(last_error=entry["error"], gave_up=not entry["retryable"],
-                                                 attempts=(previous.attempts if previous else 0) + 1)
-        except (json.JSONDecodeError, KeyError):
-            if strict:
-                _damaged(path, number)
+    complete = 0
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return states, 0
+    with f:
+        for number, line in enumerate(f, start=1):
+            if not line.endswith(b"\n"):
+                break
+            complete += len(line)
+            if line.startswith(_OK_START) and line.endswith(_OK_END + b"\n"):
+                key = line[len(_OK_START): line.find(b'"', len(_OK_START))]
+                if b"\\" not in key:
+                    previous = states.get(key.decode())
+                    states[key.decode()] = ItemState(record=_NOT_DECODED, attempts=(previous.attempts if previous else 0) + 1)
+                    continue
+            try:
+                entry = json.loads(line)
+                previous = states.get(entry["key"])
+                if entry["status"] == "ok":
+                    states[entry["key"]] = ItemState(record=_NOT_DECODED, attempts=(previous.attempts if previous else 0) + 1)
+                elif previous is None or previous.record is None:  # a success ends an item's attempts
+                    states[entry["key"]] = ItemState(last_error=entry["error"], gave_up=not entry["retryable"],
+                                                     attempts=(previous.attempts if previous else 0) + 1)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                if strict:
+                    _damaged(path, number)
     return states, complete
 
 
-@contextmanager
-def _contents(f) -> Iterator[bytes | mmap.mmap]:
-    """The file mapped into memory, which spares copying hundreds of megabytes of records. The pipeline only
-    ever shrinks a checkpoint to cut a torn last line; a file that ends with a newline has none, and one that
-    does not is read instead of mapped, as reading a mapped page that a truncation removed would crash."""
-    size = os.fstat(f.fileno()).st_size
-    if size == 0 or os.pread(f.fileno(), 1, size - 1) != b"\n":
-        yield f.read()
-        return
-    with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as mapped:
-        yield mapped
-
-
-def _split_lines(data: bytes | mmap.mmap) -> tuple[list[tuple[str, Any]] | None, int]:
-    """("ok", key) or ("failed", line) per complete line, in file order, and the length of the complete lines;
-    None instead of the list when a line of another kind occurs."""
-    lines: list[tuple[str, Any]] = []
-    start, complete = 0, data.rfind(b"\n") + 1
-    while start < complete:
-        end = data.find(b"\n", start)
-        head = data[start: start + len(_OK_START)]
-        if head == _OK_START and data[end - len(_OK_END): end] == _OK_END:
-            key = data[start + len(_OK_START): data.find(b'"', start + len(_OK_START), end)]
-            if b"\\" in key:
-                return None, complete
-            lines.append(("ok", key.decode()))
-        elif head.startswith(_FAILED_START):
-            lines.append(("failed", data[start:end]))
-        else:
-            return None, complete
-        start = end + 1
-    return lines, complete
-
-
 def quarantine_damaged_lines(path: Path, quarantine: Path) -> list[str]:
-    """Moves every complete line that is not a valid entry (a disk error, an edit gone wrong) to `quarantine`,
-    with its line number, so that only its item is redone; returns what was moved, for the user."""
+    """Moves every complete line that is not a checkpoint entry (a disk error, an edit gone wrong) to
+    `quarantine`, with its line number, so that only its item is redone; returns what was moved, for the user.
+    A line with the shape of a finished item's (its first and last bytes) is taken as one without decoding
+    its record, which keeps this check fast at any size."""
     if not path.exists():
         return []
-    data = path.read_bytes()
-    complete, torn = data[: data.rfind(b"\n") + 1], data[data.rfind(b"\n") + 1:]
-    lines = complete.decode("utf-8", errors="replace").splitlines(keepends=True)
-    damaged = [number for number, line in enumerate(lines, start=1) if not _valid_entry(line)]
+    damaged: list[tuple[int, bytes]] = []
+    number = 0
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            whole = line.endswith(b"\n")
+            if whole and not (line.startswith(_OK_START) and line.endswith(_OK_END + b"\n")) and not _valid_entry(line):
+                damaged.append((number, line))
     if not damaged:
         return []
     quarantine.parent.mkdir(parents=True, exist_ok=True)
     with open(quarantine, "a", encoding="utf-8") as f:
-        f.write("".join(json.dumps({"file": path.name, "line": n, "text": lines[n - 1]}) + "\n" for n in damaged))
-    kept = "".join(line for number, line in enumerate(lines, start=1) if number not in set(damaged))
-    write_atomic(path, kept + torn.decode("utf-8", errors="replace"))
-    return [f"{path.parent.name}/{path.name}: line {n} of {len(lines)} was damaged; it is kept in "
-            f"{quarantine.parent.name}/{quarantine.name} and its item will be redone" for n in damaged]
+        f.write("".join(json.dumps({"file": path.name, "line": n, "text": t.decode("utf-8", errors="replace")}) + "\n"
+                        for n, t in damaged))
+    numbers = {n for n, _ in damaged}
+    tmp = path.with_name(path.name + ".tmp")
+    with open(path, "rb") as source, open(tmp, "wb") as target:
+        target.writelines(line for n, line in enumerate(source, start=1) if n not in numbers)
+        target.flush()
+        os.fsync(target.fileno())
+    os.replace(tmp, path)
+    return [f"{path.parent.name}/{path.name}: line {n} of {number} was damaged; it is kept in "
+            f"{quarantine.parent.name}/{quarantine.name} and its item will be redone" for n, _ in damaged]
 
 
-def _valid_entry(line: str) -> bool:
+def _valid_entry(line: bytes | str) -> bool:
     try:
         entry = json.loads(line)
         return isinstance(entry, dict) and isinstance(entry["key"], str) and entry["status"] in ("ok", "failed") and (

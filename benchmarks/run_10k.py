@@ -21,7 +21,6 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
 from arena10k.config import load_config  # noqa: E402
-from arena10k.testing import synthetic_run  # noqa: E402
 
 # The pipeline on fake models in a process of its own, printing the calls it made last.
 CHILD = """
@@ -33,6 +32,16 @@ fake = FakeModels()
 with providers.substituted(fake):
     status = pipeline.main({argv!r})
 print("calls", len(fake.calls), "status", status)
+"""
+
+
+WRITER = """
+import sys
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from arena10k.config import load_config
+from arena10k.testing import synthetic_run
+synthetic_run.write_run(Path({run!r}), load_config({config!r}), {prompts})
 """
 
 
@@ -57,10 +66,12 @@ def main() -> None:
                                                     for name, policy in config.policies.items()}})
     with tempfile.TemporaryDirectory() as directory:
         root = Path(directory) / "run"
-        started = time.perf_counter()
-        synthetic_run.write_run(root, config, args.prompts)
-        written = time.perf_counter() - started
         (Path(directory) / "config.json").write_text(json.dumps(config.model_dump() | {"samples": args.prompts}))
+        started = time.perf_counter()
+        # In a process of its own: a child's peak memory on Linux starts from its parent's at the fork.
+        subprocess.run([sys.executable, "-c", WRITER.format(root=str(PROJECT_ROOT), config=str(Path(directory) / "config.json"),
+                                                            run=str(root), prompts=args.prompts)], check=True)
+        written = time.perf_counter() - started
         sizes = {p.stem: round(p.stat().st_size / 1e6) for p in sorted((root / "checkpoints").glob("*.jsonl"))}
         argv = ["--config", str(Path(directory) / "config.json"), "--data-dir", str(root), "--from", "generate"]
         results = {"prompts": args.prompts, "max_tokens": args.max_tokens, "written_seconds": round(written),
