@@ -65,6 +65,14 @@ def test_faults_change_nothing_in_the_result(clean_api_run, tmp_path, key):
     assert phase2_bytes(tmp_path / "data") == phase2_bytes(clean_api_run[0])
 
 
+def test_echo_scoring_ignores_what_a_server_generates_after_the_text(clean_api_run, tmp_path, key):
+    # As llama-cpp-python's server does with max_tokens=0: the echo comes back with a continuation.
+    with run_in_thread(ServerConfig("synthetic", api_key=KEY, faults=FaultConfig(echo_continuation_tokens=5))) as server:
+        result = run_pipeline(tmp_path / "data", config=api_config(tmp_path / "config.yaml", server.base_url))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert phase2_bytes(tmp_path / "data") == phase2_bytes(clean_api_run[0])
+
+
 def test_killed_api_runs_resume_to_the_clean_result_without_duplicates(clean_api_run, tmp_path, key):
     data_dir = tmp_path / "data"
     rng = random.Random(3)

@@ -97,16 +97,31 @@ class HostedProvider:
     # ------------------------------------------------------------ calls
 
     def _echo(self, text: str, temperature: float) -> tuple[list[int], list[float]]:
-        """Text offsets and log-probs of every token of `text` after the first (which has none)."""
+        """Text offsets and log-probs of every token of `text` after the first (which has none).
+
+        Asks for one generated token, not max_tokens=0, which some servers read as "no limit"
+        (llama-cpp-python's), and keeps only the tokens that lie inside the text sent, checking that they spell
+        it exactly: anything else fails the item with the reason, never a number.
+        """
         response = self._call(lambda: self._client.completions.create(
-            model=self.model, prompt=text, max_tokens=0, echo=True, logprobs=1, temperature=temperature),
+            model=self.model, prompt=text, max_tokens=1, echo=True, logprobs=1, temperature=temperature),
             _estimate_tokens(text))
         result = _field(response.choices[0], "logprobs")
         if result is None or _field(result, "token_logprobs") is None:
             raise ItemError("the server returned no prompt log-probs for an echo request", retryable=False)
+        tokens = list(_field(result, "tokens") or [])
         offsets, logprobs = list(_field(result, "text_offset") or []), list(_field(result, "token_logprobs"))
+        if not (len(tokens) == len(offsets) == len(logprobs)) or offsets != sorted(offsets):
+            raise ItemError("the server's echo returned tokens, offsets and log-probs that do not line up", retryable=True)
+        inside = sum(offset < len(text) for offset in offsets)  # what follows is the generated continuation
+        if "".join(tokens[:inside]) != text:
+            raise ItemError("the server's echoed tokens do not spell the text that was sent, so their log-probs are "
+                            "not those of this text", retryable=False)
+        offsets, logprobs = offsets[:inside], logprobs[:inside]
         if logprobs and logprobs[0] is None:
-            return offsets[1:], [float(v) for v in logprobs[1:]]
+            offsets, logprobs = offsets[1:], logprobs[1:]
+        if any(value is None for value in logprobs):
+            raise ItemError("the server's echo left a token of the text without a log-prob", retryable=False)
         return offsets, [float(v) for v in logprobs]
 
     def _call(self, send: Callable[[], Any], tokens: int) -> Any:

@@ -7,6 +7,7 @@ its response is decided, so a client can reconcile what it saw with what the ser
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import hashlib
 import json
@@ -90,6 +91,7 @@ class Server:
         self._plan = FaultPlan(faults)
         self._hold_seconds = faults.timeout_seconds
         self._throttle_wait = faults.throttle_retry_after_ms / 1000
+        self._echo_continuation = faults.echo_continuation_tokens
 
     def application(self) -> web.Application:
         app = web.Application(middlewares=[self._counted])
@@ -180,7 +182,10 @@ class Server:
             raise _refusal(error) from None
 
     async def _generate(self, parsed: protocol.ChatRequest | protocol.CompletionRequest) -> dict:
-        completion = await self._complete(parsed.model, parsed.backend_call(), parsed.temperature, parsed.seed)
+        call = parsed.backend_call()
+        if call.echo and call.max_tokens < self._echo_continuation:
+            call = dataclasses.replace(call, max_tokens=self._echo_continuation)
+        completion = await self._complete(parsed.model, call, parsed.temperature, parsed.seed)
         return parsed.response(completion)
 
     async def _tokenize(self, parsed: protocol.TokenizeRequest) -> dict:
