@@ -18,7 +18,7 @@ from arena10k import estimate, liveness
 from arena10k.checkpoint import dumps, write_atomic
 from arena10k.config import STAGE_NAMES, ExperimentConfig, load_config
 from arena10k.errors import Arena10kError
-from arena10k.providers import check_config
+from arena10k.providers import check_config, preflight
 from arena10k.stages import phase2, registry
 from arena10k.workspace import Workspace
 
@@ -71,6 +71,9 @@ def run_parser(description: str, stage: str | None = None) -> argparse.ArgumentP
         parser.add_argument("--dry-run", action="store_true",
                             help="mark the directory as a dry run's (scripts/dry_run.py sets it): a real run refuses it")
     parser.add_argument("--force", action="append", default=[], metavar="NAME", help=FORCE_HELP)
+    parser.add_argument("--preflight", action="store_true",
+                        help="only measure whether the hosted endpoints' log-probs can give valid weights (every run "
+                             "that generates or teacher-forces on a hosted model does this first)")
     parser.add_argument("--estimate", action="store_true",
                         help="print the calls, tokens, cost and rate-limited time of what is left (with --force: of "
                              "recomputing it), without calling any model")
@@ -120,6 +123,12 @@ def _run(args: argparse.Namespace, stage: str | None, command: str) -> int:
         if workspace.prompts_path.exists():
             registry.check_changes(config, workspace, selected[-1].name, forced)
         _recompute(workspace, forced)
+        if args.preflight or {"generate", "teacher_force"} & {s.name for s in selected}:
+            if preflight.hosted_policy_models(config):
+                check_config(config, set(preflight.hosted_policy_models(config)))
+                print(preflight.describe(preflight.check_endpoints(config, workspace)))
+        if args.preflight:
+            return 0
         write_atomic(workspace.config_path, dumps(config.model_dump()) + "\n")
         print(f"arena10k: experiment '{config.name}', data in {workspace.root}, log {log_path}")
         timings = []

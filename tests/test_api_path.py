@@ -47,6 +47,9 @@ def test_clean_api_run_is_complete_and_clone_weights_are_one(clean_api_run):
         assert coverage["done"] == coverage["expected"] > 0, stage
     assert info["weights"]["pi_clone"]["clone_check"] == "PASS"
     assert info["endpoints"]["small"] == "http://127.0.0.1/v1"  # which server, without the port a run may move from
+    findings = json.loads((data_dir / "preflight.json").read_text())
+    assert {f["verdict"] for model in findings.values() for f in model["findings"]} == {"ok"}
+    assert {f["check"] for f in findings["small"]["findings"]} >= {"echo", "determinism", "temperature 0.7", "context pi_cot"}
     generated = [json.loads(line)["record"] for line in (data_dir / "checkpoints" / "generate.jsonl").read_text().splitlines()]
     assert all(r["n_tokens"] == r["max_tokens"] or (0 < r["n_tokens"] < r["max_tokens"] and r["finish_reason"] == "stop")
                for r in generated if r["text"])  # the API's own count, not 0 for want of token ids
@@ -71,6 +74,43 @@ def test_echo_scoring_ignores_what_a_server_generates_after_the_text(clean_api_r
         result = run_pipeline(tmp_path / "data", config=api_config(tmp_path / "config.yaml", server.base_url))
     assert result.returncode == 0, result.stderr[-3000:]
     assert phase2_bytes(tmp_path / "data") == phase2_bytes(clean_api_run[0])
+
+
+def changed_config(path, base_url, change):
+    config = json.loads(api_config(path, base_url).read_text())
+    change(config)
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_an_endpoint_with_temperature_one_echo_is_refused_before_any_generation(tmp_path, key):
+    with run_in_thread(ServerConfig("synthetic", api_key=KEY, faults=FaultConfig(echo_at_temperature_one=True))) as server:
+        result = run_pipeline(tmp_path / "data", config=api_config(tmp_path / "config.yaml", server.base_url))
+        assert result.returncode == 2
+        assert "the endpoint reports temperature-1 log-probs, so p0, pi_clone, pi_cot (sampling at 0.7)" in result.stderr
+        assert "Sample them at temperature 1" in result.stderr
+        assert not (tmp_path / "data" / "checkpoints" / "generate.jsonl").exists()
+
+        def at_temperature_one(config):
+            for policy in config["policies"].values():
+                policy["temperature"] = 1.0
+
+        result = run_pipeline(tmp_path / "one", config=changed_config(tmp_path / "one.yaml", server.base_url, at_temperature_one))
+    assert result.returncode == 0, result.stderr[-2000:]
+    info = json.loads((tmp_path / "one" / "phase2" / "dataset_info.json").read_text())
+    assert info["weights"]["pi_clone"]["clone_check"] == "PASS"
+
+
+def test_a_chat_template_one_newline_off_is_refused_by_the_preflight(tmp_path, key):
+    def newline_off(config):
+        for model in config["models"].values():
+            model["chat_template"] = model["chat_template"].replace("<|end|>{% endfor %}", "<|end|>\n{% endfor %}")
+
+    with run_in_thread(ServerConfig("synthetic", api_key=KEY)) as server:
+        result = run_pipeline(tmp_path / "data", config=changed_config(tmp_path / "config.yaml", server.base_url, newline_off))
+    assert result.returncode == 2
+    assert "models.small (context p0)" in result.stderr and "chat_template" in result.stderr
+    assert not (tmp_path / "data" / "checkpoints" / "generate.jsonl").exists()
 
 
 def test_killed_api_runs_resume_to_the_clean_result_without_duplicates(clean_api_run, tmp_path, key):
@@ -155,5 +195,7 @@ def test_arena_10k_config_dry_runs_through_the_loopback_server(tmp_path):
     info = json.loads((data_dir / "phase2" / "dataset_info.json").read_text())
     assert all(c["done"] == c["expected"] for c in info["coverage"].values())
     assert info["weights"]["pi_clone"]["clone_check"] == "PASS"
-    # 6 prompts x 5 policies x (generate + teacher_force + judge) + oracle: 2 P0 responses + 2 prompts x 4 targets
-    assert "dry run: 100 requests" in result.stdout
+    # 6 prompts x 5 policies x (generate + teacher_force + judge) + oracle: 2 P0 responses + 2 prompts x 4 targets,
+    # and the preflight: per model two echoes, one at each other temperature, a probe and its scoring per policy
+    assert "dry run: 116 requests" in result.stdout
+    assert "unchecked  differs by" in result.stdout  # the loopback server samples in its own chat template

@@ -94,6 +94,10 @@ class HostedProvider:
         return TeacherForced(sum(logprobs) - sum(prompt_logprobs), len(logprobs) - len(prompt_logprobs),
                              "api_echo_difference")
 
+    def score_text(self, text: str, temperature: float) -> list[float]:
+        """The echo log-probs of every token of a text after the first, as teacher forcing gets them (the preflight)."""
+        return self._echo(text, temperature)[1]
+
     # ------------------------------------------------------------ calls
 
     def _echo(self, text: str, temperature: float) -> tuple[list[int], list[float]]:
@@ -114,7 +118,7 @@ class HostedProvider:
         if not (len(tokens) == len(offsets) == len(logprobs)) or offsets != sorted(offsets):
             raise ItemError("the server's echo returned tokens, offsets and log-probs that do not line up", retryable=True)
         inside = sum(offset < len(text) for offset in offsets)  # what follows is the generated continuation
-        if "".join(tokens[:inside]) != text:
+        if not _spell(tokens[:inside], offsets[:inside], text):
             raise ItemError("the server's echoed tokens do not spell the text that was sent, so their log-probs are "
                             "not those of this text", retryable=False)
         offsets, logprobs = offsets[:inside], logprobs[:inside]
@@ -174,6 +178,16 @@ class HostedProvider:
                 f"{self._endpoint} ({self.model}) is not answering: no call has succeeded for {down:.0f} s "
                 f"(last error: {reason}). The stage stopped and no item was recorded as failed; rerun the same "
                 "command once the endpoint is back.")
+
+
+def _spell(tokens: list[str], offsets: list[int], text: str) -> bool:
+    """Whether the echoed tokens are exactly the text sent: their texts spell it, or, where a server shows a token
+    it cannot print (part of a character, an unknown byte) by a placeholder, their offsets tile it end to end."""
+    if "".join(tokens) == text:
+        return True
+    ends = [offset + len(token) for offset, token in zip(offsets, tokens)]
+    return bool(tokens) and offsets[0] == 0 and ends[-1] == len(text) and all(
+        end == start for end, start in zip(ends, offsets[1:]))
 
 
 def _field(value: Any, name: str) -> Any:

@@ -92,6 +92,7 @@ class Server:
         self._hold_seconds = faults.timeout_seconds
         self._throttle_wait = faults.throttle_retry_after_ms / 1000
         self._echo_continuation = faults.echo_continuation_tokens
+        self._echo_at_temperature_one = faults.echo_at_temperature_one
 
     def application(self) -> web.Application:
         app = web.Application(middlewares=[self._counted])
@@ -185,7 +186,8 @@ class Server:
         call = parsed.backend_call()
         if call.echo and call.max_tokens < self._echo_continuation:
             call = dataclasses.replace(call, max_tokens=self._echo_continuation)
-        completion = await self._complete(parsed.model, call, parsed.temperature, parsed.seed)
+        temperature = 1.0 if call.echo and self._echo_at_temperature_one else parsed.temperature
+        completion = await self._complete(parsed.model, call, temperature, parsed.seed)
         return parsed.response(completion)
 
     async def _tokenize(self, parsed: protocol.TokenizeRequest) -> dict:

@@ -35,6 +35,8 @@ class FaultConfig:
     drop_rate: float = _option(0.0, "share whose connection is closed at once without a response")
     malformed_rate: float = _option(0.0, "share answered 200 with a body that is not valid JSON")
     fault_seed: int = _option(0, "seed of the latency and fault draws, made in order of arrival")
+    echo_at_temperature_one: bool = _option(
+        False, "echo log-probs at temperature 1 whatever the request's temperature, as vLLM and SGLang report them by default")
     echo_continuation_tokens: int = _option(
         0, "an echo request generates at least this many tokens after the prompt, whatever its max_tokens, as "
         "llama-cpp-python's server does when it reads max_tokens=0 as no limit")

@@ -128,6 +128,12 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _boolean(value: str) -> bool:
+    if value.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"'{value}': give true or false")
+    return value.lower() == "true"
+
+
 def to_argv(config: ServerConfig) -> list[str]:
     """The command-line arguments that give this config."""
     argv = ["--backend", config.backend, "--port", str(config.port)]
@@ -152,7 +158,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     faults = parser.add_argument_group("faults")
     for option in fields(FaultConfig):
         # Limits that default to None (off) are integers; other options take their default's type.
-        kind = int if option.default is None else type(option.default)
+        kind = int if option.default is None else _boolean if isinstance(option.default, bool) else type(option.default)
         faults.add_argument(_flag(option.name), type=kind, default=option.default, help=option.metadata["help"])
     args = vars(parser.parse_args(argv))
     fault_config = FaultConfig(**{option.name: args.pop(option.name) for option in fields(FaultConfig)})

@@ -1,0 +1,139 @@
+"""Is an endpoint's teacher forcing usable? Measured with a few calls per hosted model before any paid call of
+the run, because servers break log-probs silently: echo log-probs at temperature 1 whatever the request asks
+(vLLM's and SGLang's default), a continuation generated after the echo, a chat template one newline off from
+the server's so that the scoring context is not the sampling context.
+
+Per hosted model that serves a policy, and per temperature its policies sample at:
+- echo: the completions endpoint returns log-probs of the text sent, token by token, and they spell it;
+- determinism: the same text scored twice; the largest difference is the endpoint's noise;
+- temperature: the same text scored at 1 and at each policy temperature; identical log-probs mean the endpoint
+  reports temperature-1 log-probs, and a policy sampling at another temperature cannot get valid weights from
+  it (dividing by the temperature is no fix: the normaliser changes);
+- context: a short response sampled under each policy with its token log-probs, then teacher-forced with the
+  configured chat_template; the two must agree within the noise, or the template (or the tokenization
+  boundary) is not the server's.
+The findings are kept in the run directory (`preflight.json`) and reused while the endpoint and the settings
+they were measured for are unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+from arena10k.checkpoint import dumps, write_atomic
+from arena10k.config import ExperimentConfig
+from arena10k.errors import ConfigError, ItemError
+from arena10k.providers import get_provider
+from arena10k.providers.base import GenerationRequest, TeacherForceRequest
+from arena10k.workspace import Workspace
+
+PROBE_TEXT = "The quick brown fox jumps over the lazy dog. Water boils at 100 degrees Celsius at sea level."
+PROBE_PROMPT = "Name three colors of the rainbow."
+PROBE_MAX_TOKENS = 12
+SAME = 1e-9  # log-probs closer than this are the same number
+
+
+@dataclass(frozen=True)
+class Finding:
+    model: str  # key of `models`
+    check: str  # echo, determinism, temperature T, context <policy>
+    verdict: str  # ok, refused, unchecked
+    detail: str
+
+
+def hosted_policy_models(config: ExperimentConfig) -> list[str]:
+    return sorted({p.model for p in config.policies.values() if config.models[p.model].provider != "local"})
+
+
+def _identity(config: ExperimentConfig, model: str) -> dict:
+    """What the findings for a model depend on; a port is not part of it (a server that moved is the same)."""
+    from arena10k.stages.phase2 import endpoint
+
+    settings = config.models[model]
+    return {"endpoint": endpoint(settings), "model": settings.model, "chat_template": settings.chat_template,
+            "end_of_turn": settings.end_of_turn,
+            "policies": {n: config.policy_identity(n) for n, p in config.policies.items() if p.model == model}}
+
+
+def check_endpoints(config: ExperimentConfig, workspace: Workspace) -> list[Finding]:
+    """Runs the checks not already on record for these settings; refuses (ConfigError) when one fails."""
+    path = workspace.root / "preflight.json"
+    stored = json.loads(path.read_text()) if path.exists() else {}
+    findings: list[Finding] = []
+    for model in hosted_policy_models(config):
+        identity = _identity(config, model)
+        record = stored.get(model)
+        if record is None or record["identity"] != json.loads(dumps(identity)):
+            record = {"identity": identity, "findings": [asdict(f) for f in _measure(config, model, workspace.is_dry_run)]}
+            stored[model] = record
+            write_atomic(path, dumps(stored) + "\n")
+        findings += [Finding(**f) for f in record["findings"]]
+    refused = [f for f in findings if f.verdict == "refused"]
+    if refused:
+        raise ConfigError("The preflight found endpoints whose log-probs cannot give valid importance weights; "
+                          "nothing was generated:\n  " + "\n  ".join(f"models.{f.model} ({f.check}): {f.detail}" for f in refused)
+                          + f"\nAll findings: {path}")
+    return findings
+
+
+def describe(findings: list[Finding]) -> str:
+    lines = ["Preflight of the endpoints that teacher-force", f"  {'model':<14}{'check':<28}{'verdict':<11}detail"]
+    lines += [f"  {f.model:<14}{f.check:<28}{f.verdict:<11}{f.detail}" for f in findings]
+    return "\n".join(lines)
+
+
+def _measure(config: ExperimentConfig, model: str, dry_run: bool) -> list[Finding]:
+    provider = get_provider(config, model)
+    try:
+        base = provider.score_text(PROBE_TEXT, 1.0)
+    except ItemError as error:
+        return [Finding(model, "echo", "refused", f"{error}; teacher forcing needs the text's log-probs echoed")]
+    findings = [Finding(model, "echo", "ok", f"{len(base)} token log-probs for the {len(PROBE_TEXT)}-character probe")]
+    again = provider.score_text(PROBE_TEXT, 1.0)
+    noise = max((abs(a - b) for a, b in zip(base, again)), default=0.0) if len(again) == len(base) else float("inf")
+    findings.append(Finding(model, "determinism", "ok" if noise < 1e-3 else "refused",
+                            f"the same text scored twice differs by at most {noise:.2e} nats per token"))
+    policies = {n: p for n, p in config.policies.items() if p.model == model}
+    for temperature in sorted({p.temperature for p in policies.values()} - {1.0}):
+        scored = provider.score_text(PROBE_TEXT, temperature)
+        users = ", ".join(n for n, p in policies.items() if p.temperature == temperature)
+        if len(scored) == len(base) and max(abs(a - b) for a, b in zip(scored, base)) <= max(noise, SAME):
+            findings.append(Finding(
+                model, f"temperature {temperature:g}", "refused",
+                f"the echo log-probs are the same at temperature {temperature:g} as at 1: the endpoint reports "
+                f"temperature-1 log-probs, so {users} (sampling at {temperature:g}) cannot get valid weights from it. "
+                "Sample them at temperature 1, or serve them from an endpoint whose echo log-probs follow the request's "
+                "temperature"))
+        else:
+            findings.append(Finding(model, f"temperature {temperature:g}", "ok",
+                                    f"echo log-probs follow the request's temperature ({users})"))
+    tolerance = max(1e-4, 4 * noise * (PROBE_MAX_TOKENS + 1))
+    for name, policy in policies.items():
+        findings.append(_context(config, provider, model, name, tolerance, dry_run))
+    return findings
+
+
+def _context(config: ExperimentConfig, provider, model: str, name: str, tolerance: float, dry_run: bool) -> Finding:
+    from arena10k.stages.generate import policy_messages  # stages import providers
+
+    policy = config.policies[name]
+    messages = policy_messages(policy, PROBE_PROMPT)
+    sampled = provider.generate(GenerationRequest(messages, policy.temperature, PROBE_MAX_TOKENS, seed=0))
+    if not sampled.token_logprobs:
+        return Finding(model, f"context {name}", "unchecked",
+                       "the chat endpoint returned no token log-probs, so the chat template could not be checked")
+    forced = provider.teacher_force(TeacherForceRequest(messages, policy.temperature, sampled.text, sampled.tokenizer,
+                                                        (), None, ended_turn=False))
+    difference = forced.logprob - sum(sampled.token_logprobs)
+    if abs(difference) > tolerance and dry_run:
+        return Finding(model, f"context {name}", "unchecked",
+                       f"differs by {difference:+.3f} nats, as expected in a dry run: the loopback server samples in its "
+                       "own chat template, not the config's")
+    if abs(difference) > tolerance:
+        return Finding(model, f"context {name}", "refused",
+                       f"a response sampled under {name} scores {difference:+.3f} nats differently when teacher-forced "
+                       f"(tolerance {tolerance:.1e}): models.{model}.chat_template (or the tokenization at the "
+                       "prompt's end) is not the context the server samples in")
+    return Finding(model, f"context {name}", "ok",
+                   f"sampled and teacher-forced log-probs agree within {abs(difference):.1e} nats ({forced.method})")
