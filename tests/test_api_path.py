@@ -61,7 +61,7 @@ def test_clean_api_run_is_complete_and_clone_weights_are_one(clean_api_run):
 
 def test_faults_change_nothing_in_the_result(clean_api_run, tmp_path, key):
     faults = FaultConfig(throttle_rate=0.20, throttle_retry_after_ms=100, error_rate=0.05, timeout_rate=0.02,
-                         timeout_seconds=3.0, malformed_rate=0.01, fault_seed=7)
+                         timeout_seconds=3.0, malformed_rate=0.01, fault_seed=8)
     with run_in_thread(ServerConfig("synthetic", api_key=KEY, faults=faults)) as server:
         result = run_pipeline(tmp_path / "data", config=api_config(tmp_path / "config.yaml", server.base_url))
     assert result.returncode == 0, result.stderr[-3000:]
