@@ -89,6 +89,8 @@ def test_an_endpoint_with_temperature_one_echo_is_refused_before_any_generation(
         assert result.returncode == 2
         assert "the endpoint reports temperature-1 log-probs, so p0, pi_clone, pi_cot (sampling at 0.7)" in result.stderr
         assert "Sample them at temperature 1" in result.stderr
+        assert "(context pi_bad)" not in result.stderr  # pi_bad samples at 1.0: its template checks out
+        assert "models.small (context p0)" not in result.stderr  # the temperature, not the template, is at fault
         assert not (tmp_path / "data" / "checkpoints" / "generate.jsonl").exists()
 
         def at_temperature_one(config):
