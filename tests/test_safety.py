@@ -146,14 +146,17 @@ def test_two_claims_started_together_let_exactly_one_run(tmp_path):
         assert sorted(results.get(timeout=5) for _ in processes) == ["ran", "refused"], round_
 
 
-def test_two_pipelines_started_together_run_one(tmp_path):
-    commands = [[sys.executable, str(FAKE_PIPELINE), "--config", str(OWN_CONFIG), "--data-dir", str(tmp_path / "run"), "3"]] * 2
-    processes = [subprocess.Popen(c, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in commands]
-    outcomes = sorted((p.wait(60), p.stderr.read()) for p in processes)
-    assert [code for code, _ in outcomes] == [0, 2]
-    assert "is working on" in outcomes[1][1]
-    keys = [json.loads(line)["key"] for line in (tmp_path / "run" / "checkpoints" / "generate.jsonl").read_text().splitlines()]
-    assert len(keys) == len(set(keys)) == 7 * 3
+def test_two_pipelines_started_together_run_one_in_each_of_20_rounds(tmp_path):
+    for round_ in range(20):
+        data_dir = tmp_path / f"round{round_}"
+        command = [sys.executable, str(FAKE_PIPELINE), "--config", str(OWN_CONFIG), "--data-dir", str(data_dir),
+                   "--only", "prepare", "2"]  # about a second of work, loading the dataset
+        processes = [subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                     for _ in range(2)]
+        outcomes = sorted((p.wait(60), p.communicate()[1]) for p in processes)
+        assert [code for code, _ in outcomes] == [0, 2], (round_, outcomes)
+        assert "is working on" in outcomes[1][1]
+        assert len((data_dir / "prompts.jsonl").read_text().splitlines()) == 2, round_
 
 
 # ---------------------------------------------------------------- 6. a dry run never passes for a real one
