@@ -203,7 +203,7 @@ def describe(estimate: RunEstimate) -> str:
     if not estimate.usage:
         return "\n".join(lines + ["Nothing is left to run."])
     lines += [
-        f"What is left, without calling any model (output tokens: max_tokens per call, an upper bound, "
+        "What is left, without calling any model (output tokens: max_tokens per call, an upper bound, "
         "except for responses already generated):",
         "",
         *usage_table(config, estimate.usage),

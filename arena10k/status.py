@@ -7,12 +7,7 @@ Checkpoint records are not decoded (see `checkpoint.scan_states`): that keeps a 
 
 from __future__ import annotations
 
-import json
-import mmap
-import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +15,6 @@ from pathlib import Path
 from arena10k.checkpoint import Coverage, ItemState, scan_states, tally
 from arena10k.config import ExperimentConfig
 from arena10k.liveness import Claim, finish_times, read_claim
-from arena10k.records import SCHEMA_VERSION
 from arena10k.stages.registry import CHECKPOINTS, expected_keys
 from arena10k.workspace import Workspace, policy_of
 

@@ -3,7 +3,6 @@ wasted, and nothing fake passes for real. In-process on the fake provider unless
 
 import json
 import multiprocessing
-import os
 import signal
 import subprocess
 import sys
