@@ -52,12 +52,13 @@ class Workspace:
 
     def refuse_foreign_directory(self) -> None:
         """Before anything is written: a directory of other files is never made a run (nor emptied by --fresh)."""
-        if not self.root.is_dir() or self.marker_path.exists() or (self.root / "pipeline.lock").exists():
-            return  # a pipeline creates the lock before anything else: one may be starting here
-        earlier_run = self.prompts_path.exists() or (self.root / "checkpoints").is_dir()  # from before the marker
-        if not earlier_run and any(self.root.iterdir()):
-            raise ConfigError(f"{self.root} is not empty and holds no arena10k run (no {RUN_MARKER} file); nothing was "
-                              "written or deleted there. Pass a new or empty --data-dir.")
+        if not self.root.is_dir():
+            return
+        names = {path.name for path in self.root.iterdir()}  # one listing: a pipeline starting here creates the lock first
+        if not names or names & {RUN_MARKER, "pipeline.lock", "prompts.jsonl", "checkpoints"}:
+            return  # new, a run, a run starting, or a run from before the marker
+        raise ConfigError(f"{self.root} is not empty and holds no arena10k run (no {RUN_MARKER} file); nothing was "
+                          "written or deleted there. Pass a new or empty --data-dir.")
 
     def mark_run(self, dry_run: bool) -> None:
         """Makes the directory this run's (under the pipeline's lock), and keeps a dry run's synthetic results
