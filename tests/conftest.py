@@ -9,6 +9,9 @@ SHARED_ARENA = PROJECT_ROOT.parent / "shared" / "arena"
 TINY_CONFIG = PROJECT_ROOT / "tests" / "data" / "tiny.yaml"
 OWN_CONFIG = PROJECT_ROOT / "tests" / "data" / "own_policies.yaml"  # a researcher's own policies, seven of them
 PHASE2_FILES = ("deterministic", "uncertainty", "dataset_info.json")
+# The tests that run an embedded model (in process or in a pipeline they start).
+EMBEDDED_MODEL_TESTS = ("tests/test_pipeline.py", "tests/test_local_model.py", "tests/test_third_party_server.py",
+                        "tests/test_server.py::test_the_local_model_serves")
 
 
 def pipeline_command(data_dir: Path, *args: str, config: Path = TINY_CONFIG) -> list[str]:
@@ -41,3 +44,17 @@ def shared_arena() -> Path:
     if not SHARED_ARENA.is_dir():
         pytest.skip(f"shared ChatBot Arena data not found at {SHARED_ARENA} (it lives beside the project root)")
     return SHARED_ARENA
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Test files are shared out between the workers, except that the embedded-model tests all go to one worker:
+    llama.cpp's threads spin while they wait for each other, so two model processes on 2 cores slow each other
+    several times over (a clean run of the own-policies config took 12 minutes instead of 73 s). xdist's own
+    `--dist loadgroup` would do this, but with pytest 9 its group marks are lost (it renames `item._nodeid`)."""
+    from xdist.scheduler import LoadFileScheduling
+
+    class EmbeddedModelsTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "embedded models" if nodeid.startswith(EMBEDDED_MODEL_TESTS) else super()._split_scope(nodeid)
+
+    return EmbeddedModelsTogether(config, log)

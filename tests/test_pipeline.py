@@ -9,6 +9,8 @@ import subprocess
 import time
 import warnings
 
+import yaml
+
 from conftest import OWN_CONFIG, PROJECT_ROOT, phase2_bytes, pipeline_command, run_pipeline
 
 TARGETS = ["evasive", "gemma", "step_by_step", "terse", "twin", "twin_2"]
@@ -61,25 +63,40 @@ def test_rerun_of_finished_pipeline_makes_no_model_calls(clean_run):
     print(f"rerun took {time.monotonic() - started:.1f}s")
 
 
-def kill_when(data_dir, checkpoint, lines):
+def small_config(tmp_path):
+    """The own-policies config cut to what a kill needs (4 prompts, the logging policy, a clone and one other
+    target on SmolLM2), so that its uninterrupted and killed runs together cost less than the full run."""
+    config = yaml.safe_load(OWN_CONFIG.read_text())
+    config["samples"] = 4
+    config["policies"] = {name: config["policies"][name] for name in ("assistant", "twin", "step_by_step")}
+    config["models"].pop("gemma3")
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def kill_when(data_dir, config, checkpoint, lines):
     """Start the pipeline and SIGKILL it once `checkpoint` has `lines` lines: in the middle of that stage."""
-    process = subprocess.Popen(pipeline_command(data_dir, config=OWN_CONFIG), cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(pipeline_command(data_dir, config=config), cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 600
     while len(checkpoint_lines(data_dir, checkpoint)) < lines:
         assert process.poll() is None, "the pipeline finished before it could be killed"
         assert time.monotonic() < deadline
-        time.sleep(0.05)
+        time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
 
 
-def test_killed_and_resumed_run_gives_byte_identical_phase2_files(clean_run, tmp_path):
+def test_killed_and_resumed_run_gives_byte_identical_phase2_files(tmp_path):
+    config = small_config(tmp_path)
+    uninterrupted = run_pipeline(tmp_path / "uninterrupted", config=config)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-2000:]
     data_dir = tmp_path / "killed"
-    kill_when(data_dir, "generate", 17)
-    kill_when(data_dir, "judge", 31)
-    result = run_pipeline(data_dir, config=OWN_CONFIG)
+    kill_when(data_dir, config, "generate", 6)  # of 12
+    kill_when(data_dir, config, "judge", 5)  # of 12
+    result = run_pipeline(data_dir, config=config)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert phase2_bytes(data_dir) == phase2_bytes(clean_run)
+    assert phase2_bytes(data_dir) == phase2_bytes(tmp_path / "uninterrupted")
     for name in STAGE_CHECKPOINTS:
         keys = [json.loads(line)["key"] for line in checkpoint_lines(data_dir, name)]
         assert len(keys) == len(set(keys)), f"duplicate lines in {name}"

@@ -54,7 +54,7 @@ class LocalProvider:
         self._llama_cpp = llama_cpp
         self._llm = llama_cpp.Llama(
             str(path), n_ctx=n_ctx, n_batch=N_BATCH, n_ubatch=N_BATCH, flash_attn=True,
-            n_threads=os.cpu_count(), verbose=False,
+            n_threads=len(os.sched_getaffinity(0)), verbose=False,
         )
         self.n_ctx = n_ctx
         self.n_vocab = self._llm.n_vocab()
