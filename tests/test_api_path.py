@@ -198,6 +198,7 @@ def test_arena_10k_config_dry_runs_through_the_loopback_server(tmp_path):
     assert all(c["done"] == c["expected"] for c in info["coverage"].values())
     assert info["weights"]["pi_clone"]["clone_check"] == "PASS"
     # 6 prompts x 5 policies x (generate + teacher_force + judge) + oracle: 2 P0 responses + 2 prompts x 4 targets,
-    # and the preflight: per model two echoes, one at each other temperature, a probe and its scoring per policy
-    assert "dry run: 116 requests" in result.stdout
+    # and the preflight: per model two echoes, one at each other temperature, a sampled continuation and its two
+    # echoes, and per policy a probe, an echo that clears a server's cache and the probe's scoring
+    assert "dry run: 127 requests" in result.stdout
     assert "unchecked  differs by" in result.stdout  # the loopback server samples in its own chat template

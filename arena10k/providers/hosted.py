@@ -40,6 +40,7 @@ log = logging.getLogger("arena10k.providers")
 
 BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 30.0
+PROBE_OTHER_TEXT = "A different text, scored between two requests so that no server answers the second from its cache."
 
 
 class HostedProvider:
@@ -51,6 +52,7 @@ class HostedProvider:
         self._endpoint, self._outage_seconds = endpoint, outage_seconds
         self._template = None if chat_template is None else jinja2.Environment().from_string(chat_template)
         self._end_of_turn = end_of_turn or ""
+        self._markup = (chat_template or "") + self._end_of_turn  # text of the template's own, not of any message
         self.tokenizer = f"api:{model}"
         self.capabilities = capabilities
 
@@ -58,9 +60,9 @@ class HostedProvider:
 
     def generate(self, request: GenerationRequest) -> Generation:
         arguments = dict(model=self.model, messages=list(request.messages), temperature=request.temperature,
-                         max_tokens=request.max_tokens, seed=request.seed, logprobs=True)
-        if request.top_logprobs:
-            arguments["top_logprobs"] = request.top_logprobs
+                         max_tokens=request.max_tokens, seed=request.seed, logprobs=True,
+                         # llama-cpp-python's server returns token log-probs only when alternatives are asked for too.
+                         top_logprobs=max(1, request.top_logprobs))
         tokens = _estimate_tokens(json.dumps(request.messages)) + request.max_tokens
         response = self._call(lambda: self._client.chat.completions.create(**arguments), tokens)
         choice = response.choices[0]
@@ -75,7 +77,7 @@ class HostedProvider:
             stop_token_id=None,
             stop_logprob=None,
             top_logprobs=[{_field(top, "token"): _field(top, "logprob") for top in _field(t, "top_logprobs") or []}
-                          for t in content],
+                          for t in content] if request.top_logprobs else [],
             reported_tokens=_field(_field(response, "usage"), "completion_tokens"),
         )
 
@@ -98,6 +100,27 @@ class HostedProvider:
         """The echo log-probs of every token of a text after the first, as teacher forcing gets them (the preflight)."""
         return self._echo(text, temperature)[1]
 
+    def sampling_difference(self, messages: tuple[dict, ...], max_tokens: int, seed: int) -> tuple[int, float]:
+        """How far the log-probs of tokens as the endpoint samples them (one at a time) are from the echo
+        log-probs of the same tokens (the whole text at once), on the completions endpoint with the configured
+        template on both sides, so that the template cannot be to blame. Returns the tokens compared and |difference|."""
+        if self._template is None:
+            raise ItemError(f"no chat template is configured for {self.model}", retryable=False)
+        text = self._template.render(messages=list(messages), add_generation_prompt=True)
+        response = self._call(lambda: self._client.completions.create(
+            model=self.model, prompt=text, max_tokens=max_tokens, logprobs=1, temperature=1.0, seed=seed),
+            _estimate_tokens(text) + max_tokens)
+        choice = response.choices[0]
+        sampled = _field(_field(choice, "logprobs"), "token_logprobs") or []
+        if not sampled or any(value is None for value in sampled):
+            raise ItemError("the completions endpoint returned no log-probs for the tokens it sampled", retryable=False)
+        self._echo(PROBE_OTHER_TEXT, 1.0)  # so that a server that caches the sampled logits (llama-cpp-python's) recomputes them
+        offsets, scored = self._echo(text + choice.text, 1.0)
+        continuation = [value for offset, value in zip(offsets, scored) if offset >= len(text)]
+        if len(continuation) != len(sampled):
+            raise ItemError(f"the {len(sampled)} sampled tokens came back as {len(continuation)} when echoed", retryable=False)
+        return len(sampled), abs(sum(continuation) - sum(sampled))
+
     # ------------------------------------------------------------ calls
 
     def _echo(self, text: str, temperature: float) -> tuple[list[int], list[float]]:
@@ -117,11 +140,11 @@ class HostedProvider:
         offsets, logprobs = list(_field(result, "text_offset") or []), list(_field(result, "token_logprobs"))
         if not (len(tokens) == len(offsets) == len(logprobs)) or offsets != sorted(offsets):
             raise ItemError("the server's echo returned tokens, offsets and log-probs that do not line up", retryable=True)
-        inside = sum(offset < len(text) for offset in offsets)  # what follows is the generated continuation
-        if not _spell(tokens[:inside], offsets[:inside], text):
+        starts = _token_starts(tokens, text, self._markup) or _tiling(tokens, offsets, text)
+        if starts is None:
             raise ItemError("the server's echoed tokens do not spell the text that was sent, so their log-probs are "
                             "not those of this text", retryable=False)
-        offsets, logprobs = offsets[:inside], logprobs[:inside]
+        offsets, logprobs = starts, logprobs[:len(starts)]  # what follows is the generated continuation
         if logprobs and logprobs[0] is None:
             offsets, logprobs = offsets[1:], logprobs[1:]
         if any(value is None for value in logprobs):
@@ -180,14 +203,45 @@ class HostedProvider:
                 "command once the endpoint is back.")
 
 
-def _spell(tokens: list[str], offsets: list[int], text: str) -> bool:
-    """Whether the echoed tokens are exactly the text sent: their texts spell it, or, where a server shows a token
-    it cannot print (part of a character, an unknown byte) by a placeholder, their offsets tile it end to end."""
-    if "".join(tokens) == text:
-        return True
+def _token_starts(tokens: list[str], text: str, markup: str) -> list[int] | None:
+    """Where each echoed token that lies inside `text` starts in it, or None when the tokens do not spell it.
+
+    Tokens after the text are the continuation the server generated. Some servers do not print special tokens:
+    llama-cpp-python's shows <|im_end|> as "" and leaves its BOS token (SmolLM2's <|im_start|>) out with its
+    log-prob. So text may be passed over where it is chat-template markup (it occurs in the configured template
+    or end_of_turn), never message text; a token shown as "" covers the markup up to the next printed token.
+    """
+    def is_markup(span: str) -> bool:
+        return bool(span) and span in markup
+
+    starts: list[int] = []
+    position = 0
+    for token in tokens:
+        if position == len(text):
+            break
+        if token == "":
+            starts.append(position)
+            continue
+        found = position if text.startswith(token, position) else text.find(token, position)
+        if found < 0 and starts and tokens[len(starts) - 1] == "" and is_markup(text[position:]):
+            position = len(text)  # the text ends in a token shown as ""; this one is the continuation
+            break
+        if found < 0 or (found > position and not is_markup(text[position:found])):
+            return None
+        starts.append(found)
+        position = found + len(token)
+    ends_in_markup = starts and tokens[len(starts) - 1] == "" and is_markup(text[position:])
+    return starts if starts and (position == len(text) or ends_in_markup) else None
+
+
+def _tiling(tokens: list[str], offsets: list[int], text: str) -> list[int] | None:
+    """The server's own offsets where it shows a token it cannot print (part of a character, an unknown byte)
+    by a placeholder: they must tile the text end to end."""
+    inside = sum(offset < len(text) for offset in offsets)
+    tokens, offsets = tokens[:inside], offsets[:inside]
     ends = [offset + len(token) for offset, token in zip(offsets, tokens)]
-    return bool(tokens) and offsets[0] == 0 and ends[-1] == len(text) and all(
-        end == start for end, start in zip(ends, offsets[1:]))
+    tiles = bool(tokens) and offsets[0] == 0 and ends[-1] == len(text) and all(end == start for end, start in zip(ends, offsets[1:]))
+    return offsets if tiles else None
 
 
 def _field(value: Any, name: str) -> Any:

@@ -1,0 +1,112 @@
+"""The pipeline against a server nobody here wrote: llama-cpp-python's own OpenAI-compatible server
+(`python -m llama_cpp.server`, its [server] extra), serving the embedded SmolLM2 GGUF on loopback, through the
+openai provider, as a user points the README's "any OpenAI-compatible server" setup at it.
+
+That server reports echo log-probs at temperature 1 whatever the request asks, so the preflight must refuse a
+policy sampling at 0.7 before any generation; with every policy at temperature 1 the run must complete, the
+clone must pass and P0's teacher-forced log-probs must be those the same model computes in process."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import llama_cpp
+import pytest
+
+from arena10k.models import gguf_path
+from arena10k.providers.base import TeacherForceRequest
+from arena10k.providers.local import LocalProvider
+from arena10k.stages.generate import policy_messages
+from arena10k.config import load_config
+from conftest import run_pipeline
+
+KEY_ENV, KEY = "ARENA10K_LLAMA_SERVER_KEY", "llama-server-test-key"
+MODEL = "smollm2-135m-instruct"
+# The server evaluates a text in other batch shapes (512 tokens, no flash attention) than the embedded provider
+# (32, with it), so the two compute the same model with other rounding: measured here, up to 0.11 nats over an
+# 8-token response (0.014 per token).
+TOLERANCE_NATS_PER_TOKEN = 0.05
+
+
+@pytest.fixture(scope="module")
+def llama_server():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_path(MODEL)), "--model_alias", "smollm2",
+         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--api_key", KEY],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base_url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            request = urllib.request.Request(f"{base_url}/models", headers={"Authorization": f"Bearer {KEY}"})
+            urllib.request.urlopen(request, timeout=5).read()
+            break
+        except OSError:
+            assert process.poll() is None and time.monotonic() < deadline, "llama-cpp-python's server did not start"
+            time.sleep(0.5)
+    yield base_url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def server_config(tmp_path, base_url, step_by_step_temperature):
+    template = llama_cpp.Llama(str(gguf_path(MODEL)), vocab_only=True, verbose=False).metadata["tokenizer.chat_template"]
+    model = {"provider": "openai", "base_url": base_url, "api_key_env": KEY_ENV, "model": "smollm2",
+             "chat_template": template, "end_of_turn": "<|im_end|>", "concurrency": 1, "request_timeout": 120}
+    policy = {"model": "server", "system_prompt": "You are a helpful assistant.", "temperature": 1.0, "max_tokens": 8}
+    config = {"name": "llama_server", "seed": 3, "samples": 3, "dataset": "data/prompts/arena10k_prompts.jsonl",
+              "max_attempts": 2, "logging_policy": "assistant", "models": {"server": model},
+              "policies": {"assistant": policy, "twin": policy,
+                           "step_by_step": {**policy, "system_prompt": "You are a helpful assistant. Think step by step.",
+                                            "temperature": step_by_step_temperature}},
+              "judge": {"model": "server", "max_tokens": 4, "top_logprobs": 20},
+              "oracle": {"enabled": False, "model": "server"}}
+    path = tmp_path / "config.yaml"
+    path.write_text(json.dumps(config))  # JSON is YAML
+    return path
+
+
+def test_a_policy_at_another_temperature_is_refused_before_any_generation(llama_server, tmp_path, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    result = run_pipeline(tmp_path / "data", config=server_config(tmp_path, llama_server, 0.7))
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "the endpoint reports temperature-1 log-probs, so step_by_step (sampling at 0.7)" in result.stderr
+    assert not (tmp_path / "data" / "checkpoints" / "generate.jsonl").exists()
+    findings = json.loads((tmp_path / "data" / "preflight.json").read_text())["server"]["findings"]
+    print("\n".join(f"{f['check']:<22}{f['verdict']:<11}{f['detail']}" for f in findings))
+    assert {f["check"]: f["verdict"] for f in findings}["temperature 0.7"] == "refused"
+
+
+def test_a_temperature_one_run_completes_and_agrees_with_the_model_in_process(llama_server, tmp_path, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    config_path = server_config(tmp_path, llama_server, 1.0)
+    data_dir = tmp_path / "data"
+    result = run_pipeline(data_dir, config=config_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = json.loads((data_dir / "phase2" / "dataset_info.json").read_text())
+    assert info["weights"]["twin"]["clone_check"] == "PASS"
+    assert {f["verdict"] for f in json.loads((data_dir / "preflight.json").read_text())["server"]["findings"]} == {"ok"}
+
+    config = load_config(config_path)
+    prompts = {json.loads(line)["prompt_id"]: json.loads(line)["prompt"] for line in (data_dir / "prompts.jsonl").read_text().splitlines()}
+    rows = [json.loads(line)["record"] for line in (data_dir / "checkpoints" / "generate.jsonl").read_text().splitlines()]
+    forced = {(r["prompt_id"], r["policy"]): r for r in
+              (json.loads(line)["record"] for line in (data_dir / "checkpoints" / "teacher_force.jsonl").read_text().splitlines())}
+    in_process = LocalProvider(MODEL, n_ctx=2048)
+    differences = []
+    for row in (r for r in rows if r["policy"] == "assistant"):
+        api = forced[(row["prompt_id"], "assistant")]
+        assert api["method"] == "api_echo_boundary_verified"
+        local = in_process.teacher_force(TeacherForceRequest(
+            policy_messages(config.policies["assistant"], prompts[row["prompt_id"]]), 1.0, row["text"], row["tokenizer"],
+            (), None, ended_turn=row["finish_reason"] == "stop"))
+        assert local.n_tokens == api["n_tokens"]
+        differences.append((abs(local.logprob - api["logprob"]), api["n_tokens"]))
+    print("differences from the in-process log-probs (nats, tokens):", [(round(d, 4), n) for d, n in differences])
+    assert all(difference <= TOLERANCE_NATS_PER_TOKEN * n for difference, n in differences)
