@@ -65,6 +65,7 @@ class ReportInput:
     base_policy: str
     variants: dict[str, Rows]  # judge-score variant -> rows; log-probs are the same in every variant
     clones: tuple[str, ...] = ()  # targets that sample exactly as the base policy: their weights must be 1
+    clone_tolerance: dict[str, float] = field(default_factory=dict)  # clone -> |log-ratio| its endpoint's noise allows
     run: RunFacts | None = None
 
 
@@ -141,13 +142,14 @@ def phase2_input(phase2_dir: Path, config: ExperimentConfig | None = None) -> Re
             attempts={name: sum(s.attempts for s in st.values()) for name, st in states.items()},
             usage=usage(config, workspace.load_prompts(), states),
         )
-    return ReportInput(info["experiment"], str(phase2_dir), info["logging_policy"], variants, tuple(info["clones"]), run)
+    tolerance = {p: info["weights"][p].get("clone_tolerance") or 0.0 for p in info["clones"]}
+    return ReportInput(info["experiment"], str(phase2_dir), info["logging_policy"], variants, tuple(info["clones"]), tolerance, run)
 
 
 # ---------------------------------------------------------------- numbers
 
 
-def policy_weights(rows: list[dict], clones: tuple[str, ...]) -> dict[str, PolicyWeights]:
+def policy_weights(rows: list[dict], clones: tuple[str, ...], tolerance: dict[str, float] | None = None) -> dict[str, PolicyWeights]:
     policies = list(dict.fromkeys(p for row in rows for p in row["target_policy_logprobs"]))
     weights = {}
     for policy in policies:
@@ -157,7 +159,7 @@ def policy_weights(rows: list[dict], clones: tuple[str, ...]) -> dict[str, Polic
             ratios[row["prompt_id"]] = None if base is None or target is None else target - base
         diagnostics = weight_diagnostics(policy, list(ratios.values()))
         if policy in clones:
-            clone_check(diagnostics, ratios)
+            clone_check(diagnostics, ratios, (tolerance or {}).get(policy, 0.0))
         weights[policy] = PolicyWeights(ratios, diagnostics, *_weight_shape(np.array([r for r in ratios.values() if r is not None])))
     return weights
 
@@ -186,6 +188,9 @@ def reweighted_scores(logged: list[dict], weights: dict[str, PolicyWeights]) -> 
 def clone_verdict(policy: str, weights: PolicyWeights) -> str:
     d = weights.diagnostics
     known = weights.known
+    if d.clone_check == "PASS" and d.clone_tolerance:
+        return (f"PASS: all {d.n} log-ratios of {policy} to the logging policy are within the endpoint's measured noise "
+                f"(largest |log-ratio| {np.abs(known).max():.3g} nats, {d.clone_tolerance:.3g} allowed)")
     if d.clone_check == "PASS":
         return f"PASS: all {d.n} log-ratios of {policy} to the logging policy are exactly 0"
     problems = []
@@ -248,7 +253,7 @@ class Analysis:
 
 def analyse(report: ReportInput) -> Analysis:
     first = next(iter(report.variants.values()))
-    weights = policy_weights(first.logged, report.clones)
+    weights = policy_weights(first.logged, report.clones, report.clone_tolerance)
     uncertainty = {}
     for rows in report.variants.values():  # the variant whose scores are distribution means carries their variance
         if rows.logged and rows.logged[0].get("metadata", {}).get("judge_variance") is not None:

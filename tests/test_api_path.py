@@ -115,6 +115,44 @@ def test_a_chat_template_one_newline_off_is_refused_by_the_preflight(tmp_path, k
     assert not (tmp_path / "data" / "checkpoints" / "generate.jsonl").exists()
 
 
+def test_an_endpoint_that_refuses_echo_is_refused_before_any_generation(tmp_path, key):
+    # As OpenAI's completions models answer echo with log-probs.
+    with run_in_thread(ServerConfig("synthetic", api_key=KEY, faults=FaultConfig(echo_refused=True))) as server:
+        result = run_pipeline(tmp_path / "data", config=api_config(tmp_path / "config.yaml", server.base_url))
+    assert result.returncode == 2
+    assert "models.small (echo): HTTP 400" in result.stderr and "teacher forcing needs the text's log-probs echoed" in result.stderr
+    assert not (tmp_path / "data" / "checkpoints" / "generate.jsonl").exists()
+
+
+def test_a_chat_endpoint_without_log_probs_leaves_the_context_unchecked_and_says_why(tmp_path, key):
+    with run_in_thread(ServerConfig("synthetic", api_key=KEY, faults=FaultConfig(chat_without_logprobs=True))) as server:
+        result = run_pipeline(tmp_path / "data", "--preflight", config=api_config(tmp_path / "config.yaml", server.base_url))
+    assert result.returncode == 0, result.stderr[-2000:]
+    findings = json.loads((tmp_path / "data" / "preflight.json").read_text())["small"]["findings"]
+    context = [f for f in findings if f["check"].startswith("context ")]
+    assert context and all(f["verdict"] == "unchecked" and "returned no token log-probs" in f["detail"] for f in context)
+
+
+def test_a_noisy_endpoint_passes_the_clone_check_within_its_measured_noise(tmp_path, key):
+    # As batched GPU servers vary: the same text scores differently from call to call, so P0 and its clone differ.
+    with run_in_thread(ServerConfig("synthetic", api_key=KEY, faults=FaultConfig(logprob_noise=0.01, fault_seed=4))) as server:
+        result = run_pipeline(tmp_path / "data", config=api_config(tmp_path / "config.yaml", server.base_url))
+    assert result.returncode == 0, result.stderr[-2000:]
+    noise = [f for f in json.loads((tmp_path / "data" / "preflight.json").read_text())["small"]["findings"]
+             if f["check"] == "determinism"][0]["value"]
+    assert 0 < noise < 0.1
+    weights = json.loads((tmp_path / "data" / "phase2" / "dataset_info.json").read_text())["weights"]["pi_clone"]
+    assert weights["clone_check"] == "PASS" and 0 < weights["clone_tolerance"] and weights["max_log_weight"] != 0
+    assert "within the endpoint's measured noise" in (tmp_path / "data" / "phase2" / "report.md").read_text()
+
+
+def test_an_endpoint_too_noisy_for_weights_is_refused(tmp_path, key):
+    with run_in_thread(ServerConfig("synthetic", api_key=KEY, faults=FaultConfig(logprob_noise=0.5))) as server:
+        result = run_pipeline(tmp_path / "data", "--preflight", config=api_config(tmp_path / "config.yaml", server.base_url))
+    assert result.returncode == 2
+    assert "models.small (determinism)" in result.stderr and "too noisy for importance weights" in result.stderr
+
+
 def test_killed_api_runs_resume_to_the_clean_result_without_duplicates(clean_api_run, tmp_path, key):
     data_dir = tmp_path / "data"
     rng = random.Random(3)

@@ -45,6 +45,7 @@ class Finding:
     check: str  # echo, determinism, temperature T, context <policy>
     verdict: str  # ok, refused, unchecked
     detail: str
+    value: float | None = None  # the measured number, where there is one (determinism: nats per token)
 
 
 def hosted_policy_models(config: ExperimentConfig) -> list[str]:
@@ -82,6 +83,14 @@ def check_endpoints(config: ExperimentConfig, workspace: Workspace) -> list[Find
     return findings
 
 
+def measured_noise(workspace: Workspace, model: str) -> float:
+    """The per-token noise the preflight measured for a model's endpoint; 0 where none was measured."""
+    path = workspace.root / "preflight.json"
+    record = json.loads(path.read_text()).get(model) if path.exists() else None
+    values = [f.get("value") for f in (record or {}).get("findings", []) if f["check"] == "determinism"]
+    return float(values[0]) if values and values[0] is not None else 0.0
+
+
 def describe(findings: list[Finding]) -> str:
     lines = ["Preflight of the endpoints that teacher-force", f"  {'model':<14}{'check':<28}{'verdict':<11}detail"]
     lines += [f"  {f.model:<14}{f.check:<28}{f.verdict:<11}{f.detail}" for f in findings]
@@ -99,8 +108,11 @@ def _measure(config: ExperimentConfig, model: str, dry_run: bool) -> list[Findin
     findings = [Finding(model, "echo", "ok", f"{len(base)} token log-probs for the {len(PROBE_TEXT)}-character probe")]
     again = provider.score_text(PROBE_TEXT, 1.0)
     noise = max((abs(a - b) for a, b in zip(base, again)), default=0.0) if len(again) == len(base) else float("inf")
-    findings.append(Finding(model, "determinism", "ok" if noise < 1e-3 else "refused",
-                            f"the same text scored twice differs by at most {noise:.2e} nats per token"))
+    findings.append(Finding(model, "determinism", "ok" if noise <= ARITHMETIC_NATS_PER_TOKEN else "refused",
+                            f"the same text scored twice differs by at most {noise:.2e} nats per token"
+                            + ("" if noise <= ARITHMETIC_NATS_PER_TOKEN else
+                               f": more than {ARITHMETIC_NATS_PER_TOKEN} nats per token, too noisy for importance weights"),
+                            value=noise))
     policies = {n: p for n, p in config.policies.items() if p.model == model}
     temperature_one_only = set()
     for temperature in sorted({p.temperature for p in policies.values()} - {1.0}):

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import math
+import random
 import secrets
 import time
 from collections import Counter
@@ -23,7 +24,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from arena10k.server import protocol
-from arena10k.server.backends import Backend, Completion, RequestError
+from arena10k.server.backends import Backend, Completion, RequestError, Tokens
 from arena10k.server.faults import FaultConfig, FaultPlan, RateLimiter, estimate_tokens
 
 log = logging.getLogger("arena10k.server")
@@ -93,6 +94,10 @@ class Server:
         self._throttle_wait = faults.throttle_retry_after_ms / 1000
         self._echo_continuation = faults.echo_continuation_tokens
         self._echo_at_temperature_one = faults.echo_at_temperature_one
+        self._echo_refused = faults.echo_refused
+        self._chat_without_logprobs = faults.chat_without_logprobs
+        self._logprob_noise = faults.logprob_noise
+        self._noise = random.Random(faults.fault_seed)
 
     def application(self) -> web.Application:
         app = web.Application(middlewares=[self._counted])
@@ -186,9 +191,23 @@ class Server:
         call = parsed.backend_call()
         if call.echo and call.max_tokens < self._echo_continuation:
             call = dataclasses.replace(call, max_tokens=self._echo_continuation)
+        if call.echo and self._echo_refused:
+            raise _Refusal(400, "bad_request", protocol.error_body(
+                "This model does not support echo with logprobs (injected).", "invalid_request_error"))
+        if isinstance(parsed, protocol.ChatRequest) and self._chat_without_logprobs:
+            parsed = parsed.model_copy(update={"logprobs": False})
         temperature = 1.0 if call.echo and self._echo_at_temperature_one else parsed.temperature
         completion = await self._complete(parsed.model, call, temperature, parsed.seed)
+        if self._logprob_noise:
+            completion = dataclasses.replace(completion, prompt=self._noisy(completion.prompt),
+                                             completion=self._noisy(completion.completion))
         return parsed.response(completion)
+
+    def _noisy(self, tokens: Tokens) -> Tokens:
+        if tokens.logprobs is None:
+            return tokens
+        noisy = [None if v is None else min(0.0, v + self._noise.gauss(0.0, self._logprob_noise)) for v in tokens.logprobs]
+        return dataclasses.replace(tokens, logprobs=noisy)
 
     async def _tokenize(self, parsed: protocol.TokenizeRequest) -> dict:
         prompt = (await self._complete(parsed.model, parsed.backend_call())).prompt

@@ -40,6 +40,11 @@ class FaultConfig:
     echo_continuation_tokens: int = _option(
         0, "an echo request generates at least this many tokens after the prompt, whatever its max_tokens, as "
         "llama-cpp-python's server does when it reads max_tokens=0 as no limit")
+    echo_refused: bool = _option(
+        False, "completions with echo and log-probs are refused (400), as OpenAI's completions models refuse them")
+    chat_without_logprobs: bool = _option(False, "chat completions return no token log-probs even when asked for")
+    logprob_noise: float = _option(
+        0.0, "standard deviation (nats) of seeded noise added to every log-prob returned, as batched GPU servers vary")
 
     def __post_init__(self) -> None:
         rates = (self.throttle_rate, self.error_rate, self.timeout_rate, self.drop_rate, self.malformed_rate)

@@ -38,6 +38,7 @@ class WeightDiagnostics:
     max_log_weight: float | None
     extreme_weights: int
     clone_check: str | None = None  # PASS/FAIL, for clones of the logging policy only
+    clone_tolerance: float | None = None  # the |log-ratio| a clone may show: 0 (exact), or a hosted endpoint's noise
     clone_errors: list[str] = field(default_factory=list)
 
 
@@ -58,12 +59,25 @@ def weight_diagnostics(policy: str, log_ratios: list[float | None]) -> WeightDia
     )
 
 
-def clone_check(diagnostics: WeightDiagnostics, log_ratios: dict[str, float | None]) -> None:
+def clone_check(diagnostics: WeightDiagnostics, log_ratios: dict[str, float | None], tolerance: float = 0.0) -> None:
+    """PASS when every log-ratio is 0, or within `tolerance`: the noise an endpoint showed scoring one text twice
+    (the preflight), since a hosted API need not give one text the same log-prob in two calls."""
     diagnostics.clone_errors = [
         f"{pid}: log-ratio {ratio:+.3f}" for pid, ratio in log_ratios.items() if ratio is not None and abs(ratio) > CLONE_ERROR_NATS
     ]
-    exact = diagnostics.null_logprobs == 0 and all(ratio == 0.0 for ratio in log_ratios.values())
-    diagnostics.clone_check = "PASS" if exact and diagnostics.n > 0 else "FAIL"
+    within = diagnostics.null_logprobs == 0 and all(ratio is not None and abs(ratio) <= tolerance for ratio in log_ratios.values())
+    diagnostics.clone_check = "PASS" if within and diagnostics.n > 0 else "FAIL"
+    diagnostics.clone_tolerance = tolerance
+
+
+def clone_tolerance(workspace: Workspace, config: ExperimentConfig, clone: str, forced: dict[str, dict]) -> float:
+    """4 standard deviations of the sum of a response's per-token noise, for the longest response scored (0 on
+    an exact endpoint, and on the embedded models, which have no preflight)."""
+    from arena10k.providers.preflight import measured_noise  # the preflight imports this module
+
+    noise = measured_noise(workspace, config.policies[clone].model)
+    longest = max((r["n_tokens"] for r in forced.values() if r["policy"] in (clone, config.logging_policy)), default=0)
+    return 4 * noise * math.sqrt(longest)
 
 
 # Record fields Phase 2 never reads: left out as they are read, so memory does not grow with response length.
@@ -128,7 +142,7 @@ def build(config: ExperimentConfig, workspace: Workspace) -> dict:
 
     diagnostics = {policy: weight_diagnostics(policy, list(ratios.values())) for policy, ratios in log_ratios.items()}
     for policy in config.clones():
-        clone_check(diagnostics[policy], log_ratios[policy])
+        clone_check(diagnostics[policy], log_ratios[policy], clone_tolerance(workspace, config, policy, records["teacher_force"]))
     _write(workspace, logged, fresh)
     info = {
         "schema": SCHEMA_VERSION,
