@@ -79,6 +79,11 @@ def estimate_run(config: ExperimentConfig, workspace: Workspace, samples: int | 
                            done=sum(_done(states[name].get(k)) for name, ks in keys.items() for k in ks),
                            recomputed=[f"{name}: {', '.join(p for p in config.policies if (name, p) in recompute)}"
                                        for name in keys if any((name, p) in recompute for p in config.policies)])
+    from arena10k.providers.preflight import PROBE_MAX_TOKENS, PROBE_TEXT, planned_calls  # the preflight imports stages
+
+    for model, calls in planned_calls(config, workspace).items():
+        estimate.usage.setdefault(("preflight", model), Usage()).add(
+            calls, len(PROBE_TEXT) // CHARS_PER_TOKEN + TOKENS_PER_MESSAGE, calls * PROBE_MAX_TOKENS)
     accounting = _Accounting(config, {p.prompt_id: p for p in prompts}, states["generate"])
     for name, names_keys in keys.items():
         for key in names_keys:

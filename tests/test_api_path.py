@@ -153,6 +153,20 @@ def test_an_endpoint_too_noisy_for_weights_is_refused(tmp_path, key):
     assert "models.small (determinism)" in result.stderr and "too noisy for importance weights" in result.stderr
 
 
+def test_the_estimate_lists_the_preflight_calls_it_will_make(tmp_path, key):
+    with run_in_thread(ServerConfig("synthetic", api_key=KEY)) as server:
+        config = api_config(tmp_path / "config.yaml", server.base_url)
+        estimate = run_pipeline(tmp_path / "data", "--estimate", config=config)
+        preflight = run_pipeline(tmp_path / "data", "--preflight", config=config)
+        made = server.stats()["completions"]
+        again = run_pipeline(tmp_path / "data", "--estimate", config=config)
+    assert estimate.returncode == preflight.returncode == again.returncode == 0, preflight.stderr[-2000:]
+    listed = [line.split() for line in estimate.stdout.splitlines() if line.strip().startswith("preflight")]
+    assert [row[1] for row in listed] == ["big", "small"]  # the two models that serve policies
+    assert sum(int(row[3]) for row in listed) == made
+    assert "preflight" not in again.stdout  # its findings are on record now
+
+
 def test_killed_api_runs_resume_to_the_clean_result_without_duplicates(clean_api_run, tmp_path, key):
     data_dir = tmp_path / "data"
     rng = random.Random(3)

@@ -83,6 +83,22 @@ def check_endpoints(config: ExperimentConfig, workspace: Workspace) -> list[Find
     return findings
 
 
+def planned_calls(config: ExperimentConfig, workspace: Workspace) -> dict[str, int]:
+    """The calls the next preflight makes, per model whose findings are not on record, at most (as _measure
+    makes them): two echoes of the probe, one per other temperature, a sampled continuation and its two echoes,
+    and per policy a probe response, an echo that clears the server's cache and the probe's teacher forcing."""
+    path = workspace.root / "preflight.json"
+    stored = json.loads(path.read_text()) if path.exists() else {}
+    calls = {}
+    for model in hosted_policy_models(config):
+        record = stored.get(model)
+        if record is not None and record["identity"] == json.loads(dumps(_identity(config, model))):
+            continue
+        policies = [p for p in config.policies.values() if p.model == model]
+        calls[model] = 2 + len({p.temperature for p in policies} - {1.0}) + 3 + 3 * len(policies)
+    return calls
+
+
 def measured_noise(workspace: Workspace, model: str) -> float:
     """The per-token noise the preflight measured for a model's endpoint; 0 where none was measured."""
     path = workspace.root / "preflight.json"
