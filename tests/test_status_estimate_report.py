@@ -196,7 +196,7 @@ def test_estimate_of_a_finished_run_and_the_usage_of_its_attempts(tmp_path, host
     workspace = Workspace(tmp_path)
     left = estimate.estimate_run(hosted_config, workspace)
     # Only the preflight, which the synthetic run did not record: a real run keeps its findings in preflight.json.
-    assert left.done == left.items and {stage for stage, _ in left.usage} == {"preflight"}
+    assert {stage for stage, _ in left.usage} == {"preflight"}  # every failed item has used its attempts
     states = {name: load_states(workspace.checkpoint_path(name))[0] for name in written}
     used = estimate.usage(hosted_config, workspace.load_prompts(), states)
     for name in written:
