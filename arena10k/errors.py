@@ -27,6 +27,11 @@ class EndpointDownError(Arena10kError):
     failure of the items, so the stage stops with no item recorded as failed and a rerun resumes normally."""
 
 
+class SelfCheckError(Arena10kError):
+    """Teacher forcing disagreed with the logging policy's own sampled log-probs on the first responses: the
+    scoring path is not the sampling one, so the stage stops before spending the rest of its calls."""
+
+
 class ItemError(Arena10kError):
     """One work item failed. `retryable` tells whether trying again could help;
     `raw` keeps what the model said when its reply could not be used."""

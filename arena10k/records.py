@@ -53,6 +53,10 @@ class TeacherForced:
     logprob: float  # log pi(response | prompt), <= 0, at the policy's sampling temperature
     n_tokens: int  # scored tokens, including the end-of-turn token when the response stopped
     method: str  # how the number was produced, see arena10k.teacher_forcing
+    # The logging policy only, where its response's sampled log-probs are known: logprob minus their sum (0 when
+    # scoring reproduces sampling), and the difference allowed (0 on the embedded models, rounding on an API).
+    sampled_difference: float | None = None
+    sampled_tolerance: float | None = None
 
 
 @dataclass(frozen=True)

@@ -215,3 +215,38 @@ def test_phase2_runs_with_a_hosted_config_and_no_api_key(tmp_path, monkeypatch):
     assert (tmp_path / "run" / "phase2" / "deterministic" / "logged.jsonl").exists()
     status, _ = run(tmp_path / "run", config_path, "--only", "judge")  # a stage that calls a model needs its key
     assert status == 2
+
+
+def scoring_off_by(monkeypatch, nats, prompts=None):
+    """Teacher forcing that no longer reproduces sampling: `nats` added to the log-prob (of `prompts` only, if given)."""
+    from dataclasses import replace
+
+    from arena10k.testing.fake_provider import FakeProvider
+
+    original = FakeProvider.teacher_force
+
+    def off(self, request):
+        result = original(self, request)
+        hit = prompts is None or any(p in json.dumps(request.messages) for p in prompts)
+        return replace(result, logprob=result.logprob + nats) if hit else result
+
+    monkeypatch.setattr(FakeProvider, "teacher_force", off)
+
+
+def test_teacher_forcing_that_disagrees_with_sampling_from_the_start_stops_the_stage_early(tmp_path, monkeypatch, capsys):
+    scoring_off_by(monkeypatch, -0.5)
+    status, fake = run(tmp_path / "run", OWN_CONFIG)
+    assert status == 2
+    assert "teacher forcing disagrees with the logging policy's own sampled log-probs on the first 5" in capsys.readouterr().err
+    assert fake.count("teacher_force") < 7 * PROMPTS  # stopped before the rest of the stage's calls
+
+
+def test_one_row_whose_scoring_disagrees_is_reported_and_the_run_exits_non_zero(tmp_path, monkeypatch, capsys):
+    assert run(tmp_path / "clean", OWN_CONFIG)[0] == 0  # which prompts the run samples
+    first = json.loads((tmp_path / "clean" / "prompts.jsonl").read_text().splitlines()[0])["prompt"]
+    scoring_off_by(monkeypatch, -0.5, prompts=[json.dumps(first)[1:-1]])
+    status, _ = run(tmp_path / "run", OWN_CONFIG)
+    output = capsys.readouterr()
+    assert status == 3 and "The self-check failed: 1 of the logging policy's responses" in output.err
+    check = json.loads((tmp_path / "run" / "phase2" / "dataset_info.json").read_text())["self_check"]
+    assert check["compared"] == PROMPTS and len(check["beyond_tolerance"]) == 1 and check["largest_difference"] == 0.5

@@ -143,6 +143,10 @@ def build(config: ExperimentConfig, workspace: Workspace) -> dict:
     diagnostics = {policy: weight_diagnostics(policy, list(ratios.values())) for policy, ratios in log_ratios.items()}
     for policy in config.clones():
         clone_check(diagnostics[policy], log_ratios[policy], clone_tolerance(workspace, config, policy, records["teacher_force"]))
+    checked = [r for r in records["teacher_force"].values() if r.get("sampled_difference") is not None]
+    self_check = {"compared": len(checked),
+                  "largest_difference": max((abs(r["sampled_difference"]) for r in checked), default=None),
+                  "beyond_tolerance": sorted(r["prompt_id"] for r in checked if abs(r["sampled_difference"]) > r["sampled_tolerance"])}
     _write(workspace, logged, fresh)
     info = {
         "schema": SCHEMA_VERSION,
@@ -161,6 +165,8 @@ def build(config: ExperimentConfig, workspace: Workspace) -> dict:
         "coverage": {name: {"expected": c.expected, "done": c.done, "failed": dict(c.failed), "missing": c.missing}
                      for name, c in coverage.items()},
         "weights": {p: d.__dict__ for p, d in diagnostics.items()},
+        # teacher-forced minus sampled log-probs of the logging policy's own responses, where they were sampled with some
+        "self_check": self_check,
         "config": config.model_dump(),
     }
     write_atomic(workspace.phase2_dir / "dataset_info.json", json.dumps(info, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
@@ -246,6 +252,11 @@ def summary_table(info: dict) -> str:
               f"oracle labels {info['oracle_labels']['calibration']} calibration / {sum(info['oracle_labels']['validation'].values())} validation"]
     lines.append(f"Clone check (targets that sample exactly as {info['logging_policy']}, so every weight must be 1): "
                  + (", ".join(f"{p} {info['weights'][p]['clone_check']}" for p in clones) if clones else "no clone in this config"))
+    check = info["self_check"]
+    lines.append(f"Self-check (teacher-forced vs sampled log-probs of {info['logging_policy']}'s responses): "
+                 + (f"{check['compared']} compared, largest |difference| {check['largest_difference']:.3g} nats, "
+                    f"{len(check['beyond_tolerance'])} beyond tolerance" if check["compared"] else
+                    "none compared (no sampled log-probs, or responses whose end of turn has no sampled log-prob)"))
     if info["excluded"]:
         lines.append(f"  excluded ({len(info['excluded'])}):")
         lines += [f"    {what}: {why}" for what, why in info["excluded"].items()]
@@ -258,11 +269,15 @@ def incomplete(workspace: Workspace) -> str | None:
     problems = [f"{name} {c['done']}/{c['expected']} done ({sum(c['failed'].values())} failed, {c['missing']} not run)"
                 for name, c in info["coverage"].items() if c["done"] < c["expected"]]
     failed_clones = [p for p in info["clones"] if info["weights"][p]["clone_check"] != "PASS"]
+    disagreeing = [] if info["dry_run"] else info["self_check"]["beyond_tolerance"]
     if info["logged_rows"] == 0:
         return "Phase 2 is empty: no logged response has a judge score" + (f" ({'; '.join(problems)})." if problems else ".")
     if failed_clones:
         return (f"The clone check failed for {', '.join(failed_clones)}: the importance weights are not to be used "
                 "(see phase2/report.md).")
+    if disagreeing:
+        return (f"The self-check failed: {len(disagreeing)} of the logging policy's responses score differently when "
+                "teacher-forced than they were sampled, so the importance weights are not to be used (see summary.txt).")
     if problems:
         return f"Phase 2 is incomplete: {'; '.join(problems)}; failed items are retried up to max_attempts."
     return None

@@ -3,9 +3,13 @@ the temperature that policy samples with. A target's weight is exp(its log-prob 
 
 from __future__ import annotations
 
+import threading
+
 from arena10k.config import ExperimentConfig
+from arena10k.errors import SelfCheckError
 from arena10k.providers import get_provider, stage_concurrency
 from arena10k.providers.base import TeacherForceRequest
+from arena10k.providers.preflight import ARITHMETIC_NATS_PER_TOKEN
 from arena10k.records import Prompt, Response, TeacherForced, to_dict
 from arena10k.runner import run_items
 from arena10k.stages.base import CheckpointSpec, Stage
@@ -13,17 +17,21 @@ from arena10k.stages.generate import policy_messages, policy_models, responses
 from arena10k.workspace import Workspace, item_key
 
 
+EARLY_ROWS = 5  # when the first this many logging-policy rows disagree with their sampled log-probs, the stage stops
+
+
 def run(config: ExperimentConfig, workspace: Workspace, samples: int | str | None = None) -> str:
     prompts = {p.prompt_id: p for p in workspace.load_prompts()}
     keys = CHECKPOINT.keys(config, list(prompts))
     with workspace.open_checkpoint(CHECKPOINT, config) as checkpoint:
         logged = responses(workspace, {_logged_key(config, key) for key in checkpoint.todo(keys, config.max_attempts)})
+        self_check = _SelfCheck(stops=not workspace.is_dry_run)  # a dry run's server samples in its own template
 
         def make_work(key: str):
             response = logged.get(_logged_key(config, key))
             if response is None:
                 return f"no {config.logging_policy} response"
-            return _work(config, key.rpartition("|")[2], prompts[response.prompt_id], response)
+            return _work(config, key.rpartition("|")[2], prompts[response.prompt_id], response, self_check)
 
         return run_items("teacher_force", checkpoint, keys, make_work, config.max_attempts,
                          stage_concurrency(config, policy_models(config))).describe()
@@ -33,7 +41,37 @@ def _logged_key(config: ExperimentConfig, key: str) -> str:
     return item_key(key.rpartition("|")[0], config.logging_policy)
 
 
-def _work(config: ExperimentConfig, name: str, prompt: Prompt, logged: Response):
+class _SelfCheck:
+    """Counts the logging-policy rows whose teacher-forced log-prob disagrees with the sampled one, and stops
+    the stage when the first EARLY_ROWS compared all do: a systematic error, not a stray row."""
+
+    def __init__(self, stops: bool):
+        self._stops = stops
+        self._lock = threading.Lock()
+        self._compared = self._disagreed = 0
+
+    def record(self, difference: float, tolerance: float) -> None:
+        with self._lock:
+            self._compared += 1
+            self._disagreed += abs(difference) > tolerance
+            if self._stops and self._compared == self._disagreed == EARLY_ROWS:
+                raise SelfCheckError(
+                    f"teacher forcing disagrees with the logging policy's own sampled log-probs on the first {EARLY_ROWS} "
+                    f"responses (the last by {difference:+.3f} nats, {tolerance:.2g} allowed): the scoring context, template "
+                    "or temperature is not the one the policy samples with. The stage stopped before spending the rest of "
+                    "its calls; check models.*.chat_template and end_of_turn, and the preflight's findings.")
+
+
+def _sampled_logprob(response: Response) -> float | None:
+    """The response's log-prob as sampled, comparable with teacher forcing (which scores the end of turn too)."""
+    if response.token_logprobs is None:
+        return None
+    if response.finish_reason == "stop":
+        return None if response.stop_logprob is None else sum(response.token_logprobs) + response.stop_logprob
+    return sum(response.token_logprobs)
+
+
+def _work(config: ExperimentConfig, name: str, prompt: Prompt, logged: Response, self_check: _SelfCheck):
     policy = config.policies[name]
 
     def work() -> dict:
@@ -43,7 +81,14 @@ def _work(config: ExperimentConfig, name: str, prompt: Prompt, logged: Response)
             stop_token_id=logged.stop_token_id, ended_turn=logged.finish_reason == "stop",
         )
         result = get_provider(config, policy.model).teacher_force(request)
-        return to_dict(TeacherForced(prompt.prompt_id, name, result.logprob, result.n_tokens, result.method))
+        sampled = _sampled_logprob(logged) if name == config.logging_policy else None
+        difference = tolerance = None
+        if sampled is not None:
+            exact = config.models[policy.model].provider == "local"  # the embedded models reproduce sampling bit for bit
+            difference, tolerance = result.logprob - sampled, 0.0 if exact else ARITHMETIC_NATS_PER_TOKEN * result.n_tokens
+            self_check.record(difference, tolerance)
+        return to_dict(TeacherForced(prompt.prompt_id, name, result.logprob, result.n_tokens, result.method,
+                                     difference, tolerance))
 
     return work
 
