@@ -56,6 +56,9 @@ def digit(token_text: str) -> int | None:
 
 def score_reply(generation: Generation) -> dict:
     """Scores from a greedy judge reply that carries top log-probs per token."""
+    if generation.token_logprobs is None:
+        raise ItemError("the judge's reply came without token log-probs, which its scores are read from (the endpoint "
+                        "returned none)", retryable=False, raw=generation.text)
     for position, token in enumerate(generation.token_texts):
         greedy = digit(token)
         if greedy is None:

@@ -124,8 +124,8 @@ def _run(args: argparse.Namespace, stage: str | None, command: str) -> int:
             registry.check_changes(config, workspace, selected[-1].name, forced)
         _recompute(workspace, forced)
         if args.preflight or {"generate", "teacher_force"} & {s.name for s in selected}:
-            if preflight.hosted_policy_models(config):
-                check_config(config, set(preflight.hosted_policy_models(config)))
+            if preflight.models_probed(config):
+                check_config(config, preflight.models_probed(config))
                 print(preflight.describe(preflight.check_endpoints(config, workspace)))
         if args.preflight:
             return 0

@@ -124,13 +124,14 @@ def test_an_endpoint_that_refuses_echo_is_refused_before_any_generation(tmp_path
     assert not (tmp_path / "data" / "checkpoints" / "generate.jsonl").exists()
 
 
-def test_a_chat_endpoint_without_log_probs_leaves_the_context_unchecked_and_says_why(tmp_path, key):
+def test_a_chat_endpoint_without_log_probs_leaves_the_context_unchecked_and_refuses_its_judge(tmp_path, key):
     with run_in_thread(ServerConfig("synthetic", api_key=KEY, faults=FaultConfig(chat_without_logprobs=True))) as server:
         result = run_pipeline(tmp_path / "data", "--preflight", config=api_config(tmp_path / "config.yaml", server.base_url))
-    assert result.returncode == 0, result.stderr[-2000:]
-    findings = json.loads((tmp_path / "data" / "preflight.json").read_text())["small"]["findings"]
-    context = [f for f in findings if f["check"].startswith("context ")]
+    recorded = json.loads((tmp_path / "data" / "preflight.json").read_text())
+    context = [f for f in recorded["small"]["findings"] if f["check"].startswith("context ")]
     assert context and all(f["verdict"] == "unchecked" and "returned no token log-probs" in f["detail"] for f in context)
+    # A judge scores from its reply's top log-probs, so one on this endpoint is refused before any generation.
+    assert result.returncode == 2 and "models.small (judge grading): a probe grading failed (the judge's reply came without token log-probs" in result.stderr
 
 
 def test_a_noisy_endpoint_passes_the_clone_check_within_its_measured_noise(tmp_path, key):
@@ -153,6 +154,15 @@ def test_an_endpoint_too_noisy_for_weights_is_refused(tmp_path, key):
     assert "models.small (determinism)" in result.stderr and "too noisy for importance weights" in result.stderr
 
 
+def test_a_judge_asking_for_more_top_log_probs_than_the_endpoint_gives_is_refused_before_any_generation(tmp_path, key):
+    with run_in_thread(ServerConfig("synthetic", api_key=KEY, faults=FaultConfig(top_logprobs_cap=5))) as server:
+        result = run_pipeline(tmp_path / "data", config=api_config(tmp_path / "config.yaml", server.base_url))
+    assert result.returncode == 2
+    assert "models.small (judge grading): a probe grading failed (HTTP 400: top_logprobs must be at most 5" in result.stderr
+    assert "set judge.top_logprobs to what the endpoint accepts" in result.stderr
+    assert not (tmp_path / "data" / "checkpoints" / "generate.jsonl").exists()
+
+
 def test_the_estimate_lists_the_preflight_calls_it_will_make(tmp_path, key):
     with run_in_thread(ServerConfig("synthetic", api_key=KEY)) as server:
         config = api_config(tmp_path / "config.yaml", server.base_url)
@@ -162,7 +172,7 @@ def test_the_estimate_lists_the_preflight_calls_it_will_make(tmp_path, key):
         again = run_pipeline(tmp_path / "data", "--estimate", config=config)
     assert estimate.returncode == preflight.returncode == again.returncode == 0, preflight.stderr[-2000:]
     listed = [line.split() for line in estimate.stdout.splitlines() if line.strip().startswith("preflight")]
-    assert [row[1] for row in listed] == ["big", "small"]  # the two models that serve policies
+    assert [row[1] for row in listed] == ["big", "small", "oracle"]  # those that serve policies, then the oracle
     assert sum(int(row[3]) for row in listed) == made
     assert "preflight" not in again.stdout  # its findings are on record now
 
@@ -251,6 +261,7 @@ def test_arena_10k_config_dry_runs_through_the_loopback_server(tmp_path):
     assert info["weights"]["pi_clone"]["clone_check"] == "PASS"
     # 6 prompts x 5 policies x (generate + teacher_force + judge) + oracle: 2 P0 responses + 2 prompts x 4 targets,
     # and the preflight: per model two echoes, one at each other temperature, a sampled continuation and its two
-    # echoes, and per policy a probe, an echo that clears a server's cache and the probe's scoring
-    assert "dry run: 127 requests" in result.stdout
+    # echoes, and per policy a probe, an echo that clears a server's cache and the probe's scoring; a probe grading
+    # by the judge and by the oracle
+    assert "dry run: 129 requests" in result.stdout
     assert "unchecked  differs by" in result.stdout  # the loopback server samples in its own chat template

@@ -261,9 +261,12 @@ def _retry_after(error: Any) -> float | None:
 
 
 def _message(error: Any) -> str:
+    """The provider's own message: the openai SDK keeps the body's "error" object as `body`, other SDKs the body."""
     body = getattr(error, "body", None)
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        return str(body["error"].get("message", body))
+        body = body["error"]
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return body["message"]
     return str(error)[:300]
 
 

@@ -21,11 +21,13 @@ they were measured for are unchanged.
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from arena10k.checkpoint import dumps, write_atomic
-from arena10k.config import ExperimentConfig
+from arena10k.config import ExperimentConfig, JudgeConfig
 from arena10k.errors import ConfigError, ItemError
 from arena10k.providers import get_provider
 from arena10k.providers.base import GenerationRequest, TeacherForceRequest
@@ -34,6 +36,7 @@ from arena10k.workspace import Workspace
 
 PROBE_TEXT = "The quick brown fox jumps over the lazy dog. Water boils at 100 degrees Celsius at sea level."
 PROBE_PROMPT = "Name three colors of the rainbow."
+PROBE_ANSWER = "Red, orange and yellow."  # for the judges' probe grading
 PROBE_MAX_TOKENS = 12
 SAME = 1e-9  # log-probs closer than this are the same number
 ARITHMETIC_NATS_PER_TOKEN = 0.1  # sampled and echoed log-probs of a token differ by rounding (seen: 0.014), never by more
@@ -62,19 +65,48 @@ def _identity(config: ExperimentConfig, model: str) -> dict:
             "policies": {n: config.policy_identity(n) for n, p in config.policies.items() if p.model == model}}
 
 
+def hosted_judges(config: ExperimentConfig) -> dict[str, JudgeConfig]:
+    """The judge and the (enabled) oracle, by role, where a hosted model serves them."""
+    roles = {"judge": config.judge, **({"oracle": config.oracle} if config.oracle.enabled else {})}
+    return {role: judge for role, judge in roles.items() if config.models[judge.model].provider != "local"}
+
+
+def models_probed(config: ExperimentConfig) -> set[str]:
+    return set(hosted_policy_models(config)) | {judge.model for judge in hosted_judges(config).values()}
+
+
+def _judge_identity(config: ExperimentConfig, judge: JudgeConfig) -> dict:
+    from arena10k.stages.judge import JUDGE_SETTINGS, rubric
+    from arena10k.stages.phase2 import endpoint
+
+    return {"endpoint": endpoint(config.models[judge.model]), "model": config.models[judge.model].model,
+            "judge": {name: getattr(judge, name) for name in JUDGE_SETTINGS if name != "model"}, "rubric": rubric(judge)}
+
+
+def _probes(config: ExperimentConfig, dry_run: bool) -> dict[str, tuple[dict, Callable[[], list[Finding]]]]:
+    """What the preflight measures, under the key its findings are kept by: each model that serves a policy, and
+    each hosted judge (role:model), with what the findings depend on and how to measure them."""
+    probes = {model: (_identity(config, model), functools.partial(_measure, config, model, dry_run))
+              for model in hosted_policy_models(config)}
+    for role, judge in hosted_judges(config).items():
+        probes[f"{role}:{judge.model}"] = (_judge_identity(config, judge), functools.partial(_probe_judge, config, role, judge))
+    return probes
+
+
+def _on_record(stored: dict, key: str, identity: dict) -> bool:
+    return key in stored and stored[key]["identity"] == json.loads(dumps(identity))
+
+
 def check_endpoints(config: ExperimentConfig, workspace: Workspace) -> list[Finding]:
     """Runs the checks not already on record for these settings; refuses (ConfigError) when one fails."""
     path = workspace.root / "preflight.json"
     stored = json.loads(path.read_text()) if path.exists() else {}
     findings: list[Finding] = []
-    for model in hosted_policy_models(config):
-        identity = _identity(config, model)
-        record = stored.get(model)
-        if record is None or record["identity"] != json.loads(dumps(identity)):
-            record = {"identity": identity, "findings": [asdict(f) for f in _measure(config, model, workspace.is_dry_run)]}
-            stored[model] = record
+    for key, (identity, measure) in _probes(config, workspace.is_dry_run).items():
+        if not _on_record(stored, key, identity):
+            stored[key] = {"identity": identity, "findings": [asdict(f) for f in measure()]}
             write_atomic(path, dumps(stored) + "\n")
-        findings += [Finding(**f) for f in record["findings"]]
+        findings += [Finding(**f) for f in stored[key]["findings"]]
     refused = [f for f in findings if f.verdict == "refused"]
     if refused:
         raise ConfigError("The preflight found endpoints whose log-probs cannot give valid importance weights; "
@@ -84,18 +116,23 @@ def check_endpoints(config: ExperimentConfig, workspace: Workspace) -> list[Find
 
 
 def planned_calls(config: ExperimentConfig, workspace: Workspace) -> dict[str, int]:
-    """The calls the next preflight makes, per model whose findings are not on record, at most (as _measure
-    makes them): two echoes of the probe, one per other temperature, a sampled continuation and its two echoes,
-    and per policy a probe response, an echo that clears the server's cache and the probe's teacher forcing."""
+    """The calls the next preflight makes, per model, for the checks not on record, at most (as _measure and
+    _probe_judge make them): two echoes of the probe, one per other temperature, a sampled continuation and its two
+    echoes, per policy a probe response, an echo that clears the server's cache and the probe's teacher forcing;
+    and one grading per hosted judge."""
     path = workspace.root / "preflight.json"
     stored = json.loads(path.read_text()) if path.exists() else {}
-    calls = {}
-    for model in hosted_policy_models(config):
-        record = stored.get(model)
-        if record is not None and record["identity"] == json.loads(dumps(_identity(config, model))):
+    calls: dict[str, int] = {}
+    for key, (identity, _) in _probes(config, workspace.is_dry_run).items():
+        if _on_record(stored, key, identity):
             continue
-        policies = [p for p in config.policies.values() if p.model == model]
-        calls[model] = 2 + len({p.temperature for p in policies} - {1.0}) + 3 + 3 * len(policies)
+        if key in config.models:
+            temperatures = {p.temperature for p in config.policies.values() if p.model == key} - {1.0}
+            serves = sum(p.model == key for p in config.policies.values())
+            calls[key] = calls.get(key, 0) + 2 + len(temperatures) + 3 + 3 * serves
+        else:
+            model = key.partition(":")[2]
+            calls[model] = calls.get(model, 0) + 1
     return calls
 
 
@@ -170,6 +207,21 @@ def _measure(config: ExperimentConfig, model: str, dry_run: bool) -> list[Findin
         else:
             findings.append(_context(config, provider, model, name, tolerance, dry_run))
     return findings
+
+
+def _probe_judge(config: ExperimentConfig, role: str, judge: JudgeConfig) -> list[Finding]:
+    from arena10k.stages.judge import grade
+
+    check = f"{role} grading"
+    try:
+        _, scores = grade(config, judge, PROBE_PROMPT, PROBE_ANSWER)
+    except ItemError as error:
+        return [Finding(judge.model, check, "refused",
+                        f"a probe grading failed ({error}); with top_logprobs {judge.top_logprobs} and max_tokens "
+                        f"{judge.max_tokens} (some providers cap top_logprobs at 5: set {role}.top_logprobs to what the "
+                        "endpoint accepts)")]
+    return [Finding(judge.model, check, "ok", f"a probe grading scored {scores['score']:.2f}, "
+                                              f"{scores['probability_mass']:.0%} of its probability on score tokens")]
 
 
 def _context(config: ExperimentConfig, provider, model: str, name: str, tolerance: float, dry_run: bool) -> Finding:

@@ -96,6 +96,7 @@ class Server:
         self._echo_at_temperature_one = faults.echo_at_temperature_one
         self._echo_refused = faults.echo_refused
         self._chat_without_logprobs = faults.chat_without_logprobs
+        self._top_logprobs_cap = faults.top_logprobs_cap
         self._logprob_noise = faults.logprob_noise
         self._noise = random.Random(faults.fault_seed)
 
@@ -194,6 +195,9 @@ class Server:
         if call.echo and self._echo_refused:
             raise _Refusal(400, "bad_request", protocol.error_body(
                 "This model does not support echo with logprobs (injected).", "invalid_request_error"))
+        if self._top_logprobs_cap is not None and call.top_logprobs > self._top_logprobs_cap:
+            raise _Refusal(400, "bad_request", protocol.error_body(
+                f"top_logprobs must be at most {self._top_logprobs_cap} (injected).", "invalid_request_error"))
         if isinstance(parsed, protocol.ChatRequest) and self._chat_without_logprobs:
             parsed = parsed.model_copy(update={"logprobs": False})
         temperature = 1.0 if call.echo and self._echo_at_temperature_one else parsed.temperature

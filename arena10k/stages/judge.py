@@ -30,13 +30,18 @@ def _fingerprint(config: ExperimentConfig, judge: JudgeConfig, policy: str) -> d
             "judge_prompt": hashlib.sha256(repr(instructions).encode()).hexdigest()[:16]}
 
 
+def grade(config: ExperimentConfig, judge: JudgeConfig, prompt: str, response: str) -> tuple[str, dict]:
+    """One grading: the judge's reply and its scores (ItemError when the reply holds no score)."""
+    messages = judging.judge_messages(rubric(judge), prompt, response)
+    request = GenerationRequest(messages, temperature=0, max_tokens=judge.max_tokens, seed=0, top_logprobs=judge.top_logprobs)
+    reply = get_provider(config, judge.model).generate(request)
+    return reply.text, judging.score_reply(reply)
+
+
 def _work(config: ExperimentConfig, judge: JudgeConfig, prompt: Prompt, response: Response):
     def work() -> dict:
-        messages = judging.judge_messages(rubric(judge), prompt.prompt, response.text)
-        request = GenerationRequest(messages, temperature=0, max_tokens=judge.max_tokens, seed=0, top_logprobs=judge.top_logprobs)
-        reply = get_provider(config, judge.model).generate(request)
-        scores = judging.score_reply(reply)
-        return to_dict(Judgement(prompt.prompt_id, response.policy, config.models[judge.model].model, reply.text, **scores))
+        reply, scores = grade(config, judge, prompt.prompt, response.text)
+        return to_dict(Judgement(prompt.prompt_id, response.policy, config.models[judge.model].model, reply, **scores))
 
     return work
 
