@@ -430,6 +430,13 @@ def _nulls(report: ReportInput, weights: dict[str, PolicyWeights]) -> list[str]:
     if report.run and report.run.info["excluded"]:
         lines += ["", f"Left out of Phase 2 ({len(report.run.info['excluded'])} rows, no judge score or no response):", ""]
         lines += [f"- {what}: {why}" for what, why in report.run.info["excluded"].items()]
+    check = report.run.info.get("self_check") if report.run else None
+    if check and check["compared"]:
+        beyond = check["beyond_tolerance"]
+        lines += ["", f"Self-check: {check['compared']} of {report.base_policy}'s responses were teacher-forced and compared with "
+                      f"their own sampled log-probs; largest |difference| {check['largest_difference']:.3g} nats, "
+                      + (f"**{len(beyond)} beyond tolerance** ({', '.join(beyond[:20])}): the weights are not to be used."
+                         if beyond else "none beyond tolerance.")]
     return lines
 
 
@@ -443,7 +450,8 @@ def _clone_section(weights: dict[str, PolicyWeights], figure_dir: Path) -> list[
         figure = f"clone_log_ratio_{policy}.png"
         figures.clone_log_ratios(figure_dir / figure, policy, weights[policy].known, verdict)
         lines += [f"## Clone check ({policy})", "",
-                  f"{policy} samples exactly as the logging policy does, so each of its log-ratios must be exactly 0. "
+                  f"{policy} samples exactly as the logging policy does, so each of its log-ratios must be exactly 0 "
+                  "(within the endpoint's measured noise on an API whose log-probs vary from call to call). "
                   f"**{verdict}**.", "", f"![clone log-ratios](figures/{figure})", ""]
         errors = weights[policy].diagnostics.clone_errors
         if errors:

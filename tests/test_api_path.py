@@ -147,6 +147,14 @@ def test_a_noisy_endpoint_passes_the_clone_check_within_its_measured_noise(tmp_p
     assert "within the endpoint's measured noise" in (tmp_path / "data" / "phase2" / "report.md").read_text()
 
 
+def test_an_echo_that_does_not_score_its_own_tokens_is_refused(tmp_path, key):
+    # As llama-cpp-python's server echoes a text that does not start with its BOS token: one position off.
+    with run_in_thread(ServerConfig("synthetic", api_key=KEY, faults=FaultConfig(echo_shifted=True))) as server:
+        result = run_pipeline(tmp_path / "data", "--preflight", config=api_config(tmp_path / "config.yaml", server.base_url))
+    assert result.returncode == 2
+    assert "models.small (sampling vs echo)" in result.stderr and "the echo does not score the tokens it returns" in result.stderr
+
+
 def test_an_endpoint_too_noisy_for_weights_is_refused(tmp_path, key):
     with run_in_thread(ServerConfig("synthetic", api_key=KEY, faults=FaultConfig(logprob_noise=0.5))) as server:
         result = run_pipeline(tmp_path / "data", "--preflight", config=api_config(tmp_path / "config.yaml", server.base_url))

@@ -250,3 +250,4 @@ def test_one_row_whose_scoring_disagrees_is_reported_and_the_run_exits_non_zero(
     assert status == 3 and "The self-check failed: 1 of the logging policy's responses" in output.err
     check = json.loads((tmp_path / "run" / "phase2" / "dataset_info.json").read_text())["self_check"]
     assert check["compared"] == PROMPTS and len(check["beyond_tolerance"]) == 1 and check["largest_difference"] == 0.5
+    assert "**1 beyond tolerance**" in (tmp_path / "run" / "phase2" / "report.md").read_text()

@@ -193,7 +193,8 @@ def _measure(config: ExperimentConfig, model: str, dry_run: bool) -> list[Findin
         verdict = "ok" if difference <= ARITHMETIC_NATS_PER_TOKEN * compared else "refused"
         findings.append(Finding(model, "sampling vs echo", verdict, (
             f"{compared} tokens sampled on the completions endpoint score {difference:.2e} nats apart when echoed"
-            + (" (the server's arithmetic: it decodes one token at a time and echoes a whole text at once)" if verdict == "ok" else
+            + ("" if difference <= SAME * compared else
+               " (the server's arithmetic: it decodes one token at a time and echoes a whole text at once)" if verdict == "ok" else
                f", more than rounding explains ({ARITHMETIC_NATS_PER_TOKEN} per token): the echo does not score the tokens "
                "it returns (llama-cpp-python's server pairs each token with the next position's log-probs when the "
                "text does not start with its BOS token)"))))

@@ -97,6 +97,7 @@ class Server:
         self._echo_refused = faults.echo_refused
         self._chat_without_logprobs = faults.chat_without_logprobs
         self._top_logprobs_cap = faults.top_logprobs_cap
+        self._echo_shifted = faults.echo_shifted
         self._logprob_noise = faults.logprob_noise
         self._noise = random.Random(faults.fault_seed)
 
@@ -202,6 +203,9 @@ class Server:
             parsed = parsed.model_copy(update={"logprobs": False})
         temperature = 1.0 if call.echo and self._echo_at_temperature_one else parsed.temperature
         completion = await self._complete(parsed.model, call, temperature, parsed.seed)
+        if call.echo and self._echo_shifted and completion.prompt.logprobs:
+            shifted = [None, *completion.prompt.logprobs[2:], completion.completion.logprobs[0] if completion.completion.logprobs else None]
+            completion = dataclasses.replace(completion, prompt=dataclasses.replace(completion.prompt, logprobs=shifted))
         if self._logprob_noise:
             completion = dataclasses.replace(completion, prompt=self._noisy(completion.prompt),
                                              completion=self._noisy(completion.completion))

@@ -43,6 +43,9 @@ class FaultConfig:
     echo_refused: bool = _option(
         False, "completions with echo and log-probs are refused (400), as OpenAI's completions models refuse them")
     chat_without_logprobs: bool = _option(False, "chat completions return no token log-probs even when asked for")
+    echo_shifted: bool = _option(
+        False, "each echoed token carries the next position's log-prob, as llama-cpp-python's server does for a text "
+        "that does not start with its BOS token")
     top_logprobs_cap: int | None = _option(None, "more alternatives per token than this are refused (400), as some providers cap them at 5")
     logprob_noise: float = _option(
         0.0, "standard deviation (nats) of seeded noise added to every log-prob returned, as batched GPU servers vary")
