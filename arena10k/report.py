@@ -434,7 +434,8 @@ def _nulls(report: ReportInput, weights: dict[str, PolicyWeights]) -> list[str]:
     if check and check["compared"]:
         beyond = check["beyond_tolerance"]
         lines += ["", f"Self-check: {check['compared']} of {report.base_policy}'s responses were teacher-forced and compared with "
-                      f"their own sampled log-probs; largest |difference| {check['largest_difference']:.3g} nats, "
+                      f"their own sampled log-probs; |difference| median {check['median_difference']:.3g}, largest "
+                      f"{check['largest_difference']:.3g} nats, "
                       + (f"**{len(beyond)} beyond tolerance** ({', '.join(beyond[:20])}): the weights are not to be used."
                          if beyond else "none beyond tolerance.")]
     return lines

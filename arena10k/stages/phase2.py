@@ -145,6 +145,7 @@ def build(config: ExperimentConfig, workspace: Workspace) -> dict:
         clone_check(diagnostics[policy], log_ratios[policy], clone_tolerance(workspace, config, policy, records["teacher_force"]))
     checked = [r for r in records["teacher_force"].values() if r.get("sampled_difference") is not None]
     self_check = {"compared": len(checked),
+                  "median_difference": float(np.median([abs(r["sampled_difference"]) for r in checked])) if checked else None,
                   "largest_difference": max((abs(r["sampled_difference"]) for r in checked), default=None),
                   "beyond_tolerance": sorted(r["prompt_id"] for r in checked if abs(r["sampled_difference"]) > r["sampled_tolerance"])}
     _write(workspace, logged, fresh)
@@ -254,7 +255,8 @@ def summary_table(info: dict) -> str:
                  + (", ".join(f"{p} {info['weights'][p]['clone_check']}" for p in clones) if clones else "no clone in this config"))
     check = info["self_check"]
     lines.append(f"Self-check (teacher-forced vs sampled log-probs of {info['logging_policy']}'s responses): "
-                 + (f"{check['compared']} compared, largest |difference| {check['largest_difference']:.3g} nats, "
+                 + (f"{check['compared']} compared, |difference| median {check['median_difference']:.3g}, "
+                    f"largest {check['largest_difference']:.3g} nats, "
                     f"{len(check['beyond_tolerance'])} beyond tolerance" if check["compared"] else
                     "none compared (no sampled log-probs, or responses whose end of turn has no sampled log-prob)"))
     if info["excluded"]:
