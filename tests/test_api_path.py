@@ -153,6 +153,7 @@ def test_an_echo_that_does_not_score_its_own_tokens_is_refused(tmp_path, key):
         result = run_pipeline(tmp_path / "data", "--preflight", config=api_config(tmp_path / "config.yaml", server.base_url))
     assert result.returncode == 2
     assert "models.small (sampling vs echo)" in result.stderr and "the echo does not score the tokens it returns" in result.stderr
+    assert "(determinism)" not in result.stderr  # the same text still scores the same: only this check can tell
 
 
 def test_an_endpoint_too_noisy_for_weights_is_refused(tmp_path, key):

@@ -204,7 +204,8 @@ class Server:
         temperature = 1.0 if call.echo and self._echo_at_temperature_one else parsed.temperature
         completion = await self._complete(parsed.model, call, temperature, parsed.seed)
         if call.echo and self._echo_shifted and completion.prompt.logprobs:
-            shifted = [None, *completion.prompt.logprobs[2:], completion.completion.logprobs[0] if completion.completion.logprobs else None]
+            # The last token gets its own log-prob again: what follows it depends on the sampled continuation.
+            shifted = [None, *completion.prompt.logprobs[2:], completion.prompt.logprobs[-1]]
             completion = dataclasses.replace(completion, prompt=dataclasses.replace(completion.prompt, logprobs=shifted))
         if self._logprob_noise:
             completion = dataclasses.replace(completion, prompt=self._noisy(completion.prompt),
