@@ -82,9 +82,7 @@ class HostedProvider:
         )
 
     def teacher_force(self, request: TeacherForceRequest) -> TeacherForced:
-        if self._template is None:
-            raise ItemError(f"no chat template is configured for {self.model}", retryable=False)
-        prompt = self._template.render(messages=list(request.messages), add_generation_prompt=True)
+        prompt = self._render(request.messages)
         response = request.response_text + (self._end_of_turn if request.ended_turn else "")
         offsets, logprobs = self._echo(prompt + response, request.temperature)
         if len(offsets) != len(logprobs) or not logprobs:
@@ -104,9 +102,7 @@ class HostedProvider:
         """How far the log-probs of tokens as the endpoint samples them (one at a time) are from the echo
         log-probs of the same tokens (the whole text at once), on the completions endpoint with the configured
         template on both sides, so that the template cannot be to blame. Returns the tokens compared and |difference|."""
-        if self._template is None:
-            raise ItemError(f"no chat template is configured for {self.model}", retryable=False)
-        text = self._template.render(messages=list(messages), add_generation_prompt=True)
+        text = self._render(messages)
         response = self._call(lambda: self._client.completions.create(
             model=self.model, prompt=text, max_tokens=max_tokens, logprobs=1, temperature=1.0, seed=seed),
             _estimate_tokens(text) + max_tokens)
@@ -120,6 +116,12 @@ class HostedProvider:
         if len(continuation) != len(sampled):
             raise ItemError(f"the {len(sampled)} sampled tokens came back as {len(continuation)} when echoed", retryable=False)
         return len(sampled), abs(sum(continuation) - sum(sampled))
+
+    def _render(self, messages: tuple[dict, ...]) -> str:
+        """The policy's context as the server samples in it, by the configured chat template."""
+        if self._template is None:
+            raise ItemError(f"no chat template is configured for {self.model}", retryable=False)
+        return self._template.render(messages=list(messages), add_generation_prompt=True)
 
     # ------------------------------------------------------------ calls
 

@@ -6,9 +6,10 @@ the server's so that the scoring context is not the sampling context.
 Per hosted model that serves a policy, and per temperature its policies sample at:
 - echo: the completions endpoint returns log-probs of the text sent, token by token, and they spell it;
 - determinism: the same text scored twice; the largest difference is the endpoint's noise;
-- sampling vs echo: a plain-text continuation's log-probs as sampled and as echoed; servers that decode one token
-  at a time but echo a text in one batch (llama-cpp-python's) differ by their arithmetic, which widens the
-  tolerance of the context check below;
+- sampling vs echo: a continuation sampled on the completions endpoint after the configured template, its
+  log-probs as sampled and as echoed; servers that decode one token at a time but echo a text in one batch
+  (llama-cpp-python's) differ by their rounding, which widens the tolerance of the context check below, and a
+  larger difference means the echo does not score the tokens it returns;
 - temperature: the same text scored at 1 and at each policy temperature; identical log-probs mean the endpoint
   reports temperature-1 log-probs, and a policy sampling at another temperature cannot get valid weights from
   it (dividing by the temperature is no fix: the normaliser changes);
@@ -93,6 +94,12 @@ def _probes(config: ExperimentConfig, dry_run: bool) -> dict[str, tuple[dict, Ca
     return probes
 
 
+def _stored(workspace: Workspace) -> dict:
+    """The findings on record in the run directory, by probe key."""
+    path = workspace.root / "preflight.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def _on_record(stored: dict, key: str, identity: dict) -> bool:
     return key in stored and stored[key]["identity"] == json.loads(dumps(identity))
 
@@ -100,7 +107,7 @@ def _on_record(stored: dict, key: str, identity: dict) -> bool:
 def check_endpoints(config: ExperimentConfig, workspace: Workspace) -> list[Finding]:
     """Runs the checks not already on record for these settings; refuses (ConfigError) when one fails."""
     path = workspace.root / "preflight.json"
-    stored = json.loads(path.read_text()) if path.exists() else {}
+    stored = _stored(workspace)
     findings: list[Finding] = []
     for key, (identity, measure) in _probes(config, workspace.is_dry_run).items():
         if not _on_record(stored, key, identity):
@@ -120,8 +127,7 @@ def planned_calls(config: ExperimentConfig, workspace: Workspace) -> dict[str, i
     _probe_judge make them): two echoes of the probe, one per other temperature, a sampled continuation and its two
     echoes, per policy a probe response, an echo that clears the server's cache and the probe's teacher forcing;
     and one grading per hosted judge."""
-    path = workspace.root / "preflight.json"
-    stored = json.loads(path.read_text()) if path.exists() else {}
+    stored = _stored(workspace)
     calls: dict[str, int] = {}
     for key, (identity, _) in _probes(config, workspace.is_dry_run).items():
         if _on_record(stored, key, identity):
@@ -138,9 +144,8 @@ def planned_calls(config: ExperimentConfig, workspace: Workspace) -> dict[str, i
 
 def measured_noise(workspace: Workspace, model: str) -> float:
     """The per-token noise the preflight measured for a model's endpoint; 0 where none was measured."""
-    path = workspace.root / "preflight.json"
-    record = json.loads(path.read_text()).get(model) if path.exists() else None
-    values = [f.get("value") for f in (record or {}).get("findings", []) if f["check"] == "determinism"]
+    findings = _stored(workspace).get(model, {}).get("findings", [])
+    values = [f.get("value") for f in findings if f["check"] == "determinism"]
     return float(values[0]) if values and values[0] is not None else 0.0
 
 
