@@ -63,6 +63,7 @@ class ItemState:
     last_error: str | None = None
     raw: str | None = None
     gave_up: bool = False  # a permanent error: retrying cannot help
+    offset: int | None = None  # where the line of its record starts in the checkpoint (load_states only)
 
 
 def read_fingerprints(meta_path: Path) -> dict[str, dict]:
@@ -145,11 +146,11 @@ def may_try(state: ItemState | None, max_attempts: int) -> bool:
     return state is None or (state.record is None and not state.gave_up and state.attempts < max_attempts)
 
 
-def _apply(items: dict[str, ItemState], entry: dict) -> None:
+def _apply(items: dict[str, ItemState], entry: dict, offset: int | None = None) -> None:
     state = items.setdefault(entry["key"], ItemState())
     state.attempts += 1
     if entry["status"] == "ok":
-        state.record, state.last_error, state.raw = entry["record"], None, None
+        state.record, state.last_error, state.raw, state.offset = entry["record"], None, None, offset
     else:
         state.last_error, state.raw, state.gave_up = entry["error"], entry.get("raw"), not entry["retryable"]
 
@@ -172,14 +173,14 @@ def load_states(path: Path, strict: bool = False, keys: set[str] | None = None,
         for number, line in enumerate(f, start=1):
             if not line.endswith(b"\n"):
                 break
-            complete += len(line)
+            offset, complete = complete, complete + len(line)
             if keys is not None and _key_of_bytes(line) not in keys:
                 continue
             try:
                 entry = json.loads(line)
                 for name in drop:
                     entry.get("record", {}).pop(name, None)
-                _apply(items, entry)
+                _apply(items, entry, offset)
             except (json.JSONDecodeError, KeyError, AttributeError):
                 if strict:
                     _damaged(path, number)
@@ -317,6 +318,21 @@ def _key_of(line: str) -> str | None:
     except (json.JSONDecodeError, KeyError, TypeError):
         parts = line.rstrip("\n").split("\t")
         return parts[1] if len(parts) == 2 else None
+
+
+class RecordFields:
+    """Fields left out when a checkpoint was loaded (load_states drop=...), read back one record at a time from
+    where its line starts, so that what a reader holds does not grow with them."""
+
+    def __init__(self, path: Path):
+        self._file = open(path, "rb")
+
+    def get(self, state: ItemState, name: str) -> Any:
+        self._file.seek(state.offset)
+        return json.loads(self._file.readline())["record"][name]
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def read_records(path: Path, keys: set[str] | None = None, drop: tuple[str, ...] = ()) -> dict[str, dict]:

@@ -50,6 +50,12 @@ class ModelConfig(_Strict):
         description="Local only: start a prompt after the cached part it shares with the previous one (the judge's "
         "rubric and examples). Results are bit-identical either way; false only to measure what it saves.",
     )
+    sequences: int = Field(
+        8, ge=1, le=63, exclude=True,
+        description="Local only: responses decoded together in one llama.cpp batch, for a batch-invariant model "
+        "(SmolLM2; any other decodes one at a time). Each holds n_ctx tokens of key-value cache (SmolLM2: 23 KB per "
+        "token). Results are bit-identical for any value.",
+    )
     chat_template: str | None = Field(
         None,
         description="Hosted only: the served model's chat template (Jinja, as in its tokenizer_config.json). "

@@ -104,10 +104,15 @@ def _in_order(by_policy: dict, order: tuple[str, ...]) -> dict:
 
 
 def _read_rows(path: Path) -> list[dict]:
+    """The rows of a CJE dataset file without their texts, which no number here needs (memory stays flat)."""
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
             row = json.loads(line)
+            row.pop("prompt", None)
+            row.pop("response", None)
             for name in ("judge_score", "oracle_label"):
                 row.setdefault(name, row.get("metadata", {}).get(name))
             rows.append(row)

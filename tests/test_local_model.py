@@ -1,12 +1,17 @@
 """The embedded model: deterministic sampling, and teacher forcing that reproduces sampled log-probs exactly."""
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
+from arena10k.judging import JUDGE_RUBRIC, ORACLE_RUBRIC, judge_messages
 from arena10k.providers.base import GenerationRequest, TeacherForceRequest
-from arena10k.providers.local import LocalProvider
+from arena10k.providers.local import N_BATCH, LocalProvider
 
 SYSTEM = "You are a helpful assistant."
 PROMPTS = ["Write a single dot.", "Why is the sky blue?", "def f(x):\n    return x * 2\n\nWhat does f(3) return?", "🍕 or 🍔?"]
+# Over 256 tokens of context: llama.cpp then attends with 512 or more cache cells, where it splits the work otherwise.
+LONG_PROMPT = "Summarise this in one sentence:\n" + "The committee met on Tuesday to discuss next year's budget. " * 24
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +34,7 @@ def teacher_force(provider, generation, prompt, temperature=0.7, system=SYSTEM):
         tuple(generation.token_ids), generation.stop_token_id, generation.finish_reason == "stop"))
 
 
-@pytest.mark.parametrize("prompt", PROMPTS)
+@pytest.mark.parametrize("prompt", PROMPTS + [LONG_PROMPT])
 def test_teacher_forced_logprob_equals_sum_of_sampled_logprobs(smollm, prompt):
     generation = smollm.generate(GenerationRequest(messages(prompt), 0.7, 32, seed=3))
     sampled = sum(generation.token_logprobs) + (generation.stop_logprob or 0.0)
@@ -82,8 +87,6 @@ def test_gemma_context_carries_the_system_prompt(gemma):
 
 def calls_sharing_prefixes(provider):
     """Judge calls (a long shared rubric), then generation and teacher forcing under two system prompts."""
-    from arena10k.judging import JUDGE_RUBRIC, judge_messages
-
     results = []
     for response in ("The sky is blue because of Rayleigh scattering.", "No idea."):
         reply = provider.generate(GenerationRequest(judge_messages(JUDGE_RUBRIC, PROMPTS[1], response), 0, 4, 0, top_logprobs=20))
@@ -106,4 +109,25 @@ def test_prefix_reuse_gives_bit_identical_results_on_both_models(model, request)
     reused = calls_sharing_prefixes(provider)
     assert reused == fresh  # every token id, log-prob and top log-prob, exactly
     held, evaluated = provider.prompt_tokens - before[0], provider.prompt_tokens_evaluated - before[1]
-    assert evaluated <= held - 7 * 32, (held, evaluated)  # the second judge call skipped the rubric's 7 whole chunks
+    first, second = (provider._prompt_ids(judge_messages(JUDGE_RUBRIC, PROMPTS[1], r), 0) for r in ("A.", "B."))
+    shared = next(i for i, (a, b) in enumerate(zip(first, second)) if a != b)  # the rubric and examples
+    # The second judge call started after all of it, or (not batch-invariant) after its whole chunks.
+    assert evaluated <= held - (shared if provider.batch_invariant else shared // N_BATCH * N_BATCH), (held, evaluated)
+    assert provider.batch_invariant == (model == "smollm")
+
+
+def test_responses_decoded_together_equal_responses_decoded_alone(smollm):
+    """Calls from several threads share decode steps and copy each other's cached prompts; every result is still
+    bit-identical to one computed alone, and P0's teacher-forced log-prob still equals its sampled one."""
+    together = LocalProvider("smollm2-135m-instruct", n_ctx=2048, sequences=4)
+    judge_calls = [GenerationRequest(judge_messages(rubric, prompt, "It is blue."), 0, 4, 0, top_logprobs=20)
+                   for rubric in (JUDGE_RUBRIC, ORACLE_RUBRIC) for prompt in PROMPTS[:3]]
+    prompts = PROMPTS + [LONG_PROMPT]
+    generations = [GenerationRequest(messages(prompt), 0.7, 24, seed=seed) for seed in (1, 2) for prompt in prompts]
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(together.generate, generations + judge_calls))
+        forced = list(pool.map(lambda pair: teacher_force(together, pair[0], pair[1]),
+                               zip(results, prompts + prompts)))
+    assert results == [smollm.generate(request) for request in generations + judge_calls]
+    assert [f.logprob for f in forced] == [sum(g.token_logprobs) + (g.stop_logprob or 0.0) for g in results[:len(generations)]]
+    assert together.decoded_tokens > together.decode_steps  # some steps decoded several sequences

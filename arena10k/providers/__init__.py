@@ -5,24 +5,28 @@ provider for something it cannot do, or lacks a key, before any work starts."""
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from arena10k.config import ExperimentConfig, ModelConfig
 from arena10k.errors import ConfigError
+from arena10k.models import LOCAL_MODELS
 from arena10k.providers.base import GENERATE, TEACHER_FORCE, TOP_LOGPROBS, Provider
 from arena10k.ratelimit import RateLimiter
 
 _loaded: dict[str, Provider] = {}
 _limiters: dict[tuple, RateLimiter] = {}
 _substitute: list[Callable[[ModelConfig], Provider]] = []
+_loading = threading.Lock()
 
 
 def get_provider(config: ExperimentConfig, model_name: str) -> Provider:
-    if model_name not in _loaded:
-        model = config.models[model_name]
-        _loaded[model_name] = _substitute[-1](model) if _substitute else _create(model)
-    return _loaded[model_name]
+    with _loading:  # a stage's threads ask at once; a model is loaded once
+        if model_name not in _loaded:
+            model = config.models[model_name]
+            _loaded[model_name] = _substitute[-1](model) if _substitute else _create(model)
+        return _loaded[model_name]
 
 
 def loaded() -> dict[str, Provider]:
@@ -44,17 +48,23 @@ def substituted(factory: Callable[[ModelConfig], Provider]) -> Iterator[None]:
 
 
 def stage_concurrency(config: ExperimentConfig, model_names: set[str]) -> int:
-    """Calls a stage may keep in flight. The in-process model computes one call at a time (and its llama.cpp
-    context is not thread-safe); hosted models are bounded further by their own limiters."""
-    models = [config.models[name] for name in model_names]
-    return 1 if any(m.provider == "local" for m in models) else max(m.concurrency for m in models)
+    """Calls a stage may keep in flight: as many as its models serve at once. An embedded model computes one call
+    at a time but decodes several responses together (local.py); hosted models are bounded by their limiters."""
+    return max(_calls_at_once(config.models[name]) for name in model_names)
+
+
+def _calls_at_once(model: ModelConfig) -> int:
+    if model.provider != "local":
+        return model.concurrency
+    registered = LOCAL_MODELS.get(model.model)
+    return model.sequences if registered and registered.batch_invariant else 1
 
 
 def _create(model: ModelConfig) -> Provider:
     if model.provider == "local":
         from arena10k.providers.local import LocalProvider
 
-        return LocalProvider(model.model, model.n_ctx, model.reuse_prefix)
+        return LocalProvider(model.model, model.n_ctx, model.reuse_prefix, model.sequences)
     from arena10k.providers.hosted import HostedProvider, key_fingerprint
 
     api_key = _api_key(model)

@@ -1,9 +1,8 @@
-"""The `local` backend: the embedded llama.cpp models, through LocalProvider, one request at a time per model
-(a llama.cpp context is not thread-safe, and decoding uses every core anyway)."""
+"""The `local` backend: the embedded llama.cpp models, through LocalProvider (which is safe to call from the
+server's threads: it runs one llama.cpp computation at a time)."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 from arena10k.errors import ItemError
@@ -22,7 +21,6 @@ class LocalBackend:
         self._created = int(time.time())
         # Loaded up front: a missing model should stop the server at start, not fail the first request.
         self._providers = {model: LocalProvider(model, n_ctx or DEFAULT_CONTEXT) for model in models or [DEFAULT_MODEL]}
-        self._locks = {model: threading.Lock() for model in self._providers}
 
     def model_cards(self) -> list[dict]:
         return [{"id": model, "object": "model", "created": self._created, "owned_by": "arena10k",
@@ -36,8 +34,7 @@ class LocalBackend:
                  top_logprobs: int, echo: bool) -> Completion:
         provider = self._provider(model)
         try:
-            with self._locks[model]:
-                scored, sampled = provider.complete(prompt, max_tokens, temperature, seed, top_logprobs, echo)
+            scored, sampled = provider.complete(prompt, max_tokens, temperature, seed, top_logprobs, echo)
         except ItemError as error:
             raise RequestError(400, str(error)) from None
         return Completion(prompt_text=scored.text, prompt=_tokens(scored, first_unscored=True), text=sampled.text,

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import json
 import math
-from urllib.parse import urlsplit, urlunsplit
+import os
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
-from arena10k.checkpoint import ItemState, dumps, load_states, tally, write_atomic
+from arena10k.checkpoint import ItemState, RecordFields, dumps, load_states, tally, write_atomic
 from arena10k.config import ExperimentConfig
 from arena10k.records import SCHEMA_VERSION
 from arena10k.stages.base import Stage
@@ -80,12 +84,36 @@ def clone_tolerance(workspace: Workspace, config: ExperimentConfig, clone: str, 
     return 4 * noise * math.sqrt(longest)
 
 
-# Record fields Phase 2 never reads: left out as they are read, so memory does not grow with response length.
+# Record fields Phase 2 never reads, and the response texts, which it reads back one at a time as it writes them:
+# left out as checkpoints are read, so that memory does not grow with response length.
 UNUSED_FIELDS = ("token_ids", "token_logprobs")
+READ_BACK = {"generate": ("text",)}
 
 
 def _states(workspace: Workspace, name: str) -> dict[str, ItemState]:
-    return load_states(workspace.checkpoint_path(name), drop=UNUSED_FIELDS)[0]
+    return load_states(workspace.checkpoint_path(name), drop=UNUSED_FIELDS + READ_BACK.get(name, ()))[0]
+
+
+@contextmanager
+def _phase2_files(phase2_dir: Path, targets: tuple[str, ...]) -> Iterator[Callable[[str, str | None, dict], None]]:
+    """write(variant, policy, row): a row of `{variant}/logged.jsonl` (policy None) or of a target's fresh draws.
+    Rows go to temporary files that replace the old ones together at the end, so a reader never sees half of one."""
+    paths = {(variant, policy): phase2_dir / variant / ("logged.jsonl" if policy is None else f"fresh_draws/{policy}_responses.jsonl")
+             for variant in VARIANTS for policy in (None, *targets)}
+    files = {}
+    try:
+        for key, path in paths.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            files[key] = open(path.with_name(path.name + ".tmp"), "w", encoding="utf-8")
+        yield lambda variant, policy, row: files[variant, policy].write(dumps(row) + "\n")
+        for f in files.values():
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        for f in files.values():
+            f.close()
+    for key, path in paths.items():
+        os.replace(path.with_name(path.name + ".tmp"), path)
 
 
 def _reason(states: dict[str, ItemState], key: str, stage: str) -> str:
@@ -107,38 +135,45 @@ def build(config: ExperimentConfig, workspace: Workspace) -> dict:
     coverage = {name: tally(keys, states[name]) for name, keys in expected.items() if keys}
     targets, logging_policy = config.target_policies, config.logging_policy
 
-    logged: dict[str, list[dict]] = {variant: [] for variant in VARIANTS}
-    fresh: dict[str, dict[str, list[dict]]] = {variant: {p: [] for p in targets} for variant in VARIANTS}
+    logged_rows, fresh_draws = 0, {p: 0 for p in targets}
+    calibration_labels, validation_labels = 0, {p: 0 for p in targets}
     excluded: dict[str, str] = {}
     log_ratios: dict[str, dict[str, float | None]] = {p: {} for p in targets}
-    for prompt in prompts:
-        base_key = item_key(prompt.prompt_id, logging_policy)
-        response = records["generate"].get(base_key)
-        judgement = records["judge"].get(base_key)
-        logprobs = {p: records["teacher_force"].get(item_key(prompt.prompt_id, p)) for p in config.policy_names}
-        base = logprobs[logging_policy]
-        for policy in targets:
-            target = logprobs[policy]
-            if response is not None:
-                log_ratios[policy][prompt.prompt_id] = None if base is None or target is None else target["logprob"] - base["logprob"]
-        if response is None:
-            excluded[f"{prompt.prompt_id} (logged)"] = _reason(states["generate"], base_key, "generate")
-        elif judgement is None:
-            excluded[f"{prompt.prompt_id} (logged)"] = _reason(states["judge"], base_key, "judge")
-        else:
-            oracle = records["oracle_calibration"].get(base_key)
-            for variant, score_field in VARIANTS.items():
-                logged[variant].append(_logged_row(config, prompt, response, judgement, score_field, logprobs, oracle, states))
-        for policy in targets:
-            key = item_key(prompt.prompt_id, policy)
-            draw, draw_judgement = records["generate"].get(key), records["judge"].get(key)
-            if draw is None or draw_judgement is None:
-                excluded[f"{prompt.prompt_id} ({policy} fresh draw)"] = (
-                    _reason(states["generate"], key, "generate") if draw is None else _reason(states["judge"], key, "judge"))
-                continue
-            oracle = records["oracle_validation"].get(key)
-            for variant, score_field in VARIANTS.items():
-                fresh[variant][policy].append(_fresh_row(prompt, draw, draw_judgement, score_field, oracle))
+    texts = RecordFields(workspace.checkpoint_path("generate"))
+    with closing(texts), _phase2_files(workspace.phase2_dir, targets) as write:
+        for prompt in prompts:
+            base_key = item_key(prompt.prompt_id, logging_policy)
+            response = records["generate"].get(base_key)
+            judgement = records["judge"].get(base_key)
+            logprobs = {p: records["teacher_force"].get(item_key(prompt.prompt_id, p)) for p in config.policy_names}
+            base = logprobs[logging_policy]
+            for policy in targets:
+                target = logprobs[policy]
+                if response is not None:
+                    log_ratios[policy][prompt.prompt_id] = None if base is None or target is None else target["logprob"] - base["logprob"]
+            if response is None:
+                excluded[f"{prompt.prompt_id} (logged)"] = _reason(states["generate"], base_key, "generate")
+            elif judgement is None:
+                excluded[f"{prompt.prompt_id} (logged)"] = _reason(states["judge"], base_key, "judge")
+            else:
+                oracle = records["oracle_calibration"].get(base_key)
+                text = texts.get(states["generate"][base_key], "text")
+                for variant, score_field in VARIANTS.items():
+                    write(variant, None, _logged_row(config, prompt, response, text, judgement, score_field, logprobs, oracle, states))
+                logged_rows, calibration_labels = logged_rows + 1, calibration_labels + (oracle is not None)
+            for policy in targets:
+                key = item_key(prompt.prompt_id, policy)
+                draw, draw_judgement = records["generate"].get(key), records["judge"].get(key)
+                if draw is None or draw_judgement is None:
+                    excluded[f"{prompt.prompt_id} ({policy} fresh draw)"] = (
+                        _reason(states["generate"], key, "generate") if draw is None else _reason(states["judge"], key, "judge"))
+                    continue
+                oracle = records["oracle_validation"].get(key)
+                text = texts.get(states["generate"][key], "text")
+                for variant, score_field in VARIANTS.items():
+                    write(variant, policy, _fresh_row(prompt, draw, text, draw_judgement, score_field, oracle))
+                fresh_draws[policy] += 1
+                validation_labels[policy] += oracle is not None
 
     diagnostics = {policy: weight_diagnostics(policy, list(ratios.values())) for policy, ratios in log_ratios.items()}
     for policy in config.clones():
@@ -148,7 +183,6 @@ def build(config: ExperimentConfig, workspace: Workspace) -> dict:
                   "median_difference": float(np.median([abs(r["sampled_difference"]) for r in checked])) if checked else None,
                   "largest_difference": max((abs(r["sampled_difference"]) for r in checked), default=None),
                   "beyond_tolerance": sorted(r["prompt_id"] for r in checked if abs(r["sampled_difference"]) > r["sampled_tolerance"])}
-    _write(workspace, logged, fresh)
     info = {
         "schema": SCHEMA_VERSION,
         "experiment": config.name,
@@ -158,10 +192,9 @@ def build(config: ExperimentConfig, workspace: Workspace) -> dict:
         "dry_run": workspace.is_dry_run,  # synthetic responses from the loopback server, not a real dataset
         "endpoints": {name: endpoint(m) for name, m in config.used_models().items()},
         "prompts": len(prompts),
-        "logged_rows": len(logged["deterministic"]),
-        "fresh_draws": {p: len(rows) for p, rows in fresh["deterministic"].items()},
-        "oracle_labels": {"calibration": sum(r["oracle_label"] is not None for r in logged["deterministic"]),
-                          "validation": {p: sum(r["oracle_label"] is not None for r in rows) for p, rows in fresh["deterministic"].items()}},
+        "logged_rows": logged_rows,
+        "fresh_draws": fresh_draws,
+        "oracle_labels": {"calibration": calibration_labels, "validation": validation_labels},
         "excluded": dict(sorted(excluded.items())),
         "coverage": {name: {"expected": c.expected, "done": c.done, "failed": dict(c.failed), "missing": c.missing}
                      for name, c in coverage.items()},
@@ -174,7 +207,7 @@ def build(config: ExperimentConfig, workspace: Workspace) -> dict:
     return info
 
 
-def _logged_row(config, prompt, response, judgement, score_field, logprobs, oracle, states) -> dict:
+def _logged_row(config, prompt, response, text, judgement, score_field, logprobs, oracle, states) -> dict:
     def value(policy):
         return None if logprobs[policy] is None else logprobs[policy]["logprob"]
 
@@ -183,7 +216,7 @@ def _logged_row(config, prompt, response, judgement, score_field, logprobs, orac
     return {
         "prompt_id": prompt.prompt_id,
         "prompt": prompt.prompt,
-        "response": response["text"],
+        "response": text,
         "base_policy_logprob": value(config.logging_policy),
         "target_policy_logprobs": {p: value(p) for p in config.target_policies},
         "judge_score": judgement[score_field],
@@ -201,12 +234,12 @@ def _logged_row(config, prompt, response, judgement, score_field, logprobs, orac
     }
 
 
-def _fresh_row(prompt, draw, judgement, score_field, oracle) -> dict:
+def _fresh_row(prompt, draw, text, judgement, score_field, oracle) -> dict:
     return {
         "prompt_id": prompt.prompt_id,
         "target_policy": draw["policy"],
         "draw_idx": 0,
-        "response": draw["text"],
+        "response": text,
         "judge_score": judgement[score_field],
         "oracle_label": None if oracle is None else oracle["score_mean"],
         "metadata": {
@@ -215,14 +248,6 @@ def _fresh_row(prompt, draw, judgement, score_field, oracle) -> dict:
             "judge_variance": judgement["score_variance"] if score_field == "score_mean" else None,
         },
     }
-
-
-def _write(workspace: Workspace, logged: dict, fresh: dict) -> None:
-    for variant, rows in logged.items():
-        folder = workspace.phase2_dir / variant
-        write_atomic(folder / "logged.jsonl", "".join(dumps(r) + "\n" for r in rows))
-        for policy, draws in fresh[variant].items():
-            write_atomic(folder / "fresh_draws" / f"{policy}_responses.jsonl", "".join(dumps(r) + "\n" for r in draws))
 
 
 def endpoint(model) -> str:
