@@ -130,7 +130,15 @@ class JudgeConfig(_Strict):
         "(arena10k.judging.JUDGE_RUBRIC, or ORACLE_RUBRIC for the oracle).",
     )
     max_tokens: int = Field(8, gt=0, description="Room for the reply that should contain the digit.")
-    top_logprobs: int = Field(20, ge=10, description="Alternatives per position used for the score distribution.")
+    method: Literal["top_logprobs", "sampled"] = Field(
+        "top_logprobs",
+        description="How the score's uncertainty is measured. top_logprobs: from one greedy reply, the judge's "
+        "probabilities over the ten digits (the endpoint must return top log-probs). sampled: `samples` more "
+        "replies at `temperature`, and the spread of the digits they give; for models that return no log-probs "
+        "(reasoning models, some APIs), which are then not asked for any.")
+    top_logprobs: int = Field(20, ge=10, description="top_logprobs only: alternatives per position for the score distribution.")
+    samples: int = Field(5, ge=2, le=50, description="sampled only: replies sampled besides the greedy one.")
+    temperature: float = Field(1.0, gt=0, le=2, description="sampled only: the temperature of those replies.")
 
 
 class OracleConfig(JudgeConfig):

@@ -24,7 +24,7 @@ from arena10k.config import ExperimentConfig, JudgeConfig, ModelConfig
 from arena10k.models import gguf_path
 from arena10k.records import Prompt
 from arena10k.stages.generate import policy_messages
-from arena10k.stages.judge import rubric
+from arena10k.stages.judge import calls_per_grading, rubric
 from arena10k.stages.registry import expected_keys, response_needed
 from arena10k.workspace import Workspace, item_key, policy_of
 
@@ -154,7 +154,8 @@ class _Accounting:
         # The response is counted by its recorded length rather than tokenized again: one number per response.
         context = (self._messages(judge.model, judging.judge_messages(rubric(judge), "", ""))
                    + self._tokens(judge.model, self.prompts[prompt_id].prompt) + self._response_tokens(key))
-        usage.setdefault((name, judge.model), Usage()).add(calls, context, calls * judge.max_tokens)
+        calls *= calls_per_grading(judge)
+        usage.setdefault((name, judge.model), Usage()).add(calls, context * calls, calls * judge.max_tokens)
 
     def _response_tokens(self, key: str) -> int:
         state = self.generated.get(key)

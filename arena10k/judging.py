@@ -1,14 +1,17 @@
-"""LLM-as-judge scoring: one greedy call gives both the deterministic score and its uncertainty.
+"""LLM-as-judge scoring: a deterministic score and its uncertainty, by one of two methods.
 
-The judge answers with a digit 0..9. The greedy digit is the deterministic score; the judge's
-probabilities over the ten digit tokens at that position give the mean and variance of the score
-(the uncertainty variant) and how much probability mass valid scores captured. A reply without a
-digit is never turned into a number: it fails the item with the raw text kept, and is retried.
+The judge answers with a digit 0..9; the greedy reply's digit is the deterministic score. Its uncertainty
+(the mean and variance of the score, the uncertainty variant) comes either from the judge's probabilities over
+the ten digit tokens at that position (method top_logprobs: one call, for endpoints that return top log-probs),
+or from the digits of a few replies sampled at a fixed temperature (method sampled: for models that return no
+log-probs). A reply without a digit is never turned into a number: it fails the item with the raw text kept,
+and is retried.
 """
 
 from __future__ import annotations
 
 import math
+import re
 
 from arena10k.errors import ItemError
 from arena10k.providers.base import Generation
@@ -79,3 +82,33 @@ def score_reply(generation: Generation) -> dict:
             "method": "greedy_digit+top_logprobs_distribution",
         }
     raise ItemError("the judge's reply contains no score digit", retryable=True, raw=generation.text)
+
+
+_STANDALONE_DIGIT = re.compile(r"(?<![0-9])(?<![0-9][.,])[0-9](?![0-9])(?![.,][0-9])")  # not part of 10 or 7.5
+
+
+def first_digit(text: str) -> int | None:
+    """The first digit of a reply that stands alone ("Score: 7" gives 7; "10" and "7.5" are not scores)."""
+    found = _STANDALONE_DIGIT.search(text)
+    return None if found is None else int(found.group())
+
+
+def score_samples(greedy_reply: str, sampled_replies: list[str], temperature: float) -> dict:
+    """Scores from a greedy reply and replies sampled at `temperature` (method sampled): the mean and variance are
+    those of the sampled replies' digits, the probability mass the share of them that gave one."""
+    greedy = first_digit(greedy_reply)
+    if greedy is None:
+        raise ItemError("the judge's reply contains no score digit", retryable=True, raw=greedy_reply)
+    values = [v / SCALE for v in map(first_digit, sampled_replies) if v is not None]
+    if not values:
+        raise ItemError(f"none of the judge's {len(sampled_replies)} sampled replies contains a score digit",
+                        retryable=True, raw=" | ".join(sampled_replies))
+    mean = sum(values) / len(values)
+    return {
+        "score": greedy / SCALE,
+        "score_mean": mean,
+        "score_variance": sum((v - mean) ** 2 for v in values) / len(values),
+        "probability_mass": len(values) / len(sampled_replies),
+        "method": f"greedy_digit+sampled_digits(n={len(sampled_replies)},T={temperature:g})",
+        "sampled_replies": sampled_replies,
+    }

@@ -68,5 +68,6 @@ class Judgement:
     score: float  # greedy (deterministic) score in [0, 1]
     score_mean: float  # mean of the score-token distribution, in [0, 1]
     score_variance: float  # variance of that distribution
-    probability_mass: float  # share of probability on valid score tokens
+    probability_mass: float  # share of probability on valid score tokens (sampled: share of replies with a score)
     method: str
+    sampled_replies: list[str] | None = None  # method sampled: the replies the mean and variance come from

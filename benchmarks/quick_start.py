@@ -1,8 +1,9 @@
-"""Benchmark: the quick-start run (configs/local.yaml, 20 prompts, embedded models), stage by stage, with and
-without prefix reuse in the embedded provider, in one process each; and llama.cpp's own prefill rate for SmolLM2
-on this machine, to compare the rate at which the pipeline evaluates prompt tokens with.
+"""Benchmark: the quick-start run (configs/local.yaml, 20 prompts, embedded models), stage by stage, in one process
+each: as configured (prefix reuse, SmolLM2 decoding several responses per batch); without prefix reuse; and with
+one sequence at a time. Then llama.cpp's own prefill rate for SmolLM2 on this machine, to compare the rate at which
+the pipeline evaluates prompt tokens with.
 
-    python benchmarks/quick_start.py                 # both settings, 20 prompts
+    python benchmarks/quick_start.py                 # the three settings, 20 prompts
     python benchmarks/quick_start.py --samples 10
 """
 
@@ -30,15 +31,18 @@ out = io.StringIO()
 with contextlib.redirect_stdout(out):
     status = pipeline.main(["--config", {config!r}, "--data-dir", {data_dir!r}, {samples!r}])
 times = dict((name, float(seconds)) for name, seconds in re.findall(r"(\\w+) ([0-9.]+)s", out.getvalue().split("stage times: ")[-1]))
-counters = {{name: [p.prompt_tokens, p.prompt_tokens_evaluated, p.prompt_seconds] for name, p in providers.loaded().items()}}
-print(json.dumps({{"status": status, "stages": times, "prompt_tokens": counters}}))
+counters = {{name: {{"prompt tokens held": p.prompt_tokens, "prompt tokens evaluated": p.prompt_tokens_evaluated,
+             "prompt seconds": round(p.prompt_seconds, 1), "decode steps": p.decode_steps, "tokens decoded": p.decoded_tokens}}
+            for name, p in providers.loaded().items()}}
+print(json.dumps({{"status": status, "stages": times, "stages in all": round(sum(times.values()), 1), "models": counters}}))
 """
 
 
-def run(config: Path, samples: str, reuse: bool) -> dict:
+def run(config: Path, samples: str, **setting) -> dict:
+    """The pipeline in a child process, with `setting` (reuse_prefix, sequences) on every model it names."""
     raw = yaml.safe_load(config.read_text())
     for model in raw["models"].values():
-        model["reuse_prefix"] = reuse
+        model.update(setting)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.yaml"
         path.write_text(yaml.safe_dump(raw))
@@ -70,8 +74,9 @@ def main() -> None:
     parser.add_argument("--samples", default="20")
     parser.add_argument("--config", type=Path, default=PROJECT_ROOT / "configs" / "local.yaml")
     args = parser.parse_args()
-    results = {"with prefix reuse": run(args.config, args.samples, True),
-               "without prefix reuse": run(args.config, args.samples, False)}
+    results = {"as configured": run(args.config, args.samples),
+               "without prefix reuse": run(args.config, args.samples, reuse_prefix=False),
+               "one sequence at a time": run(args.config, args.samples, sequences=1)}
     results["llama.cpp prefill, tokens/s"] = {f"n_batch {n}": round(llama_cpp_prefill_rate(n)) for n in (N_BATCH, 512)}
     print(json.dumps(results, indent=2))
 

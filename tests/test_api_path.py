@@ -134,6 +134,27 @@ def test_a_chat_endpoint_without_log_probs_leaves_the_context_unchecked_and_refu
     assert result.returncode == 2 and "models.small (judge grading): a probe grading failed (the judge's reply came without token log-probs" in result.stderr
 
 
+def test_a_judge_and_an_oracle_without_log_probs_grade_by_sampling_end_to_end(tmp_path, key):
+    with run_in_thread(ServerConfig("synthetic", api_key=KEY, faults=FaultConfig(chat_without_logprobs=True))) as server:
+        config_path = api_config(tmp_path / "config.yaml", server.base_url)
+        config = json.loads(config_path.read_text())
+        for role in ("judge", "oracle"):
+            config[role] |= {"method": "sampled", "samples": 3, "temperature": 1.0}
+        config_path.write_text(json.dumps(config))
+        result = run_pipeline(tmp_path / "data", config=config_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    recorded = json.loads((tmp_path / "data" / "preflight.json").read_text())
+    assert [f["verdict"] for f in recorded["judge:small"]["findings"]] == ["ok"]
+    for name in ("judge", "oracle_calibration", "oracle_validation"):
+        records = [json.loads(line)["record"] for line in (tmp_path / "data" / "checkpoints" / f"{name}.jsonl").read_text().splitlines()]
+        assert records and all(r["method"] == "greedy_digit+sampled_digits(n=3,T=1)" and len(r["sampled_replies"]) == 3
+                               for r in records), name
+        assert all(0 <= r["score_mean"] <= 1 and r["score_variance"] >= 0 and r["probability_mass"] > 0 for r in records)
+    rows = [json.loads(line) for line in (tmp_path / "data" / "phase2" / "uncertainty" / "logged.jsonl").read_text().splitlines()]
+    assert rows and all(row["metadata"]["judge_method"].startswith("greedy_digit+sampled_digits") for row in rows)
+    assert sum(row["oracle_label"] is not None for row in rows) == 12  # calibration_fraction 1.0
+
+
 def test_a_noisy_endpoint_passes_the_clone_check_within_its_measured_noise(tmp_path, key):
     # As batched GPU servers vary: the same text scores differently from call to call, so P0 and its clone differ.
     with run_in_thread(ServerConfig("synthetic", api_key=KEY, faults=FaultConfig(logprob_noise=0.01, fault_seed=4))) as server:

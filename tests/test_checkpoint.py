@@ -71,3 +71,14 @@ def test_failures_are_recorded_retried_and_bounded(tmp_path):
     with open_checkpoint(tmp_path) as checkpoint:  # a larger budget retries the retryable one only
         run_items("stage", checkpoint, ["flaky", "permanent"], work.get, max_attempts=4)
     assert sorted(calls) == [1, 1, 1, 1, 2]
+
+
+def test_sampled_judge_replies_are_scored_by_their_first_standalone_digit():
+    from arena10k.judging import first_digit, score_samples
+
+    assert [first_digit(t) for t in ("7", "Score: 8.", " 3/9", "10", "7.5 then 4", "none")] == [7, 8, 3, None, 4, None]
+    scores = score_samples("Score: 9", ["9", "6", "no idea"], 1.0)
+    assert scores["score"] == 1.0 and scores["score_mean"] == (1.0 + 6 / 9) / 2 and scores["probability_mass"] == 2 / 3
+    assert scores["score_variance"] == pytest.approx(((1 - 15 / 18) ** 2 + (6 / 9 - 15 / 18) ** 2) / 2)
+    with pytest.raises(ItemError, match="none of the judge's 2 sampled replies"):
+        score_samples("5", ["x", "y"], 1.0)

@@ -21,6 +21,7 @@ class GenerationRequest:
     max_tokens: int
     seed: int
     top_logprobs: int = 0  # alternatives to report per generated token
+    logprobs: bool = True  # False: ask for none (endpoints of reasoning models reject the parameter)
 
 
 @dataclass(frozen=True)

@@ -60,9 +60,10 @@ class HostedProvider:
 
     def generate(self, request: GenerationRequest) -> Generation:
         arguments = dict(model=self.model, messages=list(request.messages), temperature=request.temperature,
-                         max_tokens=request.max_tokens, seed=request.seed, logprobs=True,
-                         # llama-cpp-python's server returns token log-probs only when alternatives are asked for too.
-                         top_logprobs=max(1, request.top_logprobs))
+                         max_tokens=request.max_tokens, seed=request.seed)
+        if request.logprobs:
+            # llama-cpp-python's server returns token log-probs only when alternatives are asked for too.
+            arguments |= dict(logprobs=True, top_logprobs=max(1, request.top_logprobs))
         tokens = _estimate_tokens(json.dumps(request.messages)) + request.max_tokens
         response = self._call(lambda: self._client.chat.completions.create(**arguments), tokens)
         choice = response.choices[0]

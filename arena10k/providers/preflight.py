@@ -77,11 +77,11 @@ def models_probed(config: ExperimentConfig) -> set[str]:
 
 
 def _judge_identity(config: ExperimentConfig, judge: JudgeConfig) -> dict:
-    from arena10k.stages.judge import JUDGE_SETTINGS, rubric
+    from arena10k.stages.judge import rubric, scoring_settings
     from arena10k.stages.phase2 import endpoint
 
     return {"endpoint": endpoint(config.models[judge.model]), "model": config.models[judge.model].model,
-            "judge": {name: getattr(judge, name) for name in JUDGE_SETTINGS if name != "model"}, "rubric": rubric(judge)}
+            "judge": scoring_settings(judge), "rubric": rubric(judge)}
 
 
 def _probes(config: ExperimentConfig, dry_run: bool) -> dict[str, tuple[dict, Callable[[], list[Finding]]]]:
@@ -137,8 +137,10 @@ def planned_calls(config: ExperimentConfig, workspace: Workspace) -> dict[str, i
             serves = sum(p.model == key for p in config.policies.values())
             calls[key] = calls.get(key, 0) + 2 + len(temperatures) + 3 + 3 * serves
         else:
-            model = key.partition(":")[2]
-            calls[model] = calls.get(model, 0) + 1
+            from arena10k.stages.judge import calls_per_grading
+
+            role, _, model = key.partition(":")
+            calls[model] = calls.get(model, 0) + calls_per_grading(hosted_judges(config)[role])
     return calls
 
 
@@ -222,10 +224,15 @@ def _probe_judge(config: ExperimentConfig, role: str, judge: JudgeConfig) -> lis
     try:
         _, scores = grade(config, judge, PROBE_PROMPT, PROBE_ANSWER)
     except ItemError as error:
+        if judge.method == "sampled":
+            return [Finding(judge.model, check, "refused", f"a probe grading failed ({error}) with max_tokens {judge.max_tokens}")]
         return [Finding(judge.model, check, "refused",
                         f"a probe grading failed ({error}); with top_logprobs {judge.top_logprobs} and max_tokens "
                         f"{judge.max_tokens} (some providers cap top_logprobs at 5: set {role}.top_logprobs to what the "
-                        "endpoint accepts)")]
+                        f"endpoint accepts; for an endpoint that returns no log-probs, set {role}.method: sampled)")]
+    if judge.method == "sampled":
+        return [Finding(judge.model, check, "ok", f"a probe grading scored {scores['score']:.2f}; "
+                                                  f"{scores['probability_mass']:.0%} of {judge.samples} sampled replies gave a score")]
     return [Finding(judge.model, check, "ok", f"a probe grading scored {scores['score']:.2f}, "
                                               f"{scores['probability_mass']:.0%} of its probability on score tokens")]
 

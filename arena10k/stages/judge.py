@@ -15,8 +15,16 @@ from arena10k.stages.base import CheckpointSpec, Stage
 from arena10k.stages.generate import responses, responses_fingerprint
 from arena10k.workspace import Workspace, derive_seed
 
-# What a judge's score depends on; the oracle's slice settings choose items, they change no label.
-JUDGE_SETTINGS = ("model", "max_tokens", "top_logprobs")
+# What a judge's score depends on besides its model and prompt; the oracle's slice settings choose items, they
+# change no label.
+JUDGE_SETTINGS = ("max_tokens", "top_logprobs")
+SAMPLED_SETTINGS = ("method", "samples", "temperature")
+
+
+def scoring_settings(judge: JudgeConfig) -> dict:
+    """The sampled method's settings are added only where it is used, so that runs judged before it existed stay valid."""
+    settings = {name: getattr(judge, name) for name in JUDGE_SETTINGS}
+    return settings if judge.method == "top_logprobs" else settings | {name: getattr(judge, name) for name in SAMPLED_SETTINGS}
 
 
 def rubric(judge: JudgeConfig) -> str:
@@ -25,17 +33,26 @@ def rubric(judge: JudgeConfig) -> str:
 
 def _fingerprint(config: ExperimentConfig, judge: JudgeConfig, policy: str) -> dict:
     instructions = judging.judge_messages(rubric(judge), "{prompt}", "{response}")
-    settings = {name: getattr(judge, name) for name in JUDGE_SETTINGS} | {"model": config.models[judge.model].model_dump()}
+    settings = {"model": config.models[judge.model].model_dump()} | scoring_settings(judge)
     return {**responses_fingerprint(config, policy), "judge": settings,
             "judge_prompt": hashlib.sha256(repr(instructions).encode()).hexdigest()[:16]}
 
 
+def calls_per_grading(judge: JudgeConfig) -> int:
+    return 1 if judge.method == "top_logprobs" else 1 + judge.samples
+
+
 def grade(config: ExperimentConfig, judge: JudgeConfig, prompt: str, response: str) -> tuple[str, dict]:
-    """One grading: the judge's reply and its scores (ItemError when the reply holds no score)."""
+    """One grading: the judge's (greedy) reply and its scores (ItemError when the reply holds no score)."""
     messages = judging.judge_messages(rubric(judge), prompt, response)
-    request = GenerationRequest(messages, temperature=0, max_tokens=judge.max_tokens, seed=0, top_logprobs=judge.top_logprobs)
-    reply = get_provider(config, judge.model).generate(request)
-    return reply.text, judging.score_reply(reply)
+    provider = get_provider(config, judge.model)
+    if judge.method == "top_logprobs":
+        reply = provider.generate(GenerationRequest(messages, 0, judge.max_tokens, seed=0, top_logprobs=judge.top_logprobs))
+        return reply.text, judging.score_reply(reply)
+    greedy = provider.generate(GenerationRequest(messages, 0, judge.max_tokens, seed=0, logprobs=False))
+    sampled = [provider.generate(GenerationRequest(messages, judge.temperature, judge.max_tokens, seed, logprobs=False)).text
+               for seed in range(1, judge.samples + 1)]
+    return greedy.text, judging.score_samples(greedy.text, sampled, judge.temperature)
 
 
 def _work(config: ExperimentConfig, judge: JudgeConfig, prompt: Prompt, response: Response):
