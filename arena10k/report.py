@@ -37,7 +37,7 @@ DISAGREEMENT = 0.1  # on the 0-1 judge scale, between reweighted P0 responses an
 CONSTANT_SHARE = 0.9  # a judge giving one score to more than this share of responses does not discriminate
 UNIFORM_SD = float(np.std(np.arange(10) / 9))  # the spread of a judge that guesses a digit uniformly
 FLAT_SHARE = 0.8  # distributions with a median spread above this share of UNIFORM_SD are close to guessing
-PACKAGES = ("arena10k", "matplotlib", "llama_cpp_python", "pydantic", "datasets", "cje-eval")
+PACKAGES = ("arena10k", "matplotlib", "llama_cpp_python", "pydantic", "datasets")
 
 
 @dataclass

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -58,3 +59,13 @@ def pytest_xdist_make_scheduler(config, log):
             return "embedded models" if nodeid.startswith(EMBEDDED_MODEL_TESTS) else super()._split_scope(nodeid)
 
     return EmbeddedModelsTogether(config, log)
+
+
+def run_cje(version: str, script: str, *args: str) -> dict:
+    """Runs `script` under cje-eval `version`, in the environment of its own that install.sh makes; its last line of
+    output is JSON."""
+    python = PROJECT_ROOT / f".venv-cje-{version}" / "bin" / "python"
+    assert python.exists(), f"{python} is missing: install.sh creates it"
+    result = subprocess.run([str(python), "-c", script, *args], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])

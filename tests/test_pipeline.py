@@ -7,11 +7,10 @@ import math
 import signal
 import subprocess
 import time
-import warnings
 
 import yaml
 
-from conftest import OWN_CONFIG, PROJECT_ROOT, phase2_bytes, pipeline_command, run_pipeline
+from conftest import OWN_CONFIG, PROJECT_ROOT, phase2_bytes, pipeline_command, run_cje, run_pipeline
 
 TARGETS = ["evasive", "gemma", "step_by_step", "terse", "twin", "twin_2"]
 
@@ -102,18 +101,58 @@ def test_killed_and_resumed_run_gives_byte_identical_phase2_files(tmp_path):
         assert len(keys) == len(set(keys)), f"duplicate lines in {name}"
 
 
-def test_cje_loads_phase2_and_runs_both_estimators(clean_run):
-    from cje import analyze_dataset
+# cje-eval 0.3.0's off-policy estimators on each variant's files, as the README shows them.
+CJE_0_3 = """
+import json, sys, warnings
+from cje import analyze_dataset
+folder = sys.argv[1]
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    ips = analyze_dataset(logged_data_path=folder + "/logged.jsonl", estimator="calibrated-ips")
+    dr = analyze_dataset(logged_data_path=folder + "/logged.jsonl", fresh_draws_dir=folder + "/fresh_draws",
+                         estimator="stacked-dr", estimator_config={"parallel": False})
+print(json.dumps({name: {"policies": r.metadata["target_policies"], "estimates": [float(e) for e in r.estimates],
+                         "n_samples_used": r.metadata.get("n_samples_used")} for name, r in (("ips", ips), ("dr", dr))}))
+"""
 
+# cje-eval 0.9.3's Direct mode: the fresh draws, calibrated with the oracle labels of the logged file too; every
+# warning it logs or raises is kept.
+CJE_0_9 = """
+import json, logging, sys, warnings
+from cje import analyze_dataset
+folder = sys.argv[1]
+logged = []
+class Keep(logging.Handler):
+    def emit(self, record):
+        logged.append(record.getMessage())
+logging.getLogger().addHandler(Keep(logging.WARNING))
+with warnings.catch_warnings(record=True) as raised:
+    warnings.simplefilter("always")
+    result = analyze_dataset(fresh_draws_dir=folder + "/fresh_draws", calibration_data_path=folder + "/logged.jsonl",
+                             estimator="direct")
+sources = result.metadata.get("oracle_sources", {})
+print(json.dumps({"policies": sorted(result.metadata["own_oracle_labels_by_policy"]),
+                  "estimates": [float(e) for e in result.estimates], "conflicts": sources.get("conflicts") or [],
+                  "value_conflicts": sources.get("value_conflicts") or [],
+                  "warnings": [str(w.message) for w in raised] + logged}))
+"""
+
+
+def test_cje_0_3_loads_phase2_and_runs_both_off_policy_estimators(clean_run):
     for variant in ("deterministic", "uncertainty"):
         folder = clean_run / "phase2" / variant
         rows = (folder / "logged.jsonl").read_text().splitlines()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ips = analyze_dataset(logged_data_path=str(folder / "logged.jsonl"), estimator="calibrated-ips")
-            dr = analyze_dataset(logged_data_path=str(folder / "logged.jsonl"), fresh_draws_dir=str(folder / "fresh_draws"),
-                                 estimator="stacked-dr", estimator_config={"parallel": False})
-        for result in (ips, dr):
-            assert sorted(result.metadata["target_policies"]) == TARGETS
-            assert all(0.0 <= e <= 1.0 for e in result.estimates)
-        assert ips.metadata.get("n_samples_used", len(rows)) <= len(rows)
+        result = run_cje("0.3.0", CJE_0_3, str(folder))
+        for estimator in result.values():
+            assert sorted(estimator["policies"]) == TARGETS
+            assert all(0.0 <= e <= 1.0 for e in estimator["estimates"])
+        assert (result["ips"]["n_samples_used"] or len(rows)) <= len(rows)
+
+
+def test_cje_0_9_loads_phase2_in_direct_mode_without_conflicts(clean_run):
+    for variant in ("deterministic", "uncertainty"):
+        result = run_cje("0.9.3", CJE_0_9, str(clean_run / "phase2" / variant))
+        assert result["policies"] == TARGETS
+        assert len(result["estimates"]) == len(TARGETS) and all(0.0 <= e <= 1.0 for e in result["estimates"])
+        assert result["conflicts"] == result["value_conflicts"] == []
+        assert not [w for w in result["warnings"] if "conflict" in w.lower() or "observation_id" in w], result["warnings"]

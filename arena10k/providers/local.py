@@ -5,8 +5,9 @@ teacher-forced log-probs come from one function applied to the same logits.
 
 A batch-invariant model (`LocalModel.batch_invariant`: SmolLM2, with flash attention, micro-batches under 64
 tokens, hence N_BATCH, and one thread for single-token steps) gets bit-identical logits for a token whether it
-is decoded alone, inside a chunk of its own sequence or beside other sequences' tokens, at any context length. That makes P0's teacher-forced log-prob equal the sum of
-its sampled log-probs exactly, a clone's weight exactly 1, and lets such a model
+is decoded alone, inside a chunk of its own sequence or beside other sequences' tokens, at any context length.
+That makes P0's teacher-forced log-prob equal the sum of its sampled log-probs exactly, a clone's weight exactly
+1, and lets such a model
 - decode up to `sequences` responses in one llama.cpp batch: calls from several threads join the same steps;
 - start a prompt after the longest prefix that any of its sequences holds (the judge's rubric and examples).
 Each sequence has a cache stream of its own, so its cells stay in position order, as in a fresh evaluation.
@@ -42,8 +43,8 @@ from arena10k.providers.base import (
 )
 
 N_BATCH = 63
-# Copying a sequence's cache stream (n_ctx tokens) costs about as much as evaluating 10 tokens (measured: 30 ms for
-# SmolLM2 at n_ctx 4096); a cached prefix shorter than this is evaluated again instead.
+# Copying a sequence's cache stream (all n_ctx cells) costs about as much as evaluating 5 tokens (measured: 16 ms
+# for SmolLM2 at n_ctx 4096); a cached prefix that saves fewer tokens than this is evaluated again instead.
 COPY_MIN_TOKENS = 16
 
 # One llama.cpp computation at a time in the process: each one already uses every core.
@@ -162,7 +163,7 @@ class LocalProvider:
 
     @contextmanager
     def _turn(self) -> Iterator[None]:
-        """The lock, for one call."""
+        """The lock, for one call. While it waits for it, it is counted, so that decode steps let it start first."""
         with self._arrivals:
             self._arriving += 1
         with self._state:

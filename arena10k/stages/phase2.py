@@ -1,9 +1,12 @@
 """Stage 6: check every stage's coverage, compute weight diagnostics, and write the Phase 2 dataset.
 
-The Phase 2 files are what cje-eval 0.3.0 loads with its own loader (`cje.analyze_dataset`):
+The Phase 2 files are what cje-eval loads with its own loader (`cje.analyze_dataset`), 0.3.0 (off-policy: IPS, DR)
+and 0.9.3 (Direct mode: the fresh draws, calibrated on the logged file) alike:
 `{variant}/logged.jsonl` (the logging policy's responses with every policy's log-prob, judge score and oracle label) and
 `{variant}/fresh_draws/{policy}_responses.jsonl` (each target's own judged responses), once with the
-deterministic judge score and once with the mean of the judge's score distribution. A value that is
+deterministic judge score and once with the mean of the judge's score distribution. Every row has an
+`observation_id`, the item key of its response, so that cje 0.9.3 never takes the labels of two responses to one
+prompt (P0's in the logged file, a target's in its fresh draws) for two labels of one response. A value that is
 missing stays null with its reason in `metadata`; rows cje cannot use without a value (no judge score)
 are left out and listed in dataset_info.json, never filled in.
 """
@@ -215,6 +218,7 @@ def _logged_row(config, prompt, response, text, judgement, score_field, logprobs
              for p in config.policy_names if logprobs[p] is None}
     return {
         "prompt_id": prompt.prompt_id,
+        "observation_id": item_key(prompt.prompt_id, config.logging_policy),
         "prompt": prompt.prompt,
         "response": text,
         "base_policy_logprob": value(config.logging_policy),
@@ -237,6 +241,7 @@ def _logged_row(config, prompt, response, text, judgement, score_field, logprobs
 def _fresh_row(prompt, draw, text, judgement, score_field, oracle) -> dict:
     return {
         "prompt_id": prompt.prompt_id,
+        "observation_id": item_key(prompt.prompt_id, draw["policy"]),
         "target_policy": draw["policy"],
         "draw_idx": 0,
         "response": text,
