@@ -217,9 +217,11 @@ def test_a_key_pasted_as_api_key_env_is_refused_and_never_shown(tmp_path, capsys
 
 def test_ctrl_c_stops_without_a_traceback_and_says_how_to_resume(tmp_path):
     # Slow enough calls that the run is still going when the signal comes: the local models take 8 calls at once.
+    # SIGINT is reset for the child: a test run started as a background job ignores it, and children inherit that.
     process = subprocess.Popen([sys.executable, str(FAKE_PIPELINE), "--latency", "0.5", "--config", str(OWN_CONFIG),
                                 "--data-dir", str(tmp_path / "run")], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     generate = tmp_path / "run" / "checkpoints" / "generate.jsonl"
     deadline = time.monotonic() + 60
     while not (generate.exists() and generate.read_text().count("\n") >= 3):
