@@ -14,23 +14,31 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from arena10k.errors import CheckpointMismatchError
 from arena10k.records import SCHEMA_VERSION
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Readers see the old file or the new one, never half of one."""
+@contextmanager
+def atomic_writer(path: Path) -> Iterator[TextIO]:
+    """A file to write `path` through: readers see the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
+        yield f
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    with atomic_writer(path) as f:
+        f.write(text)
 
 
 def dumps(data: Any) -> str:

@@ -48,6 +48,13 @@ LOCAL_MODELS = {
 }
 
 
+def sequences_decoded_together(name: str, requested: int) -> int:
+    """How many responses a local model decodes in one batch: the config's `sequences` for a batch-invariant
+    model, 1 for any other (a GGUF path included), whose logits would change with the batch."""
+    registered = LOCAL_MODELS.get(name)
+    return requested if registered and registered.batch_invariant else 1
+
+
 def gguf_path(name: str) -> Path:
     """The GGUF file of a registered local model, or `name` itself when it is a path to a .gguf file."""
     if name.endswith(".gguf"):

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 from arena10k.config import ExperimentConfig, ModelConfig
 from arena10k.errors import ConfigError
-from arena10k.models import LOCAL_MODELS
+from arena10k.models import sequences_decoded_together
 from arena10k.providers.base import GENERATE, TEACHER_FORCE, TOP_LOGPROBS, Provider
 from arena10k.ratelimit import RateLimiter
 
@@ -54,10 +54,7 @@ def stage_concurrency(config: ExperimentConfig, model_names: set[str]) -> int:
 
 
 def _calls_at_once(model: ModelConfig) -> int:
-    if model.provider != "local":
-        return model.concurrency
-    registered = LOCAL_MODELS.get(model.model)
-    return model.sequences if registered and registered.batch_invariant else 1
+    return model.concurrency if model.provider != "local" else sequences_decoded_together(model.model, model.sequences)
 
 
 def _create(model: ModelConfig) -> Provider:

@@ -31,7 +31,7 @@ import jinja2
 import numpy as np
 
 from arena10k.errors import ItemError
-from arena10k.models import LOCAL_MODELS, gguf_path
+from arena10k.models import LOCAL_MODELS, gguf_path, sequences_decoded_together
 from arena10k.providers.base import (
     GENERATE,
     TEACHER_FORCE,
@@ -96,7 +96,7 @@ class LocalProvider:
         path = gguf_path(model)
         registered = LOCAL_MODELS.get(model)
         self.batch_invariant = bool(registered and registered.batch_invariant)
-        self.sequences = max(1, min(sequences, N_BATCH)) if self.batch_invariant else 1
+        self.sequences = sequences_decoded_together(model, sequences)
         self._llama_cpp = llama_cpp
         self._model = _internals.LlamaModel(path_model=str(path), params=llama_cpp.llama_model_default_params(),
                                             verbose=False)
@@ -186,16 +186,18 @@ class LocalProvider:
             held = min(_common_prefix(sequence.cached, prompt), len(prompt) - 1)  # one token is evaluated, for its logits
             return held if self.batch_invariant else held // N_BATCH * N_BATCH
 
-        target = max(free, key=held_by)
-        source = max(self._slots, key=held_by)
-        held = held_by(target)
+        held = {s.seq_id: held_by(s) for s in self._slots}
+        target = max(free, key=lambda s: held[s.seq_id])
+        source = max(self._slots, key=lambda s: held[s.seq_id])
         memory = self._ctx.memory
-        if held_by(source) >= held + COPY_MIN_TOKENS:
-            held = held_by(source)
+        if held[source.seq_id] >= held[target.seq_id] + COPY_MIN_TOKENS:
+            target_held = held[source.seq_id]
             self._llama_cpp.llama_memory_seq_cp(memory, source.seq_id, target.seq_id, -1, -1)
-        self._llama_cpp.llama_memory_seq_rm(memory, target.seq_id, held, -1)
-        target.busy, target.cached = True, prompt[:held]
-        return target, held
+        else:
+            target_held = held[target.seq_id]
+        self._llama_cpp.llama_memory_seq_rm(memory, target.seq_id, target_held, -1)
+        target.busy, target.cached = True, prompt[:target_held]
+        return target, target_held
 
     def _reusable(self, prompt: list[int]) -> list[int]:
         """What a later prompt may reuse of an evaluated one: all of it, or (not batch-invariant) its whole chunks."""

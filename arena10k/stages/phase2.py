@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
-from arena10k.checkpoint import ItemState, RecordFields, dumps, load_states, tally, write_atomic
+from arena10k.checkpoint import ItemState, RecordFields, atomic_writer, dumps, load_states, tally, write_atomic
 from arena10k.config import ExperimentConfig
 from arena10k.records import SCHEMA_VERSION
 from arena10k.stages.base import Stage
@@ -99,24 +98,13 @@ def _states(workspace: Workspace, name: str) -> dict[str, ItemState]:
 
 @contextmanager
 def _phase2_files(phase2_dir: Path, targets: tuple[str, ...]) -> Iterator[Callable[[str, str | None, dict], None]]:
-    """write(variant, policy, row): a row of `{variant}/logged.jsonl` (policy None) or of a target's fresh draws.
-    Rows go to temporary files that replace the old ones together at the end, so a reader never sees half of one."""
-    paths = {(variant, policy): phase2_dir / variant / ("logged.jsonl" if policy is None else f"fresh_draws/{policy}_responses.jsonl")
-             for variant in VARIANTS for policy in (None, *targets)}
-    files = {}
-    try:
-        for key, path in paths.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            files[key] = open(path.with_name(path.name + ".tmp"), "w", encoding="utf-8")
+    """write(variant, policy, row): a row of `{variant}/logged.jsonl` (policy None) or of a target's fresh draws,
+    each file written atomically as its rows come."""
+    with ExitStack() as stack:
+        files = {(variant, policy): stack.enter_context(atomic_writer(
+                     phase2_dir / variant / ("logged.jsonl" if policy is None else f"fresh_draws/{policy}_responses.jsonl")))
+                 for variant in VARIANTS for policy in (None, *targets)}
         yield lambda variant, policy, row: files[variant, policy].write(dumps(row) + "\n")
-        for f in files.values():
-            f.flush()
-            os.fsync(f.fileno())
-    finally:
-        for f in files.values():
-            f.close()
-    for key, path in paths.items():
-        os.replace(path.with_name(path.name + ".tmp"), path)
 
 
 def _reason(states: dict[str, ItemState], key: str, stage: str) -> str:
