@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from arena10k.server import FaultConfig, ServerConfig, run_subprocess
-from arena10k.server.experiment import KEY_ENV, write_loopback_config
+from arena10k.testing.loopback_config import KEY_ENV, write_loopback_config
 from arena10k.config import STAGE_NAMES as STAGES
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

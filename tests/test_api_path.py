@@ -12,7 +12,7 @@ import time
 import pytest
 
 from arena10k.server import FaultConfig, ServerConfig, run_in_thread
-from arena10k.server.experiment import KEY_ENV, write_loopback_config
+from arena10k.testing.loopback_config import KEY_ENV, write_loopback_config
 from conftest import PROJECT_ROOT, phase2_bytes, pipeline_command, run_pipeline
 
 KEY = "loopback-test-key"
