@@ -379,6 +379,15 @@ class LocalProvider:
             token_logprobs=logprobs, stop_token_id=stop_token, stop_logprob=stop_logprob, top_logprobs=sampled_top)
 
 
+def instruction_sets() -> str:
+    """The CPU instruction sets the installed llama.cpp was built with, e.g. "AVX2, AVX512, AVX512_VNNI"."""
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info().decode()
+    return ", ".join(name.strip() for name, _, on in (part.partition("=") for part in info.split("|"))
+                     if on.strip() == "1" and name.strip().startswith(("AVX", "AMX", "NEON", "SVE")))
+
+
 def _common_prefix(a: list[int], b: list[int]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
