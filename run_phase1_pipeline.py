@@ -1,4 +1,4 @@
-"""Run Phase 1 end to end: prepare -> generate -> teacher_force -> judge -> oracle -> phase2.
+"""Run Phase 1 end to end: prepare -> generate -> teacher_force -> judge -> oracle -> phase2 -> analyze.
 
 Resumes by default: finished work items are read from the per-stage checkpoints and never redone.
 

@@ -20,7 +20,7 @@ from arena10k.errors import ConfigError
 POLICY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 ENV_VAR_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
 # `--force NAME` takes a stage or a policy; a policy may not take a stage's name.
-STAGE_NAMES = ("prepare", "generate", "teacher_force", "judge", "oracle", "phase2")
+STAGE_NAMES = ("prepare", "generate", "teacher_force", "judge", "oracle", "phase2", "analyze")
 
 
 class _Strict(BaseModel):
@@ -152,6 +152,15 @@ class OracleConfig(JudgeConfig):
     validation_seed: int = Field(2, description="Seed for choosing the validation prompts.")
 
 
+class AnalysisConfig(_Strict):
+    """Stage 7: cje-eval 0.3's estimators (calibrated IPS, stacked DR, Direct) on the Phase 2 files."""
+
+    enabled: bool = Field(True, description="Skip stage 7 when false (the Phase 2 files are written all the same).")
+    cje_python: Path | None = Field(
+        None, description="The Python interpreter of an environment with cje-eval 0.3 installed; null means the "
+        "`.venv-cje-0.3.0` that install.sh makes in the project root.")
+
+
 class ExperimentConfig(_Strict):
     """Root of the YAML file."""
 
@@ -173,6 +182,7 @@ class ExperimentConfig(_Strict):
     )
     judge: JudgeConfig
     oracle: OracleConfig
+    analysis: AnalysisConfig = AnalysisConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentConfig:

@@ -44,3 +44,8 @@ class ItemError(Arena10kError):
 
 class RunInProgressError(Arena10kError):
     """Another pipeline process works on the same data directory: two writers would interleave checkpoint lines."""
+
+
+class AnalysisError(Arena10kError):
+    """cje-eval could not be run on the Phase 2 files (its environment is broken, or it crashed): no estimate is
+    reported, and the Phase 2 files stay as they are."""

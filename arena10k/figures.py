@@ -144,3 +144,24 @@ def judge_vs_oracle(path: Path, pairs: dict[str, dict[str, tuple[np.ndarray, np.
         ax.set_title(titles[variant], fontsize=9)
         ax.legend(fontsize=7)
     return _save(figure, path)
+
+
+def estimates(path: Path, variants: dict[str, dict[str, dict]]) -> Path:
+    """A panel per judge variant: each policy's estimate and 95% interval under each estimator."""
+    figure, axes = _grid(len(variants), width=5.2, height=3.8)
+    for ax, (variant, by_estimator) in zip(axes, variants.items()):
+        policies = list(dict.fromkeys(p for rows in by_estimator.values() for p in rows))
+        width = 0.7 / max(len(by_estimator), 1)
+        for index, (estimator, rows) in enumerate(by_estimator.items()):
+            offset = (index - (len(by_estimator) - 1) / 2) * width
+            x = [policies.index(p) + offset for p in rows]
+            values = np.array([rows[p]["estimate"] for p in rows])
+            below = values - np.array([rows[p]["ci_low"] for p in rows])
+            above = np.array([rows[p]["ci_high"] for p in rows]) - values
+            ax.errorbar(x, values, yerr=[below, above], fmt="o", capsize=3, color=COLORS[index % len(COLORS)], label=estimator)
+        ax.set_xticks(range(len(policies)), policies, fontsize=8, rotation=20)
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_ylabel("estimated value (0-1)")
+        ax.set_title(f"{variant} judge score: estimates, 95% intervals", fontsize=9)
+        ax.legend(fontsize=7)
+    return _save(figure, path)

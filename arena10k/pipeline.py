@@ -19,7 +19,7 @@ from arena10k.checkpoint import dumps, write_atomic
 from arena10k.config import STAGE_NAMES, ExperimentConfig, load_config
 from arena10k.errors import Arena10kError
 from arena10k.providers import check_config, preflight
-from arena10k.stages import phase2, registry
+from arena10k.stages import analyze, phase2, registry
 from arena10k.workspace import Workspace
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -108,6 +108,8 @@ def _run(args: argparse.Namespace, stage: str | None, command: str) -> int:
         print(estimate.describe(estimate.estimate_run(config, workspace, samples, forced)))
         return 0
     check_config(config, registry.models_called(config, selected))
+    if analyze.STAGE in selected:
+        analyze.check_environment(config)
     workspace.refuse_foreign_directory()
     workspace.root.mkdir(parents=True, exist_ok=True)
     with liveness.claim(workspace):  # a second pipeline on the same directory is refused
@@ -137,7 +139,7 @@ def _run(args: argparse.Namespace, stage: str | None, command: str) -> int:
             print(each.run(config, workspace, samples), flush=True)
             timings.append(f"{each.name} {time.monotonic() - started:.1f}s")
         print("stage times: " + ", ".join(timings))
-    if selected[-1].name == "phase2":
+    if selected[-1].name in (phase2.STAGE.name, analyze.STAGE.name):
         incomplete = phase2.incomplete(workspace)
         if incomplete:
             print(f"error: {incomplete} Continue with: {command.replace(' --fresh', '')}", file=sys.stderr)

@@ -278,12 +278,14 @@ def analyse(report: ReportInput) -> Analysis:
 # ---------------------------------------------------------------- report
 
 
-def write_report(report: ReportInput, out_dir: Path) -> Path:
-    """Writes out_dir/report.md and out_dir/figures/*.png; returns the path of report.md."""
+def write_report(report: ReportInput, out_dir: Path, estimates: dict | None = None) -> Path:
+    """Writes out_dir/report.md and out_dir/figures/*.png, with the analyze stage's estimates when given; returns
+    the path of report.md."""
     figure_dir = out_dir / "figures"
     analysis = analyse(report)
     sections = [
         _overview(report, analysis),
+        _estimates_section(estimates, figure_dir) if estimates else [],
         _weights_section(report, analysis.weights, figure_dir),
         _clone_section(analysis.weights, figure_dir),
         _judge_section(report, analysis, figure_dir),
@@ -391,6 +393,34 @@ def _run_findings(run: RunFacts | None) -> list[str]:
             findings.append(f"{name}: {c['missing']} items were never tried: the response they need is missing, "
                             "or the stage did not finish.")
     return findings
+
+
+def _estimates_section(estimates: dict, figure_dir: Path) -> list[str]:
+    if not estimates["analysed"]:
+        return ["## Estimates", "", f"Not made: {estimates['reason']}", ""]
+    lines = ["## Estimates", "", f"cje-eval {estimates['cje_version']}'s estimators on these files "
+             "(`analysis/estimates.json`; `arena10k/cje_estimates.py` makes the same calls by hand).", "",
+             f"**Verdict: {estimates['verdict']}**", ""] + [f"- {note}" for note in estimates["notes"]]
+    drawn = {}
+    for variant, result in estimates["variants"].items():
+        lines += ["", f"### {variant} judge score", "",
+                  "| policy | estimator | estimate | SE | 95% interval | ESS | cje status |", "|---|---|---:|---:|---|---:|---|"]
+        for estimator, rows in result["estimators"].items():
+            if "error" in rows:
+                lines.append(f"| | {estimator} | failed: {rows['error']} | | | | |")
+                continue
+            drawn.setdefault(variant, {})[estimator] = rows["policies"]
+            for policy, row in rows["policies"].items():
+                lines.append(f"| {policy} | {estimator} | {row['estimate']:.3f} | {row['standard_error']:.3f} "
+                             f"| [{row['ci_low']:.3f}, {row['ci_high']:.3f}] | {_pct(row['ess_fraction'])} "
+                             f"| {row['status'] or rows['status'] or '-'} |")
+        warned = sorted({w for rows in result["estimators"].values() for w in rows.get("warnings", [])})
+        if warned:
+            lines += ["", "<details><summary>cje's warnings</summary>", ""] + [f"- {w}" for w in warned] + ["", "</details>"]
+    if drawn:
+        figures.estimates(figure_dir / "estimates.png", drawn)
+        lines += ["", "![estimates](figures/estimates.png)"]
+    return lines + [""]
 
 
 def _weights_section(report: ReportInput, weights: dict[str, PolicyWeights], figure_dir: Path) -> list[str]:
@@ -528,6 +558,11 @@ def _versions_section(run: RunFacts | None) -> list[str]:
             lines.append(f"- {package} {metadata.version(package)}")
         except metadata.PackageNotFoundError:
             lines.append(f"- {package}: not installed")
+    if run and any(m["provider"] == "local" for m in run.info["config"]["models"].values()):
+        from arena10k.providers.local import instruction_sets
+
+        # The embedded models' numbers depend on the kernels llama.cpp was built with (install.sh picks them).
+        lines.append(f"- llama.cpp built for {instruction_sets()}")
     if run:
         lines.append(f"- checkpoint and dataset_info schema {run.info['schema']}")
     return lines

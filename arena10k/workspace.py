@@ -39,7 +39,7 @@ def policy_of(key: str) -> str:
 RUN_MARKER = ".arena10k-run"
 # Everything a run writes; --fresh deletes these and nothing else (the lock and marker stay, the run goes on).
 RUN_FILES = ("prompts.jsonl", "filter_report.json", "prepare.meta.json", "config.json", "pipeline.pid",
-             "checkpoints", "progress", "logs", "phase2", "quarantine")
+             "checkpoints", "progress", "logs", "phase2", "analysis", "quarantine")
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,10 @@ class Workspace:
     @property
     def phase2_dir(self) -> Path:
         return self.root / "phase2"
+
+    @property
+    def analysis_dir(self) -> Path:
+        return self.root / "analysis"
 
     @property
     def pid_path(self) -> Path:

@@ -30,12 +30,19 @@ def phase2_bytes(data_dir: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in files}
 
 
+def analysed_config(clean_run: Path) -> Path:
+    """The config the clean run was made with: the own-policies config with the analyze stage on."""
+    return clean_run.parent / "own_policies_analysed.yaml"
+
+
 @pytest.fixture(scope="session")
 def clean_run(tmp_path_factory) -> Path:
-    """One uninterrupted run of the own-policies config on the embedded models, shared by the tests that only
-    read its output."""
+    """One uninterrupted run of the own-policies config on the embedded models, with the analyze stage, shared by the
+    tests that only read its output."""
     data_dir = tmp_path_factory.mktemp("clean_run")
-    result = run_pipeline(data_dir, config=OWN_CONFIG)
+    config = analysed_config(data_dir)
+    config.write_text(OWN_CONFIG.read_text().replace("analysis:\n  enabled: false", "analysis:\n  enabled: true"))
+    result = run_pipeline(data_dir, config=config)
     assert result.returncode == 0, result.stderr[-3000:]
     return data_dir
 

@@ -10,7 +10,7 @@ import time
 
 import yaml
 
-from conftest import OWN_CONFIG, PROJECT_ROOT, phase2_bytes, pipeline_command, run_cje, run_pipeline
+from conftest import OWN_CONFIG, PROJECT_ROOT, analysed_config, phase2_bytes, pipeline_command, run_cje, run_pipeline
 
 TARGETS = ["evasive", "gemma", "step_by_step", "terse", "twin", "twin_2"]
 
@@ -54,11 +54,14 @@ def test_no_sentinel_values_in_outputs(clean_run):
 def test_rerun_of_finished_pipeline_makes_no_model_calls(clean_run):
     before = phase2_bytes(clean_run)
     started = time.monotonic()
-    result = run_pipeline(clean_run, config=OWN_CONFIG)
+    estimates = (clean_run / "analysis" / "estimates.json").read_bytes()
+    result = run_pipeline(clean_run, config=analysed_config(clean_run))
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("0 tried in this run") == 5  # generate, teacher_force, judge, 2 oracle slices
     assert "prompts already prepared" in result.stdout
     assert phase2_bytes(clean_run) == before
+    assert "analyze: the Phase 2 files did not change since the estimates were made" in result.stdout
+    assert (clean_run / "analysis" / "estimates.json").read_bytes() == estimates
     print(f"rerun took {time.monotonic() - started:.1f}s")
 
 
@@ -101,19 +104,47 @@ def test_killed_and_resumed_run_gives_byte_identical_phase2_files(tmp_path):
         assert len(keys) == len(set(keys)), f"duplicate lines in {name}"
 
 
-# cje-eval 0.3.0's off-policy estimators on each variant's files, as the README shows them.
+# cje-eval 0.3.0's estimators on each variant's files, called by hand as the README shows them.
 CJE_0_3 = """
 import json, sys, warnings
 from cje import analyze_dataset
 folder = sys.argv[1]
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    ips = analyze_dataset(logged_data_path=folder + "/logged.jsonl", estimator="calibrated-ips")
-    dr = analyze_dataset(logged_data_path=folder + "/logged.jsonl", fresh_draws_dir=folder + "/fresh_draws",
-                         estimator="stacked-dr", estimator_config={"parallel": False})
-print(json.dumps({name: {"policies": r.metadata["target_policies"], "estimates": [float(e) for e in r.estimates],
-                         "n_samples_used": r.metadata.get("n_samples_used")} for name, r in (("ips", ips), ("dr", dr))}))
+    results = {
+        "calibrated-ips": analyze_dataset(logged_data_path=folder + "/logged.jsonl", estimator="calibrated-ips"),
+        "stacked-dr": analyze_dataset(logged_data_path=folder + "/logged.jsonl", fresh_draws_dir=folder + "/fresh_draws",
+                                      estimator="stacked-dr", estimator_config={"parallel": False}),
+        "direct": analyze_dataset(fresh_draws_dir=folder + "/fresh_draws", calibration_data_path=folder + "/logged.jsonl",
+                                  estimator="direct"),
+    }
+out = {}
+for name, r in results.items():
+    low, high = r.confidence_interval(alpha=0.05)
+    out[name] = {p: [float(r.estimates[i]), float(r.standard_errors[i]), float(low[i]), float(high[i])]
+                 for i, p in enumerate(r.metadata["target_policies"])}
+print(json.dumps(out))
 """
+
+
+def test_the_analyze_stage_reports_what_cje_0_3_gives_by_hand_with_a_verdict(clean_run):
+    estimates = json.loads((clean_run / "analysis" / "estimates.json").read_text())
+    assert estimates["analysed"] and estimates["cje_version"] == "0.3.0"
+    for variant in ("deterministic", "uncertainty"):
+        by_hand = run_cje("0.3.0", CJE_0_3, str(clean_run / "phase2" / variant))
+        stage = estimates["variants"][variant]["estimators"]
+        assert sorted(by_hand) == sorted(stage) == ["calibrated-ips", "direct", "stacked-dr"]
+        for estimator, policies in by_hand.items():
+            assert sorted(policies) == TARGETS
+            for policy, (estimate, se, low, high) in policies.items():
+                row = stage[estimator]["policies"][policy]
+                assert [row["estimate"], row["standard_error"], row["ci_low"], row["ci_high"]] == [estimate, se, low, high]
+                assert 0.0 <= estimate <= 1.0
+        assert set(estimates["variants"][variant]["clones"]) == {"twin", "twin_2"}
+    assert estimates["verdict"] and estimates["notes"]
+    report = (clean_run / "phase2" / "report.md").read_text()
+    assert f"**Verdict: {estimates['verdict']}**" in report and (clean_run / "phase2" / "figures" / "estimates.png").is_file()
+
 
 # cje-eval 0.9.3's Direct mode: the fresh draws, calibrated with the oracle labels of the logged file too; every
 # warning it logs or raises is kept.
@@ -136,17 +167,6 @@ print(json.dumps({"policies": sorted(result.metadata["own_oracle_labels_by_polic
                   "value_conflicts": sources.get("value_conflicts") or [],
                   "warnings": [str(w.message) for w in raised] + logged}))
 """
-
-
-def test_cje_0_3_loads_phase2_and_runs_both_off_policy_estimators(clean_run):
-    for variant in ("deterministic", "uncertainty"):
-        folder = clean_run / "phase2" / variant
-        rows = (folder / "logged.jsonl").read_text().splitlines()
-        result = run_cje("0.3.0", CJE_0_3, str(folder))
-        for estimator in result.values():
-            assert sorted(estimator["policies"]) == TARGETS
-            assert all(0.0 <= e <= 1.0 for e in estimator["estimates"])
-        assert (result["ips"]["n_samples_used"] or len(rows)) <= len(rows)
 
 
 def test_cje_0_9_loads_phase2_in_direct_mode_without_conflicts(clean_run):

@@ -311,7 +311,7 @@ def _inputs(config: ExperimentConfig, workspace: Workspace) -> dict:
     def stat(path):
         return [path.stat().st_size, path.stat().st_mtime_ns] if path.exists() else None
 
-    return {"schema": SCHEMA_VERSION, "config": config.model_dump(), "dry_run": workspace.is_dry_run,
+    return {"schema": SCHEMA_VERSION, "config": config.model_dump(exclude={"analysis"}), "dry_run": workspace.is_dry_run,
             "endpoints": {name: endpoint(m) for name, m in config.used_models().items()},
             "prompts": stat(workspace.prompts_path),
             "checkpoints": {name: stat(workspace.checkpoint_path(name)) for name in registry.CHECKPOINTS}}

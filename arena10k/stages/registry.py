@@ -13,11 +13,12 @@ from collections import defaultdict
 from arena10k.checkpoint import describe_changes, read_fingerprints
 from arena10k.config import STAGE_NAMES, ExperimentConfig
 from arena10k.errors import CheckpointMismatchError, ConfigError
-from arena10k.stages import generate, judge, phase2, prompts, teacher_force
+from arena10k.stages import analyze, generate, judge, phase2, prompts, teacher_force
 from arena10k.stages.base import CheckpointSpec, Stage
 from arena10k.workspace import Workspace, item_key
 
-STAGES: tuple[Stage, ...] = (prompts.STAGE, generate.STAGE, teacher_force.STAGE, judge.JUDGE, judge.ORACLE, phase2.STAGE)
+STAGES: tuple[Stage, ...] = (prompts.STAGE, generate.STAGE, teacher_force.STAGE, judge.JUDGE, judge.ORACLE, phase2.STAGE,
+                             analyze.STAGE)
 assert tuple(s.name for s in STAGES) == STAGE_NAMES, "config.STAGE_NAMES must list the registry's stages"
 CHECKPOINT_SPECS: tuple[CheckpointSpec, ...] = tuple(spec for stage in STAGES for spec in stage.checkpoints)
 CHECKPOINTS: tuple[str, ...] = tuple(spec.name for spec in CHECKPOINT_SPECS)
@@ -98,7 +99,7 @@ def changed_units(config: ExperimentConfig, workspace: Workspace, up_to: str) ->
 def suggest_force(config: ExperimentConfig, stale: set[Unit]) -> list[str]:
     """The fewest `--force` arguments that recompute exactly the stale units: the largest stage or policy
     whose recomputation stays within them first, then `stage:policy` for what is left."""
-    candidates = [*STAGE_NAMES[1:-1], *config.policies,
+    candidates = [*(s.name for s in STAGES[1:] if s.checkpoints), *config.policies,
                   *(f"{s.name}:{p}" for s in STAGES for spec in s.checkpoints for p in spec.policies(config))]
     fitting = [(forced_units(config, [c]), c) for c in candidates]
     fitting = sorted(((u, c) for u, c in fitting if u and u <= stale), key=lambda uc: -len(uc[0]))

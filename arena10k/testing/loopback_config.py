@@ -31,6 +31,7 @@ def write_loopback_config(path: Path, base_url: str, *, samples: int, dataset: s
         "oracle": {"enabled": True, "model": "oracle", "max_tokens": 4, "top_logprobs": 20,
                    "calibration_fraction": calibration_fraction, "validation_fraction": validation_fraction,
                    "calibration_seed": 1, "validation_seed": 2},
+        "analysis": {"enabled": False},  # cje-eval on synthetic scores would only cost time
     }
     path.write_text(json.dumps(config, indent=2))  # JSON is YAML
     return path

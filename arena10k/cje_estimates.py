@@ -1,0 +1,76 @@
+"""cje-eval 0.3's estimators on one variant's Phase 2 files; run by the analyze stage in cje-eval's own environment
+(install.sh makes `.venv-cje-0.3.0`), so it imports nothing from arena10k and nothing but cje and the standard library.
+
+    .venv-cje-0.3.0/bin/python arena10k/cje_estimates.py data/runs/local/phase2/uncertainty
+
+Prints one line of JSON: per estimator, cje's estimate, standard error, 95% interval, ESS fraction and diagnostic
+status of every target policy, with the warnings cje gave. Each estimator is called exactly as the README shows it,
+with cje's defaults, so that running it by hand gives the same numbers.
+"""
+
+import json
+import logging
+import sys
+import warnings
+from importlib.metadata import version
+
+from cje import analyze_dataset
+
+
+def calls(folder: str) -> dict[str, dict]:
+    logged, fresh_draws = f"{folder}/logged.jsonl", f"{folder}/fresh_draws"
+    return {
+        "calibrated-ips": {"logged_data_path": logged, "estimator": "calibrated-ips"},
+        "stacked-dr": {"logged_data_path": logged, "fresh_draws_dir": fresh_draws, "estimator": "stacked-dr",
+                       "estimator_config": {"parallel": False}},
+        "direct": {"fresh_draws_dir": fresh_draws, "calibration_data_path": logged, "estimator": "direct"},
+    }
+
+
+class _Kept(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _status(value) -> str | None:
+    return None if value is None else str(getattr(value, "value", value))
+
+
+def estimate(arguments: dict) -> dict:
+    """One estimator's results, or the error cje raised (too few oracle labels, say), never a stand-in value."""
+    kept = _Kept()
+    logging.getLogger().addHandler(kept)
+    try:
+        with warnings.catch_warnings(record=True) as raised:
+            warnings.simplefilter("always")
+            result = analyze_dataset(**arguments)
+    except Exception as error:  # cje's own errors are ValueError, RuntimeError and more: each is reported as it is
+        return {"error": f"{type(error).__name__}: {error}", "warnings": kept.messages}
+    finally:
+        logging.getLogger().removeHandler(kept)
+    low, high = result.confidence_interval(alpha=0.05)
+    diagnostics = result.diagnostics
+    ess = (diagnostics.ess_per_policy if diagnostics is not None and arguments["estimator"] != "direct" else {}) or {}
+    statuses = (getattr(diagnostics, "status_per_policy", None) or {}) if diagnostics is not None else {}
+    policies = list(result.metadata["target_policies"])
+    return {
+        "method": result.method,
+        "status": _status(diagnostics.overall_status) if diagnostics is not None else None,
+        "policies": {policy: {"estimate": float(result.estimates[i]), "standard_error": float(result.standard_errors[i]),
+                              "ci_low": float(low[i]), "ci_high": float(high[i]),
+                              "ess_fraction": None if policy not in ess else float(ess[policy]),
+                              "status": _status(statuses.get(policy)), "n": int(result.n_samples_used.get(policy, 0))}
+                     for i, policy in enumerate(policies)},
+        "warnings": list(dict.fromkeys([str(w.message) for w in raised] + kept.messages)),
+    }
+
+
+if __name__ == "__main__":
+    logging.getLogger().setLevel(logging.WARNING)  # cje's warnings are kept in the JSON
+    results = {"cje_version": version("cje-eval"),
+               "estimators": {name: estimate(arguments) for name, arguments in calls(sys.argv[1]).items()}}
+    print(json.dumps(results))

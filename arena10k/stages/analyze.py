@@ -1,0 +1,202 @@
+"""Stage 7: the estimates per policy, from cje-eval 0.3's estimators on the Phase 2 files, and what they can say.
+
+cje-eval runs in an environment of its own (install.sh makes `.venv-cje-0.3.0`; its numpy pin is not the
+product's), through `arena10k/cje_estimates.py`, once per judge variant, both at once. It writes
+`analysis/estimates.json` and the "Estimates" section of phase2/report.md. Next to the numbers it says plainly when
+they cannot rank the policies: a judge that gives most responses one score, ESS under cje's gate, cje grading a
+policy critical, or intervals that overlap. Like Phase 2, it is redone only when the Phase 2 files change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+from arena10k.checkpoint import dumps, write_atomic
+from arena10k.config import ExperimentConfig
+from arena10k.errors import AnalysisError, ConfigError
+from arena10k.stages import phase2
+from arena10k.stages.base import Stage
+from arena10k.workspace import Workspace
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CJE_SCRIPT = Path(__file__).resolve().parents[1] / "cje_estimates.py"
+ESTIMATORS = ("calibrated-ips", "stacked-dr", "direct")  # cje_estimates.calls() runs these
+OFF_POLICY = ("calibrated-ips", "stacked-dr")  # the estimators that reweight the logged responses
+ESS_GATE = 0.30  # cje-eval's ship gate for importance weights (cje.diagnostics.gates.ESS_GOOD_THRESHOLD)
+# A judge that gives this share of responses one score cannot tell policies apart, whatever an estimator says.
+ONE_SCORE_SHARE = 0.5
+Z_95 = 1.959963984540054
+
+
+def cje_python(config: ExperimentConfig) -> Path:
+    return config.analysis.cje_python or PROJECT_ROOT / ".venv-cje-0.3.0" / "bin" / "python"
+
+
+def check_environment(config: ExperimentConfig) -> None:
+    """At start-up, before any model is called: the analysis will find cje-eval."""
+    python = cje_python(config)
+    if config.analysis.enabled and not Path(python).is_file():
+        raise ConfigError(f"analysis: {python} does not exist. install.sh creates cje-eval 0.3's environment there; "
+                          "or set analysis.cje_python to a Python with cje-eval 0.3, or analysis.enabled: false.")
+
+
+def _inputs(config: ExperimentConfig, workspace: Workspace) -> dict:
+    """What the estimates are made from: the Phase 2 files (their sizes and times), the interpreter and the script."""
+    files = sorted(p for p in workspace.phase2_dir.rglob("*") if p.suffix in (".jsonl", ".json") and p.name != "inputs.json")
+    return {"phase2": {str(p.relative_to(workspace.phase2_dir)): [p.stat().st_size, p.stat().st_mtime_ns] for p in files},
+            "cje_python": str(cje_python(config)),
+            "script": hashlib.sha256(CJE_SCRIPT.read_bytes()).hexdigest()}
+
+
+def run_cje(python: Path, folders: dict[str, Path]) -> dict[str, dict]:
+    """cje_estimates.py on every variant's folder, the variants at once (cje's bootstrap keeps one core busy)."""
+    processes = {variant: subprocess.Popen([str(python), str(CJE_SCRIPT), str(folder)], stdout=subprocess.PIPE,
+                                           stderr=subprocess.PIPE, text=True)
+                 for variant, folder in folders.items()}
+    results = {}
+    for variant, process in processes.items():
+        out, err = process.communicate()
+        if process.returncode != 0:
+            raise AnalysisError(f"cje-eval failed on {folders[variant]} (exit {process.returncode}):\n{err.strip()[-2000:]}")
+        results[variant] = json.loads(out.strip().splitlines()[-1])
+    return results
+
+
+def judge_spread(folder: Path) -> dict:
+    """How the judge's scores of every response in a variant's files are spread: distinct values, the commonest."""
+    rows = [json.loads(line) for path in [folder / "logged.jsonl", *sorted((folder / "fresh_draws").glob("*.jsonl"))]
+            for line in path.read_text().splitlines()]
+    counts = Counter(round(r["judge_score"], 6) for r in rows)
+    value, count = counts.most_common(1)[0]
+    return {"responses": len(rows), "distinct": len(counts), "commonest": value, "commonest_share": count / len(rows)}
+
+
+def _reliable(estimator: dict, policy: str) -> bool:
+    """cje's diagnostics let this policy's estimate stand: ESS at its gate, and not graded critical."""
+    row = estimator["policies"][policy]
+    ess_ok = row["ess_fraction"] is None or row["ess_fraction"] >= ESS_GATE
+    return ess_ok and row["status"] != "critical"
+
+
+def separated_pairs(estimator: dict) -> list[tuple[str, str]]:
+    """(higher, lower) pairs whose 95% intervals do not overlap, among estimates that cje's diagnostics let stand."""
+    rows = estimator["policies"]
+    return [(a, b) for a in rows for b in rows
+            if a != b and _reliable(estimator, a) and _reliable(estimator, b) and rows[a]["ci_low"] > rows[b]["ci_high"]]
+
+
+def clone_agreement(variant: dict, clone: str) -> dict | None:
+    """A clone's Direct estimate (its own responses) against the logging policy's value from the logged data (its
+    calibrated-IPS estimate, whose weights are all 1): two estimates of one value, which must agree."""
+    estimators = variant["estimators"]
+    ips, direct = estimators.get("calibrated-ips", {}), estimators.get("direct", {})
+    if "policies" not in ips or "policies" not in direct or clone not in ips["policies"]:
+        return None
+    logged, own = ips["policies"][clone], direct["policies"][clone]
+    difference = own["estimate"] - logged["estimate"]
+    margin = Z_95 * math.hypot(own["standard_error"], logged["standard_error"])
+    return {"logged_value": logged["estimate"], "direct": own["estimate"], "difference": difference,
+            "margin_95": margin, "agrees": abs(difference) <= margin}
+
+
+def findings(estimates: dict, logging_policy: str) -> tuple[str, list[str]]:
+    """The verdict (one sentence) and the notes behind it, for the report and the terminal."""
+    notes, ranked = [], []
+    for name, variant in estimates["variants"].items():
+        spread = variant["judge"]
+        blind = spread["commonest_share"] >= ONE_SCORE_SHARE
+        if blind:
+            notes.append(f"{name} judge scores: {spread['commonest_share']:.0%} of the {spread['responses']} responses "
+                           f"score {spread['commonest']:.3f} ({spread['distinct']} distinct scores); the judge hardly "
+                           "separates responses, so no estimate made from it can rank the policies.")
+        for estimator, result in variant["estimators"].items():
+            if "error" in result:
+                notes.append(f"{name}, {estimator}: cje-eval failed: {result['error']}")
+                continue
+            weak = [f"{p} (ESS {row['ess_fraction']:.0%})" for p, row in result["policies"].items()
+                    if row["ess_fraction"] is not None and row["ess_fraction"] < ESS_GATE]
+            critical = [p for p, row in result["policies"].items() if row["status"] == "critical"]
+            if weak:
+                notes.append(f"{name}, {estimator}: ESS under cje's {ESS_GATE:.0%} gate for {', '.join(weak)}.")
+            if critical:
+                notes.append(f"{name}, {estimator}: cje grades {', '.join(critical)} critical (its warnings: phase2/report.md, analysis/estimates.json).")
+            pairs = separated_pairs(result)
+            if pairs and not blind:
+                ranked.append(f"{name}, {estimator}: " + "; ".join(f"{a} above {b}" for a, b in pairs))
+            elif not pairs:
+                notes.append(f"{name}, {estimator}: the 95% intervals of every two policies it can estimate overlap.")
+        for clone, agreement in variant["clones"].items():
+            if agreement is None:
+                continue
+            verb = "agrees" if agreement["agrees"] else "DISAGREES"
+            notes.append(f"{name}: {clone} (sampling exactly as {logging_policy}) {verb} with {logging_policy}: Direct "
+                           f"{agreement['direct']:.3f} vs {agreement['logged_value']:.3f} from the logged responses "
+                           f"(difference {agreement['difference']:+.3f}, 95% margin {agreement['margin_95']:.3f}).")
+    if ranked:
+        verdict = ("Some policies are told apart, with 95% intervals that do not overlap and cje's diagnostics passing: "
+                   + " | ".join(ranked) + ". Read the notes below before acting on it.")
+    else:
+        verdict = "These estimates cannot rank the policies: no two of them are told apart (why, below)."
+    return verdict, notes
+
+
+def analyse(config: ExperimentConfig, workspace: Workspace) -> dict:
+    folders = {variant: workspace.phase2_dir / variant for variant in phase2.VARIANTS}
+    results = run_cje(cje_python(config), folders)
+    variants = {}
+    for variant, result in results.items():
+        variants[variant] = {"judge": judge_spread(folders[variant]), "estimators": result["estimators"]}
+        variants[variant]["clones"] = {clone: clone_agreement(variants[variant], clone) for clone in config.clones()}
+    estimates = {"analysed": True, "cje_version": next(iter(results.values()))["cje_version"],
+                 "logging_policy": config.logging_policy, "variants": variants}
+    estimates["verdict"], estimates["notes"] = findings(estimates, config.logging_policy)
+    return estimates
+
+
+def table(estimates: dict) -> str:
+    if not estimates["analysed"]:
+        return f"analyze: no estimates: {estimates['reason']}"
+    lines = [f"Estimates (cje-eval {estimates['cje_version']}; 95% intervals)"]
+    for name, variant in estimates["variants"].items():
+        lines += [f"  {name} judge score", f"    {'policy':<17}{'estimator':<16}{'estimate':>9}{'SE':>8}{'95% interval':>19}{'ESS':>7}  cje"]
+        for estimator, result in variant["estimators"].items():
+            if "error" in result:
+                lines.append(f"    {'':<17}{estimator:<16}  failed: {result['error']}")
+                continue
+            for policy, row in result["policies"].items():
+                ess = "-" if row["ess_fraction"] is None else f"{row['ess_fraction']:.0%}"
+                interval = f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+                lines.append(f"    {policy:<17}{estimator:<16}{row['estimate']:>9.3f}{row['standard_error']:>8.3f}"
+                             f"{interval:>19}{ess:>7}  {row['status'] or result['status'] or ''}")
+    return "\n".join(lines + ["", f"Verdict: {estimates['verdict']}"] + [f"  - {note}" for note in estimates["notes"]])
+
+
+def run(config: ExperimentConfig, workspace: Workspace, samples: int | str | None = None) -> str:
+    if not config.analysis.enabled:
+        return "analyze: skipped (analysis.enabled is false)"
+    estimates_path, inputs_path = workspace.analysis_dir / "estimates.json", workspace.analysis_dir / "inputs.json"
+    unusable = phase2.incomplete(workspace)
+    if unusable:
+        estimates = {"analysed": False, "reason": unusable}
+        write_atomic(estimates_path, json.dumps(estimates, indent=2) + "\n")
+        inputs_path.unlink(missing_ok=True)
+        return table(estimates)
+    inputs = json.loads(dumps(_inputs(config, workspace)))
+    if inputs_path.exists() and estimates_path.exists() and json.loads(inputs_path.read_text()) == inputs:
+        return ("analyze: the Phase 2 files did not change since the estimates were made\n\n"
+                + table(json.loads(estimates_path.read_text())))
+    estimates = analyse(config, workspace)
+    write_atomic(estimates_path, json.dumps(estimates, indent=2, sort_keys=True) + "\n")
+    from arena10k import report  # matplotlib is slow to import; only the report needs it
+
+    report.write_report(report.phase2_input(workspace.phase2_dir, config), workspace.phase2_dir, estimates)
+    write_atomic(inputs_path, dumps(inputs) + "\n")
+    return f"{table(estimates)}\n\nEstimates: {estimates_path}\nReport: {workspace.phase2_dir / 'report.md'}"
+
+
+STAGE = Stage("analyze", "cje-eval 0.3's estimates per policy from the Phase 2 files, with an honest verdict", run)

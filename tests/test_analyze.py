@@ -1,0 +1,93 @@
+"""The analyze stage's verdict, on estimates made up for each case, and the stage's refusals, on fake models.
+tests/test_pipeline.py checks its numbers against cje-eval 0.3.0 called by hand on a real run."""
+
+import json
+
+import yaml
+from conftest import OWN_CONFIG
+
+from arena10k import pipeline, providers
+from arena10k.stages.analyze import clone_agreement, findings
+from arena10k.errors import ItemError
+from arena10k.testing.fake_provider import FakeModels, FakeProvider
+
+
+def row(estimate, half_width, ess=None, status="good", se=None):
+    return {"estimate": estimate, "standard_error": half_width / 1.96 if se is None else se, "ci_low": estimate - half_width,
+            "ci_high": estimate + half_width, "ess_fraction": ess, "status": status, "n": 20}
+
+
+def estimates(policies_by_estimator, commonest_share=0.2, clones=None):
+    variant = {"judge": {"responses": 100, "distinct": 40, "commonest": 0.5, "commonest_share": commonest_share},
+               "estimators": {name: {"method": name, "status": "good", "policies": policies, "warnings": []}
+                              for name, policies in policies_by_estimator.items()},
+               "clones": clones or {}}
+    return {"variants": {"uncertainty": variant}}
+
+
+def test_policies_whose_intervals_do_not_overlap_are_told_apart():
+    verdict, notes = findings(estimates({"direct": {"good": row(0.8, 0.05), "bad": row(0.3, 0.05), "mid": row(0.5, 0.25)}}), "p0")
+    assert verdict.startswith("Some policies are told apart")
+    assert "uncertainty, direct: good above bad" in verdict
+    assert "mid" not in verdict  # its interval overlaps both
+
+
+def test_overlapping_intervals_cannot_rank():
+    verdict, notes = findings(estimates({"direct": {"a": row(0.5, 0.1), "b": row(0.55, 0.1)}}), "p0")
+    assert verdict.startswith("These estimates cannot rank the policies")
+    assert "uncertainty, direct: the 95% intervals of every two policies it can estimate overlap." in notes
+
+
+def test_an_estimate_under_the_ess_gate_or_graded_critical_ranks_nothing():
+    for weak in (row(0.3, 0.05, ess=0.12), row(0.3, 0.05, ess=0.9, status="critical")):
+        verdict, notes = findings(estimates({"calibrated-ips": {"good": row(0.8, 0.05, ess=0.9), "bad": weak}}), "p0")
+        assert verdict.startswith("These estimates cannot rank the policies")
+        assert any("ESS under cje's 30% gate for bad (ESS 12%)" in n or "cje grades bad critical" in n for n in notes)
+
+
+def test_a_judge_that_gives_most_responses_one_score_ranks_nothing():
+    separated = {"direct": {"good": row(0.8, 0.05), "bad": row(0.3, 0.05)}}
+    verdict, notes = findings(estimates(separated, commonest_share=0.96), "p0")
+    assert verdict.startswith("These estimates cannot rank the policies")
+    assert "96% of the 100 responses score 0.500 (40 distinct scores)" in notes[0]
+
+
+def test_a_clone_agrees_when_its_direct_estimate_is_within_the_margin_of_the_logged_value():
+    def variant(direct_estimate):
+        return estimates({"calibrated-ips": {"twin": row(0.40, 0, se=0.01)}, "direct": {"twin": row(direct_estimate, 0, se=0.02)}})["variants"]["uncertainty"]
+
+    near, far = clone_agreement(variant(0.43), "twin"), clone_agreement(variant(0.50), "twin")
+    assert near["agrees"] and not far["agrees"]
+    assert abs(near["margin_95"] - 1.959963984540054 * (0.01 ** 2 + 0.02 ** 2) ** 0.5) < 1e-12
+    _, notes = findings(estimates({"direct": {"twin": row(0.5, 0)}}, clones={"twin": far}), "p0")
+    assert any("twin (sampling exactly as p0) DISAGREES with p0: Direct 0.500 vs 0.400" in n for n in notes)
+
+
+def run(tmp_path, change, capsys):
+    raw = yaml.safe_load(OWN_CONFIG.read_text())
+    change(raw)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    fake = FakeModels()
+    with providers.substituted(fake):
+        status = pipeline.main(["--config", str(config), "--data-dir", str(tmp_path / "run")])
+    return status, fake, capsys.readouterr()
+
+
+def test_a_missing_cje_environment_stops_the_run_before_any_model_call(tmp_path, capsys):
+    status, fake, output = run(tmp_path, lambda raw: raw.update(analysis={"cje_python": str(tmp_path / "nowhere" / "python")}), capsys)
+    assert status == 2 and fake.calls == []
+    assert f"analysis: {tmp_path / 'nowhere' / 'python'} does not exist. install.sh creates" in output.err
+    assert "Traceback" not in output.err
+
+
+def test_a_phase2_dataset_that_is_not_usable_is_not_analysed(tmp_path, capsys, monkeypatch):
+    def no_digit(self, request):
+        raise ItemError("the judge's reply contains no score digit", retryable=False)
+
+    monkeypatch.setattr(FakeProvider, "_judge", no_digit)
+    status, _, output = run(tmp_path, lambda raw: raw.update(analysis={"enabled": True}), capsys)
+    estimates_file = json.loads((tmp_path / "run" / "analysis" / "estimates.json").read_text())
+    assert status == 3 and estimates_file["analysed"] is False
+    assert estimates_file["reason"].startswith("Phase 2 is empty: no logged response has a judge score")
+    assert "analyze: no estimates: Phase 2 is empty" in output.out
