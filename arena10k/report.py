@@ -373,6 +373,11 @@ def _judge_findings(report: ReportInput, analysis: Analysis) -> list[str]:
             if pearson is None or pearson < WEAK_CORRELATION:
                 findings.append(f"The {variant} judge agrees weakly with the oracle (Pearson r {_num(pearson, '.2f')} on {len(judge)} "
                                 "labels): calibrating it to the oracle carries little information.")
+    if report.run and report.run.config.models[report.run.config.judge.model].provider == "local":
+        findings.append(f"The judge is an embedded model ({report.run.config.models[report.run.config.judge.model].model}). On "
+                        "the quick start it tells evasive or garbled answers from good ones little better than chance, with "
+                        "any prompt tried (benchmarks/embedded_judge.py, BENCHMARKS.md): its scores test the pipeline, they "
+                        "do not compare policies.")
     if report.run and report.run.config.models[report.run.config.oracle.model] == report.run.config.models[report.run.config.judge.model]:
         findings.append(f"The oracle runs on the judge's own model ({report.run.config.oracle.model}): their agreement "
                         "is not evidence that either is right.")

@@ -59,11 +59,16 @@ def run_cje(python: Path, folders: dict[str, Path]) -> dict[str, dict]:
                                            stderr=subprocess.PIPE, text=True)
                  for variant, folder in folders.items()}
     results = {}
-    for variant, process in processes.items():
-        out, err = process.communicate()
-        if process.returncode != 0:
-            raise AnalysisError(f"cje-eval failed on {folders[variant]} (exit {process.returncode}):\n{err.strip()[-2000:]}")
-        results[variant] = json.loads(out.strip().splitlines()[-1])
+    try:
+        for variant, process in processes.items():
+            out, err = process.communicate()
+            if process.returncode != 0:
+                raise AnalysisError(f"cje-eval failed on {folders[variant]} (exit {process.returncode}):\n{err.strip()[-2000:]}")
+            results[variant] = json.loads(out.strip().splitlines()[-1])
+    finally:
+        for process in processes.values():
+            process.kill()  # only the ones still running, after a failure or an interruption
+            process.wait()
     return results
 
 
