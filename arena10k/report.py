@@ -27,6 +27,7 @@ from arena10k.checkpoint import load_states, may_try
 from arena10k.config import ExperimentConfig
 from arena10k.errors import Arena10kError
 from arena10k.estimate import LARGE_FIELDS, Usage, usage, usage_table
+from arena10k.judging import ONE_SCORE_SHARE
 from arena10k.stages.phase2 import CLONE_ERROR_NATS, VARIANTS, WeightDiagnostics, clone_check, weight_diagnostics
 from arena10k.workspace import Workspace
 
@@ -34,7 +35,6 @@ ESS_GOOD, ESS_WARNING = 0.30, 0.10  # cje-eval's gates (cje.diagnostics.gates)
 TOP_FRACTION = 0.01
 WEAK_CORRELATION = 0.5
 DISAGREEMENT = 0.1  # on the 0-1 judge scale, between reweighted P0 responses and the policy's own
-CONSTANT_SHARE = 0.9  # a judge giving one score to more than this share of responses does not discriminate
 UNIFORM_SD = float(np.std(np.arange(10) / 9))  # the spread of a judge that guesses a digit uniformly
 FLAT_SHARE = 0.8  # distributions with a median spread above this share of UNIFORM_SD are close to guessing
 PACKAGES = ("arena10k", "matplotlib", "llama_cpp_python", "pydantic", "datasets")
@@ -348,7 +348,7 @@ def _judge_findings(report: ReportInput, analysis: Analysis) -> list[str]:
             findings.append(f"No response has a {variant} judge score: nothing can be estimated (see the coverage table).")
             continue
         values, counts = np.unique(everything, return_counts=True)
-        if counts.max() > CONSTANT_SHARE * len(everything):
+        if counts.max() > ONE_SCORE_SHARE * len(everything):
             findings.append(f"The {variant} judge score is {values[counts.argmax()]:.3f} for {counts.max() / len(everything):.0%} "
                             "of responses: it does not tell responses apart, so no estimate built on it can rank the policies.")
         base = by_policy.get(report.base_policy)

@@ -19,6 +19,7 @@ from pathlib import Path
 from arena10k.checkpoint import dumps, write_atomic
 from arena10k.config import ExperimentConfig
 from arena10k.errors import AnalysisError, ConfigError
+from arena10k.judging import ONE_SCORE_SHARE
 from arena10k.stages import phase2
 from arena10k.stages.base import Stage
 from arena10k.workspace import Workspace
@@ -28,8 +29,6 @@ CJE_SCRIPT = Path(__file__).resolve().parents[1] / "cje_estimates.py"
 ESTIMATORS = ("calibrated-ips", "stacked-dr", "direct")  # cje_estimates.calls() runs these
 OFF_POLICY = ("calibrated-ips", "stacked-dr")  # the estimators that reweight the logged responses
 ESS_GATE = 0.30  # cje-eval's ship gate for importance weights (cje.diagnostics.gates.ESS_GOOD_THRESHOLD)
-# A judge that gives this share of responses one score cannot tell policies apart, whatever an estimator says.
-ONE_SCORE_SHARE = 0.5
 Z_95 = 1.959963984540054
 
 
@@ -114,11 +113,11 @@ def findings(estimates: dict, logging_policy: str) -> tuple[str, list[str]]:
     notes, ranked = [], []
     for name, variant in estimates["variants"].items():
         spread = variant["judge"]
-        blind = spread["commonest_share"] >= ONE_SCORE_SHARE
+        blind = spread["commonest_share"] > ONE_SCORE_SHARE
         if blind:
             notes.append(f"{name} judge scores: {spread['commonest_share']:.0%} of the {spread['responses']} responses "
-                           f"score {spread['commonest']:.3f} ({spread['distinct']} distinct scores); the judge hardly "
-                           "separates responses, so no estimate made from it can rank the policies.")
+                         f"score {spread['commonest']:.3f} ({spread['distinct']} distinct scores); the judge hardly "
+                         "separates responses, so no estimate made from it can rank the policies.")
         for estimator, result in variant["estimators"].items():
             if "error" in result:
                 notes.append(f"{name}, {estimator}: cje-eval failed: {result['error']}")
@@ -140,8 +139,8 @@ def findings(estimates: dict, logging_policy: str) -> tuple[str, list[str]]:
                 continue
             verb = "agrees" if agreement["agrees"] else "DISAGREES"
             notes.append(f"{name}: {clone} (sampling exactly as {logging_policy}) {verb} with {logging_policy}: Direct "
-                           f"{agreement['direct']:.3f} vs {agreement['logged_value']:.3f} from the logged responses "
-                           f"(difference {agreement['difference']:+.3f}, 95% margin {agreement['margin_95']:.3f}).")
+                         f"{agreement['direct']:.3f} vs {agreement['logged_value']:.3f} from the logged responses "
+                         f"(difference {agreement['difference']:+.3f}, 95% margin {agreement['margin_95']:.3f}).")
     if ranked:
         verdict = ("Some policies are told apart, with 95% intervals that do not overlap and cje's diagnostics passing: "
                    + " | ".join(ranked) + ". Read the notes below before acting on it.")
