@@ -406,6 +406,8 @@ def _estimates_section(estimates: dict, figure_dir: Path) -> list[str]:
     lines = ["## Estimates", "", f"cje-eval {estimates['cje_version']}'s estimators on these files "
              "(`analysis/estimates.json`; `arena10k/cje_estimates.py` makes the same calls by hand).", "",
              f"**Verdict: {estimates['verdict']}**", ""] + [f"- {note}" for note in estimates["notes"]]
+    if estimates["dry_run"]:
+        lines += ["", "**A dry run: these are estimates of synthetic responses from the loopback server, not a result.**"]
     drawn = {}
     for variant, result in estimates["variants"].items():
         lines += ["", f"### {variant} judge score", "",

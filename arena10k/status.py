@@ -7,6 +7,7 @@ Checkpoint records are not decoded (see `checkpoint.scan_states`): that keeps a 
 
 from __future__ import annotations
 
+import json
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -140,6 +141,12 @@ def describe(status: RunStatus) -> str:
         report = status.root / "phase2" / "report.md"
         lines += ["", f"Phase 2 written {_when(status.phase2_written, status.now)}: {status.root / 'phase2'}"
                   + (f"; diagnostics in {report}" if report.exists() else "")]
+        estimates = status.root / "analysis" / "estimates.json"
+        if estimates.exists():
+            made = json.loads(estimates.read_text())
+            lines.append(f"Estimates: {made['verdict'] if made['analysed'] else 'not made: ' + made['reason']} ({estimates})")
+        else:
+            lines.append("Estimates: none for these Phase 2 files (stage 7, analyze, makes them)")
     return "\n".join(lines)
 
 

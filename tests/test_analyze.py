@@ -7,9 +7,12 @@ import yaml
 from conftest import OWN_CONFIG
 
 from arena10k import pipeline, providers
+from arena10k import status as status_module
+from arena10k.config import load_config
 from arena10k.stages.analyze import clone_agreement, findings
 from arena10k.errors import ItemError
 from arena10k.testing.fake_provider import FakeModels, FakeProvider
+from arena10k.workspace import Workspace
 
 
 def row(estimate, half_width, ess=None, status="good", se=None):
@@ -91,3 +94,18 @@ def test_a_phase2_dataset_that_is_not_usable_is_not_analysed(tmp_path, capsys, m
     assert status == 3 and estimates_file["analysed"] is False
     assert estimates_file["reason"].startswith("Phase 2 is empty: no logged response has a judge score")
     assert "analyze: no estimates: Phase 2 is empty" in output.out
+
+
+def test_estimates_of_older_phase2_files_are_removed_when_phase2_is_rebuilt(tmp_path, capsys):
+    status, _, _ = run(tmp_path, lambda raw: None, capsys)
+    assert status == 0
+    stale = tmp_path / "run" / "analysis" / "estimates.json"
+    stale.parent.mkdir()
+    stale.write_text(json.dumps({"analysed": True, "verdict": "made from other files"}))
+    config = load_config(tmp_path / "config.yaml")
+    assert "Estimates: made from other files" in status_module.describe(status_module.collect(Workspace(tmp_path / "run"), config))
+    (tmp_path / "run" / "phase2" / "inputs.json").unlink()  # as if a checkpoint had changed
+    with providers.substituted(FakeModels()):
+        assert pipeline.main(["--config", str(tmp_path / "config.yaml"), "--data-dir", str(tmp_path / "run"), "--only", "phase2"]) == 0
+    assert not stale.exists()
+    assert "Estimates: none for these Phase 2 files" in status_module.describe(status_module.collect(Workspace(tmp_path / "run"), config))

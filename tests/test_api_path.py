@@ -295,3 +295,5 @@ def test_arena_10k_config_dry_runs_through_the_loopback_server(tmp_path):
     # by the judge and by the oracle
     assert "dry run: 129 requests" in result.stdout
     assert "unchecked  differs by" in result.stdout  # the loopback server samples in its own chat template
+    estimates = json.loads((data_dir / "analysis" / "estimates.json").read_text())
+    assert estimates["dry_run"] and "DRY RUN: synthetic responses from the loopback server, not a result" in result.stdout

@@ -157,7 +157,7 @@ def analyse(config: ExperimentConfig, workspace: Workspace) -> dict:
         variants[variant] = {"judge": judge_spread(folders[variant]), "estimators": result["estimators"]}
         variants[variant]["clones"] = {clone: clone_agreement(variants[variant], clone) for clone in config.clones()}
     estimates = {"analysed": True, "cje_version": next(iter(results.values()))["cje_version"],
-                 "logging_policy": config.logging_policy, "variants": variants}
+                 "dry_run": workspace.is_dry_run, "logging_policy": config.logging_policy, "variants": variants}
     estimates["verdict"], estimates["notes"] = findings(estimates, config.logging_policy)
     return estimates
 
@@ -165,7 +165,8 @@ def analyse(config: ExperimentConfig, workspace: Workspace) -> dict:
 def table(estimates: dict) -> str:
     if not estimates["analysed"]:
         return f"analyze: no estimates: {estimates['reason']}"
-    lines = [f"Estimates (cje-eval {estimates['cje_version']}; 95% intervals)"]
+    lines = [f"Estimates (cje-eval {estimates['cje_version']}; 95% intervals)"
+             + ("  DRY RUN: synthetic responses from the loopback server, not a result" if estimates["dry_run"] else "")]
     for name, variant in estimates["variants"].items():
         lines += [f"  {name} judge score", f"    {'policy':<17}{'estimator':<16}{'estimate':>9}{'SE':>8}{'95% interval':>19}{'ESS':>7}  cje"]
         for estimator, result in variant["estimators"].items():

@@ -323,6 +323,8 @@ def run(config: ExperimentConfig, workspace: Workspace, samples: int | str | Non
     if inputs_path.exists() and json.loads(inputs_path.read_text()) == inputs and (workspace.phase2_dir / "report.md").exists():
         return (f"phase2: its inputs did not change since it was written, so the files in {workspace.phase2_dir} are "
                 "up to date\n\n" + (workspace.phase2_dir / "summary.txt").read_text().rstrip())
+    for made_from_the_old_files in ("estimates.json", "inputs.json"):
+        (workspace.analysis_dir / made_from_the_old_files).unlink(missing_ok=True)
     info = build(config, workspace)
     table = summary_table(info)
     (workspace.phase2_dir / "summary.txt").write_text(table + "\n")
