@@ -11,7 +11,7 @@ PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 # llama.cpp's native build enables every instruction set the build machine reports, AMX included; on
 # virtual machines that report AMX without granting it, matrix multiplications then segfault. So the build
 # takes AVX2 (every x86-64 machine since 2013) and the AVX-512 and VNNI sets this machine reports, never AMX:
-# with them the quick start ran 9% faster on this project's machine (BENCHMARKS.md). A build made here is for
+# with them the quick start ran 6% faster on this project's machine (BENCHMARKS.md). A build made here is for
 # CPUs like this one. --no-cache-dir makes sure a wheel built with other flags is not reused.
 LLAMA_FLAGS="-DLLAVA_BUILD=OFF"
 if [ "$(uname -m)" = "x86_64" ]; then
