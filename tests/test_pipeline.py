@@ -13,6 +13,7 @@ import yaml
 from conftest import OWN_CONFIG, PROJECT_ROOT, analysed_config, phase2_bytes, pipeline_command, run_cje, run_pipeline
 
 TARGETS = ["evasive", "gemma", "step_by_step", "terse", "twin", "twin_2"]
+IN_CONFIG_ORDER = ["twin", "step_by_step", "gemma", "evasive", "terse", "twin_2"]
 
 STAGE_CHECKPOINTS = ("generate", "teacher_force", "judge", "oracle_calibration", "oracle_validation")
 
@@ -136,6 +137,7 @@ def test_the_analyze_stage_reports_what_cje_0_3_gives_by_hand_with_a_verdict(cle
         assert sorted(by_hand) == sorted(stage) == ["calibrated-ips", "direct", "stacked-dr"]
         for estimator, policies in by_hand.items():
             assert sorted(policies) == TARGETS
+            assert list(stage[estimator]["policies"]) == IN_CONFIG_ORDER  # cje's own order is by name
             for policy, (estimate, se, low, high) in policies.items():
                 row = stage[estimator]["policies"][policy]
                 assert [row["estimate"], row["standard_error"], row["ci_low"], row["ci_high"]] == [estimate, se, low, high]

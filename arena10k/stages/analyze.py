@@ -154,6 +154,9 @@ def analyse(config: ExperimentConfig, workspace: Workspace) -> dict:
     results = run_cje(cje_python(config), folders)
     variants = {}
     for variant, result in results.items():
+        for estimator in result["estimators"].values():  # cje sorts the policies by name; every output keeps the config's order
+            if "policies" in estimator:
+                estimator["policies"] = {p: estimator["policies"][p] for p in config.target_policies if p in estimator["policies"]}
         variants[variant] = {"judge": judge_spread(folders[variant]), "estimators": result["estimators"]}
         variants[variant]["clones"] = {clone: clone_agreement(variants[variant], clone) for clone in config.clones()}
     estimates = {"analysed": True, "cje_version": next(iter(results.values()))["cje_version"],
@@ -196,7 +199,7 @@ def run(config: ExperimentConfig, workspace: Workspace, samples: int | str | Non
         return ("analyze: the Phase 2 files did not change since the estimates were made\n\n"
                 + table(json.loads(estimates_path.read_text())))
     estimates = analyse(config, workspace)
-    write_atomic(estimates_path, json.dumps(estimates, indent=2, sort_keys=True) + "\n")
+    write_atomic(estimates_path, json.dumps(estimates, indent=2) + "\n")
     from arena10k import report  # matplotlib is slow to import; only the report needs it
 
     report.write_report(report.phase2_input(workspace.phase2_dir, config), workspace.phase2_dir, estimates)
