@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,8 @@ def run_cje(version: str, script: str, *args: str) -> dict:
     output is JSON."""
     python = PROJECT_ROOT / f".venv-cje-{version}" / "bin" / "python"
     assert python.exists(), f"{python} is missing: install.sh creates it"
-    result = subprocess.run([str(python), "-c", script, *args], capture_output=True, text=True, timeout=600)
+    # As the analyze stage runs it: cje's stacked DR depends on string hashing in its last digits.
+    result = subprocess.run([str(python), "-c", script, *args], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "PYTHONHASHSEED": "0"})
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])

@@ -267,9 +267,15 @@ class LocalProvider:
         """The logits after each token, decoded a token a step (beside other sequences' steps), as sampling decodes
         them: a model that is not chunk-invariant computes other logits in a chunk (Gemma: 0.49 nats a response in
         the median, up to 2.4, on the quick start's P0 responses)."""
+        with self._decoding_steps():
+            return [self._next_logits(sequence, token, start + i) for i, token in enumerate(tokens)]
+
+    @contextmanager
+    def _decoding_steps(self) -> Iterator[None]:
+        """A sequence that takes part in decode steps: a step waits for every such sequence's next token."""
         self._decoding += 1
         try:
-            return [self._next_logits(sequence, token, start + i) for i, token in enumerate(tokens)]
+            yield
         finally:
             self._decoding -= 1
 
@@ -367,8 +373,7 @@ class LocalProvider:
                     logits = self._echo(sequence, ids, scale, top if top_logprobs else None, prompt_logprobs, prompt_top)
                 elif max_tokens:
                     logits = self._evaluate_prompt(sequence, ids, held)[-1]
-                self._decoding += 1
-                try:
+                with self._decoding_steps():
                     for step in range(max_tokens):
                         dist = log_softmax(logits, scale)
                         token = int(np.argmax(dist)) if temperature == 0 else sample(dist, rng)
@@ -381,8 +386,6 @@ class LocalProvider:
                             sampled_top.append(top(dist))
                         if step + 1 < max_tokens:
                             logits = self._next_logits(sequence, token, len(ids) + step)
-                finally:
-                    self._decoding -= 1
             finally:
                 self._release(sequence)
         prompt_generation = Generation(

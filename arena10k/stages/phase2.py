@@ -303,18 +303,20 @@ def incomplete(workspace: Workspace) -> str | None:
     return None
 
 
+def file_stamp(path: Path) -> list[int] | None:
+    """A file's size and modification time: what tells that an appended-to or rewritten file changed."""
+    return [path.stat().st_size, path.stat().st_mtime_ns] if path.exists() else None
+
+
 def _inputs(config: ExperimentConfig, workspace: Workspace) -> dict:
     """What the Phase 2 files are made from: when none of it changed, they are up to date. Checkpoints are
     appended to or rewritten, never changed in place, so their size and modification time tell."""
     from arena10k.stages import registry
 
-    def stat(path):
-        return [path.stat().st_size, path.stat().st_mtime_ns] if path.exists() else None
-
     return {"schema": SCHEMA_VERSION, "config": config.model_dump(exclude={"analysis"}), "dry_run": workspace.is_dry_run,
             "endpoints": {name: endpoint(m) for name, m in config.used_models().items()},
-            "prompts": stat(workspace.prompts_path),
-            "checkpoints": {name: stat(workspace.checkpoint_path(name)) for name in registry.CHECKPOINTS}}
+            "prompts": file_stamp(workspace.prompts_path),
+            "checkpoints": {name: file_stamp(workspace.checkpoint_path(name)) for name in registry.CHECKPOINTS}}
 
 
 def run(config: ExperimentConfig, workspace: Workspace, samples: int | str | None = None) -> str:
