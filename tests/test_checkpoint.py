@@ -1,4 +1,7 @@
 import json
+import threading
+import time
+from collections import Counter
 
 import pytest
 
@@ -71,6 +74,34 @@ def test_failures_are_recorded_retried_and_bounded(tmp_path):
     with open_checkpoint(tmp_path) as checkpoint:  # a larger budget retries the retryable one only
         run_items("stage", checkpoint, ["flaky", "permanent"], work.get, max_attempts=4)
     assert sorted(calls) == [1, 1, 1, 1, 2]
+
+
+def test_each_model_keeps_its_own_calls_in_flight_and_its_items_in_order(tmp_path):
+    """Items of one model queued first do not hold back another model's calls (a lane each, as generate's policies
+    on SmolLM2 and Gemma), and each lane starts its items in the order of the keys."""
+    lock, running, peak, started = threading.Lock(), Counter(), Counter(), []
+
+    def call(key):
+        def work():
+            lane = key[0]
+            with lock:
+                started.append(key)
+                running[lane] += 1
+                peak[lane] = max(peak[lane], running[lane])
+                peak["both"] = max(peak["both"], running["a"] + running["b"])
+            time.sleep(0.05)
+            with lock:
+                running[lane] -= 1
+            return {"key": key}
+        return work
+
+    keys = [f"a{i}" for i in range(6)] + [f"b{i}" for i in range(6)]
+    with open_checkpoint(tmp_path) as checkpoint:
+        report = run_items("stage", checkpoint, keys, call, max_attempts=1, lanes={"a": 2, "b": 3},
+                           lane_of=lambda key: key[0])
+    assert report.done == 12
+    assert (peak["a"], peak["b"], peak["both"]) == (2, 3, 5)
+    assert [k for k in started if k[0] == "a"] == keys[:6] and [k for k in started if k[0] == "b"] == keys[6:]
 
 
 def test_sampled_judge_replies_are_scored_by_their_first_standalone_digit():

@@ -47,10 +47,11 @@ def substituted(factory: Callable[[ModelConfig], Provider]) -> Iterator[None]:
         _loaded.clear()
 
 
-def stage_concurrency(config: ExperimentConfig, model_names: set[str]) -> int:
-    """Calls a stage may keep in flight: as many as its models serve at once. An embedded model computes one call
-    at a time but decodes several responses together (local.py); hosted models are bounded by their limiters."""
-    return max(_calls_at_once(config.models[name]) for name in model_names)
+def stage_lanes(config: ExperimentConfig, model_names: set[str]) -> dict[str, int]:
+    """Calls a stage keeps in flight per model (runner.run_items' lanes): as many as the model serves at once. An
+    embedded model computes one call at a time but decodes several responses together (local.py); hosted models
+    are bounded by their limiters."""
+    return {name: _calls_at_once(config.models[name]) for name in sorted(model_names)}
 
 
 def _calls_at_once(model: ModelConfig) -> int:

@@ -3,17 +3,16 @@
 Sampling is done here, not by llama.cpp's sampler, so that the sampled tokens' log-probs and the
 teacher-forced log-probs come from one function applied to the same logits.
 
-With flash attention, micro-batches under 64 tokens (hence N_BATCH) and one thread for single-token steps, a
-registered model gets bit-identical logits for a token whether it is decoded alone or beside other sequences'
-tokens (up to `LocalModel.most_sequences` of them), at any context length. So it decodes up to `sequences` such
-responses in one llama.cpp batch: calls from
-several threads join the same steps, each sequence in a cache stream of its own (its cells stay in position order,
-as in a fresh evaluation). A chunk-invariant model (`LocalModel.chunk_invariant`: SmolLM2) also gets the same
-logits inside a chunk of its own sequence, so it teacher-forces a response in chunks and starts a prompt after the
-longest prefix that any of its sequences holds (the judge's rubric and examples). Any other (Gemma) teacher-forces
-one token a step, as it samples, and reuses only whole N_BATCH chunks from position 0, as a fresh evaluation
-computes them. Either way P0's teacher-forced log-prob equals the sum of its sampled log-probs exactly, and a
-clone's weight is exactly 1 (tests/test_local_model.py checks all of it).
+With flash attention, micro-batches under 64 tokens (hence N_BATCH), one thread for single-token steps, and neither
+weight repacking nor the tiled K-quant kernel (see LocalProvider.__init__), a registered model gets bit-identical
+logits for a token whether it is decoded alone, in a chunk of its own sequence or beside other sequences' tokens (up
+to `LocalModel.most_sequences` of them), at any context length. So it decodes up to `sequences` responses in one
+llama.cpp batch: calls from several threads join the same steps, each sequence in a cache stream of its own (its
+cells stay in position order, as in a fresh evaluation). It teacher-forces a response in chunks and starts a prompt
+after the longest prefix that any of its sequences holds (the judge's rubric and examples). A GGUF path, never
+measured, decodes alone, teacher-forces one token a step, as it samples, and reuses only whole N_BATCH chunks from
+position 0, as a fresh evaluation computes them. Either way P0's teacher-forced log-prob equals the sum of its
+sampled log-probs exactly, and a clone's weight is exactly 1 (tests/test_local_model.py checks all of it).
 """
 
 from __future__ import annotations
@@ -47,6 +46,11 @@ N_BATCH = 63
 # Copying a sequence's cache stream (all n_ctx cells) costs about as much as evaluating 5 tokens (measured: 16 ms
 # for SmolLM2 at n_ctx 4096); a cached prefix that saves fewer tokens than this is evaluated again instead.
 COPY_MIN_TOKENS = 16
+
+# From 8 rows llama.cpp multiplies K-quant weights (Gemma's Q4_K and Q6_K) with a tiled kernel whose sums round
+# otherwise than the one-row kernel's, so a token's logits depended on how many tokens were decoded with it (Gemma: up
+# to 1.1 apart, measured). llama.cpp reads this switch once, at the first such multiplication in the process.
+os.environ["GGML_CPU_TILED_MM"] = "0"
 
 # One llama.cpp computation at a time in the process: each one already uses every core.
 _COMPUTE = threading.Lock()
@@ -96,11 +100,14 @@ class LocalProvider:
         llama_cpp.llama_backend_init()
         path = gguf_path(model)
         registered = LOCAL_MODELS.get(model)
-        self.chunk_invariant = bool(registered and registered.chunk_invariant)
+        self.chunk_invariant = registered is not None
         self.sequences = sequences_decoded_together(model, sequences)
         self._llama_cpp = llama_cpp
-        self._model = _internals.LlamaModel(path_model=str(path), params=llama_cpp.llama_model_default_params(),
-                                            verbose=False)
+        model_params = llama_cpp.llama_model_default_params()
+        # Repacked Q4_K weights are multiplied by another kernel from 4 rows, whose sums round otherwise (Gemma: a
+        # token's logits up to 1.8 apart in a chunk of 4 and in a step of its own, measured).
+        model_params.use_extra_bufts = False
+        self._model = _internals.LlamaModel(path_model=str(path), params=model_params, verbose=False)
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_ctx * self.sequences
         params.n_batch = params.n_ubatch = N_BATCH
@@ -265,8 +272,9 @@ class LocalProvider:
 
     def _step_through(self, sequence: _Sequence, tokens: list[int], start: int) -> list[np.ndarray]:
         """The logits after each token, decoded a token a step (beside other sequences' steps), as sampling decodes
-        them: a model that is not chunk-invariant computes other logits in a chunk (Gemma: 0.49 nats a response in
-        the median, up to 2.4, on the quick start's P0 responses)."""
+        them: for a model whose chunks were never measured against its steps (before llama.cpp's tiled kernel and
+        repacking were turned off, Gemma's chunks were 0.49 nats a response off in the median, up to 2.4, on the
+        quick start's P0 responses)."""
         with self._decoding_steps():
             return [self._next_logits(sequence, token, start + i) for i, token in enumerate(tokens)]
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+
 from arena10k.checkpoint import read_records
 from arena10k.config import ExperimentConfig, PolicyConfig
-from arena10k.providers import get_provider, stage_concurrency
+from arena10k.providers import get_provider, stage_lanes
 from arena10k.providers.base import GenerationRequest
 from arena10k.records import Prompt, Response, from_dict, to_dict
 from arena10k.runner import run_items
@@ -27,6 +29,11 @@ def policy_models(config: ExperimentConfig) -> set[str]:
     return {p.model for p in config.policies.values()}
 
 
+def policy_model(config: ExperimentConfig, key: str) -> str:
+    """The model a generate or teacher_force item (prompt_id|policy) calls."""
+    return config.policies[key.rpartition("|")[2]].model
+
+
 def run(config: ExperimentConfig, workspace: Workspace, samples: int | str | None = None) -> str:
     prompts = {p.prompt_id: p for p in workspace.load_prompts()}
 
@@ -36,7 +43,7 @@ def run(config: ExperimentConfig, workspace: Workspace, samples: int | str | Non
 
     with workspace.open_checkpoint(CHECKPOINT, config) as checkpoint:
         return run_items("generate", checkpoint, CHECKPOINT.keys(config, list(prompts)), make_work, config.max_attempts,
-                         concurrency=stage_concurrency(config, policy_models(config))).describe()
+                         stage_lanes(config, policy_models(config)), functools.partial(policy_model, config)).describe()
 
 
 def _work(config: ExperimentConfig, name: str, prompt: Prompt):

@@ -7,7 +7,7 @@ import hashlib
 
 from arena10k import judging
 from arena10k.config import ExperimentConfig, JudgeConfig, OracleConfig
-from arena10k.providers import get_provider, stage_concurrency
+from arena10k.providers import get_provider, stage_lanes
 from arena10k.providers.base import GenerationRequest
 from arena10k.records import Judgement, Prompt, Response, to_dict
 from arena10k.runner import run_items
@@ -74,7 +74,7 @@ def _run(spec: CheckpointSpec, judge: JudgeConfig, config: ExperimentConfig, wor
             return "no response" if response is None else _work(config, judge, prompts[response.prompt_id], response)
 
         return run_items(spec.name, checkpoint, keys, make_work, config.max_attempts,
-                         stage_concurrency(config, {judge.model})).describe()
+                         stage_lanes(config, {judge.model}), lambda key: judge.model).describe()
 
 
 def oracle_slice(prompt_ids: list[str], fraction: float, seed: int) -> list[str]:
