@@ -2,12 +2,14 @@
 
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
+
 import pytest
 
 from arena10k.judging import JUDGE_RUBRIC, ORACLE_RUBRIC, judge_messages
 from arena10k.models import gguf_path
 from arena10k.providers.base import GenerationRequest, TeacherForceRequest
-from arena10k.providers.local import N_BATCH, LocalProvider
+from arena10k.providers.local import N_BATCH, Distribution, LocalProvider
 
 SYSTEM = "You are a helpful assistant."
 PROMPTS = ["Write a single dot.", "Why is the sky blue?", "def f(x):\n    return x * 2\n\nWhat does f(3) return?", "🍕 or 🍔?"]
@@ -58,6 +60,22 @@ def test_teacher_forced_logprob_equals_sum_of_sampled_logprobs(request, model, p
     assert forced.logprob < 0
     assert forced.n_tokens == len(generation.token_ids) + (generation.stop_token_id is not None)
     assert forced.method.startswith("sampled_token_ids")
+
+
+def test_the_distribution_is_softmax_of_logits_over_temperature_in_log_probs_and_in_samples():
+    rng = np.random.default_rng(0)
+    logits = (rng.standard_normal(5000) * 3).astype(np.float32)  # not a whole number of sampling blocks
+    dist = Distribution(logits, 0.7)
+    exact = logits.astype(np.float64) / 0.7
+    exact -= exact.max() + np.log(np.exp(exact - exact.max()).sum())
+    assert np.abs([dist.logprob(t) - exact[t] for t in range(5000)]).max() < 1e-5
+    order = np.argsort(-exact, kind="stable")
+    assert dist.greedy() == order[0] and [t for t, _ in dist.top(5)] == list(order[:5])
+    draws = np.bincount([dist.sample(rng) for _ in range(20000)], minlength=5000)
+    p = np.exp(exact)
+    for tokens in ([order[0]], [order[1]], range(4096, 5000), range(0, 2048)):  # the last block holds 904 tokens
+        share = p[list(tokens)].sum()
+        assert abs(draws[list(tokens)].sum() - 20000 * share) < 4 * np.sqrt(20000 * share * (1 - share)) + 1
 
 
 def test_pi_clone_log_ratio_is_exactly_zero_and_sampling_is_seeded(smollm):

@@ -33,7 +33,7 @@ import time
 import jinja2
 import numpy as np
 
-from arena10k.providers.local import log_softmax, sample
+from arena10k.providers.local import Distribution
 from arena10k.server.backends import Completion, Prompt, RequestError, Tokens
 
 SPECIAL_TOKENS = ("<|end|>", "<|system|>", "<|user|>", "<|assistant|>")
@@ -147,8 +147,8 @@ def _logits(model: str, states: list[tuple[int, float | None, bool]]) -> np.ndar
     return logits
 
 
-def _top(dist: np.ndarray, k: int) -> dict[str, float]:
-    return {VOCABULARY[t]: float(dist[t]) for t in np.argsort(-dist, kind="stable")[:k]}
+def _top(dist: Distribution, k: int) -> dict[str, float]:
+    return {VOCABULARY[t]: logprob for t, logprob in dist.top(k)}
 
 
 class SyntheticBackend:
@@ -193,8 +193,8 @@ class SyntheticBackend:
         prompt_top: list[dict[str, float] | None] = []
         if echo:
             # Row by row with the same function sampling uses, so both give the same bits.
-            dists = [log_softmax(row, scale) for row in _logits(model, states[:-1])]
-            prompt_logprobs = [None, *(float(dist[t]) for dist, t in zip(dists, ids[1:]))]
+            dists = [Distribution(row, scale) for row in _logits(model, states[:-1])]
+            prompt_logprobs = [None, *(dist.logprob(t) for dist, t in zip(dists, ids[1:]))]
             prompt_top = [None, *(_top(dist, top_logprobs) for dist in dists)] if top_logprobs else []
         rng = np.random.default_rng(seed)
         sampled: list[int] = []
@@ -202,13 +202,13 @@ class SyntheticBackend:
         sampled_top: list[dict[str, float] | None] = []
         finish_reason = "length"
         for _ in range(max_tokens):
-            dist = log_softmax(_logits(model, [context.state()])[0], scale)
-            token = int(np.argmax(dist)) if temperature == 0 else sample(dist, rng)
+            dist = Distribution(_logits(model, [context.state()])[0], scale)
+            token = dist.greedy() if temperature == 0 else dist.sample(rng)
             if token == END:
                 finish_reason = "stop"
                 break
             sampled.append(token)
-            logprobs.append(float(dist[token]))
+            logprobs.append(dist.logprob(token))
             if top_logprobs:
                 sampled_top.append(_top(dist, top_logprobs))
             context.feed(token)

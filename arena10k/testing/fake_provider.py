@@ -19,7 +19,7 @@ import numpy as np
 from arena10k.config import ModelConfig
 from arena10k.providers.base import (GENERATE, TEACHER_FORCE, TOP_LOGPROBS, Generation, GenerationRequest,
                                      TeacherForced, TeacherForceRequest)
-from arena10k.providers.local import log_softmax, sample
+from arena10k.providers.local import Distribution
 
 WORDS = ("the", "answer", "is", "simple", "because", "data", "shows", "it", "so", "we", "can", "see", "why", "here")
 END = len(WORDS)  # the end-of-turn token
@@ -67,9 +67,9 @@ class FakeProvider:
         self.tokenizer = "fake-words"  # every fake model shares the vocabulary, so token ids carry over
         self._record = record
 
-    def _logprobs(self, messages: tuple[dict, ...], previous: list[int], temperature: float) -> np.ndarray:
+    def _distribution(self, messages: tuple[dict, ...], previous: list[int], temperature: float) -> Distribution:
         logits = np.random.default_rng(_seed(self.model, messages, previous)).normal(0, 2, END + 1)
-        return log_softmax(logits, temperature)
+        return Distribution(logits, temperature)
 
     def generate(self, request: GenerationRequest) -> Generation:
         self._record(Call("generate", self.model, request.messages, request.temperature))
@@ -79,12 +79,12 @@ class FakeProvider:
         tokens: list[int] = []
         logprobs: list[float] = []
         while len(tokens) < request.max_tokens:
-            distribution = self._logprobs(request.messages, tokens, request.temperature)
-            token = sample(distribution, rng)
+            distribution = self._distribution(request.messages, tokens, request.temperature)
+            token = distribution.sample(rng)
             if token == END:
-                return self._generation(tokens, logprobs, float(distribution[END]))
+                return self._generation(tokens, logprobs, distribution.logprob(END))
             tokens.append(token)
-            logprobs.append(float(distribution[token]))
+            logprobs.append(distribution.logprob(token))
         return self._generation(tokens, logprobs, None)
 
     def _generation(self, tokens: list[int], logprobs: list[float], stop_logprob: float | None) -> Generation:
@@ -107,5 +107,5 @@ class FakeProvider:
         tokens = list(request.response_token_ids) if request.response_tokenizer == self.tokenizer else [
             WORDS.index(word) for word in request.response_text.split()]
         targets = tokens + ([END] if request.ended_turn else [])
-        total = sum(float(self._logprobs(request.messages, targets[:i], request.temperature)[t]) for i, t in enumerate(targets))
+        total = sum(self._distribution(request.messages, targets[:i], request.temperature).logprob(t) for i, t in enumerate(targets))
         return TeacherForced(total, len(targets), "sampled_token_ids" + ("+end_of_turn" if request.ended_turn else ""))
