@@ -65,7 +65,8 @@ class Distribution:
     and top tokens alike: a sampled token's log-prob and its teacher-forced one are the same computation on the same
     logits. It works in float32 over the vocabulary and sums in float64: each pass over Gemma's 262,144 logits costs
     memory bandwidth, and float64 log-probs over the whole vocabulary plus a cumulative sum for sampling took 3.9 ms a
-    token (0.4 ms this way). Log-probs carry float32's rounding of logits / temperature, about 1e-6 nats a token."""
+    token (0.47 ms this way, measured). Log-probs carry float32's rounding of logits / temperature: within 2e-6 nats
+    of a float64 computation (tests/test_local_model.py)."""
 
     BLOCK = 2048  # sampling finds the block of the vocabulary first, then the token inside it
 
