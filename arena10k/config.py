@@ -53,8 +53,9 @@ class ModelConfig(_Strict):
     sequences: int = Field(
         8, ge=1, le=63, exclude=True,
         description="Local only: responses decoded together in one llama.cpp batch, for a registered model, up to "
-        "the most that keep its results bit-identical (63 for both; a GGUF path decodes one at a time). Each holds n_ctx tokens of key-value cache (SmolLM2: 23 KB per token, Gemma 3: "
-        "18 KB). Results are bit-identical for any value.",
+        "the most that keep its results bit-identical (63 for both; a GGUF path decodes one at a time). Each holds "
+        "n_ctx tokens of key-value cache (SmolLM2: 23 KB per token, Gemma 3: 18 KB). Results are bit-identical for "
+        "any value.",
     )
     chat_template: str | None = Field(
         None,

@@ -355,7 +355,7 @@ class LocalProvider:
                 if self.chunk_invariant:
                     rows = (row for chunk in self._evaluate(sequence, inputs, len(prompt), all_logits=True) for row in chunk)
                 else:
-                    rows = self._step_through(sequence, inputs, len(prompt)) if inputs else []
+                    rows = self._step_through(sequence, inputs, len(prompt))
                 for row, target in zip(rows, targets[1:]):
                     logprob += Distribution(row, request.temperature).logprob(target)
             finally:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Callable
 
 from arena10k.checkpoint import read_records
 from arena10k.config import ExperimentConfig, PolicyConfig
@@ -29,9 +29,10 @@ def policy_models(config: ExperimentConfig) -> set[str]:
     return {p.model for p in config.policies.values()}
 
 
-def policy_model(config: ExperimentConfig, key: str) -> str:
-    """The model a generate or teacher_force item (prompt_id|policy) calls."""
-    return config.policies[key.rpartition("|")[2]].model
+def policy_lanes(config: ExperimentConfig) -> tuple[dict[str, int], Callable[[str], str]]:
+    """run_items' lanes for generate and teacher_force: a lane per policy model, and the model an item
+    (prompt_id|policy) calls."""
+    return stage_lanes(config, policy_models(config)), lambda key: config.policies[key.rpartition("|")[2]].model
 
 
 def run(config: ExperimentConfig, workspace: Workspace, samples: int | str | None = None) -> str:
@@ -43,7 +44,7 @@ def run(config: ExperimentConfig, workspace: Workspace, samples: int | str | Non
 
     with workspace.open_checkpoint(CHECKPOINT, config) as checkpoint:
         return run_items("generate", checkpoint, CHECKPOINT.keys(config, list(prompts)), make_work, config.max_attempts,
-                         stage_lanes(config, policy_models(config)), functools.partial(policy_model, config)).describe()
+                         *policy_lanes(config)).describe()
 
 
 def _work(config: ExperimentConfig, name: str, prompt: Prompt):

@@ -3,18 +3,17 @@ the temperature that policy samples with. A target's weight is exp(its log-prob 
 
 from __future__ import annotations
 
-import functools
 import threading
 
 from arena10k.config import ExperimentConfig
 from arena10k.errors import SelfCheckError
-from arena10k.providers import get_provider, stage_lanes
+from arena10k.providers import get_provider
 from arena10k.providers.base import TeacherForceRequest
 from arena10k.providers.preflight import ARITHMETIC_NATS_PER_TOKEN
 from arena10k.records import Prompt, Response, TeacherForced, to_dict
 from arena10k.runner import run_items
 from arena10k.stages.base import CheckpointSpec, Stage
-from arena10k.stages.generate import policy_messages, policy_model, policy_models, responses
+from arena10k.stages.generate import policy_lanes, policy_messages, policy_models, responses
 from arena10k.workspace import Workspace, item_key
 
 
@@ -35,7 +34,7 @@ def run(config: ExperimentConfig, workspace: Workspace, samples: int | str | Non
             return _work(config, key.rpartition("|")[2], prompts[response.prompt_id], response, self_check)
 
         return run_items("teacher_force", checkpoint, keys, make_work, config.max_attempts,
-                         stage_lanes(config, policy_models(config)), functools.partial(policy_model, config)).describe()
+                         *policy_lanes(config)).describe()
 
 
 def _logged_key(config: ExperimentConfig, key: str) -> str:
