@@ -33,7 +33,8 @@ with contextlib.redirect_stdout(out):
     status = pipeline.main(["--config", {config!r}, "--data-dir", {data_dir!r}, {samples!r}])
 times = dict((name, float(seconds)) for name, seconds in re.findall(r"(\\w+) ([0-9.]+)s", out.getvalue().split("stage times: ")[-1]))
 counters = {{name: {{"prompt tokens held": p.prompt_tokens, "prompt tokens evaluated": p.prompt_tokens_evaluated,
-             "prompt seconds": round(p.prompt_seconds, 1), "decode steps": p.decode_steps, "tokens decoded": p.decoded_tokens}}
+             "prompt tokens evaluated alone": p.prompt_tokens_timed, "their seconds": round(p.prompt_seconds, 1),
+             "decode steps": p.decode_steps, "tokens decoded": p.decoded_tokens, "placeholder tokens": p.placeholder_tokens}}
             for name, p in providers.loaded().items()}}
 phase1 = round(sum(t for name, t in times.items() if name != "analyze"), 1)
 print(json.dumps({{"status": status, "stages": times, "stages in all": phase1, "with analyze": round(phase1 + times.get("analyze", 0), 1),

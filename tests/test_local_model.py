@@ -1,11 +1,13 @@
 """The embedded model: deterministic sampling, and teacher forcing that reproduces sampled log-probs exactly."""
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 import pytest
 
+from arena10k.errors import ItemError
 from arena10k.judging import JUDGE_RUBRIC, ORACLE_RUBRIC, judge_messages
 from arena10k.models import gguf_path
 from arena10k.providers.base import GenerationRequest, TeacherForceRequest
@@ -165,3 +167,29 @@ def test_responses_decoded_together_equal_responses_decoded_alone(request, model
     assert results == [alone.generate(request) for request in generations + judge_calls]
     assert [f.logprob for f in forced] == [sum(g.token_logprobs) + (g.stop_logprob or 0.0) for g in results[:len(generations)]]
     assert together.decoded_tokens > together.decode_steps  # some steps decoded several sequences
+
+
+@pytest.mark.parametrize("model", ["smollm", "gemma"])
+def test_a_free_sequence_between_decoding_ones_changes_no_result(request, model):
+    """A short response started second ends while the first and third still decode: their steps keep one micro-batch
+    with a placeholder token in the freed sequence, and every result stays as computed alone."""
+    alone = request.getfixturevalue(model)
+    together = LocalProvider(MODELS[model], n_ctx=2048, reuse_prefix=False, sequences=3)
+    count = messages("Count from 1 to 100, separated by commas.")
+    calls = [GenerationRequest(count, 0.7, 24, seed=1), GenerationRequest(count, 0.7, 2, seed=2),
+             GenerationRequest(count, 0.7, 24, seed=3)]
+    with ThreadPoolExecutor(3) as pool:
+        futures = []
+        for call in calls:  # in this order, so that they take sequences 0, 1 and 2
+            futures.append(pool.submit(together.generate, call))
+            time.sleep(0.05)
+        results = [future.result() for future in futures]
+    assert [len(r.token_ids) for r in results] == [24, 2, 24]
+    assert results == [alone.generate(call) for call in calls]
+    assert together.placeholder_tokens > 0
+
+
+def test_an_empty_response_that_did_not_end_its_turn_is_an_error_not_a_log_prob(smollm):
+    request = TeacherForceRequest(messages(PROMPTS[0]), 0.7, "", smollm.tokenizer, (), None, False)
+    with pytest.raises(ItemError, match="no log-probability"):
+        smollm.teacher_force(request)

@@ -18,6 +18,7 @@ sampled log-probs exactly, and a clone's weight is exactly 1 (tests/test_local_m
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import os
 import threading
@@ -162,8 +163,10 @@ class LocalProvider:
         self.reuse_prefix = reuse_prefix
         # What prompts held, what was computed of them and how long that took (for benchmarks/quick_start.py).
         self.prompt_tokens = self.prompt_tokens_evaluated = 0
-        self.prompt_seconds = 0.0
+        # Prompts evaluated on their own (not teacher forcing's, evaluated with the response): tokens and seconds.
+        self.prompt_tokens_timed, self.prompt_seconds = 0, 0.0
         self.decode_steps = self.decoded_tokens = 0  # steps decoding sampled tokens, and the tokens they decoded
+        self.placeholder_tokens = 0  # decoded in those steps to keep their sequences' ids consecutive (_step)
         self.tokenizer = f"{path.name}:{_file_digest(path)}"
         template = (registered and registered.chat_template) or self._model.metadata()["tokenizer.chat_template"]
         self._template = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(template)
@@ -244,33 +247,39 @@ class LocalProvider:
         sequence.busy = False
         self._state.notify_all()
 
-    def _evaluate(self, sequence: _Sequence, tokens: list[int], n_past: int, all_logits: bool) -> Iterator[np.ndarray]:
-        """Decodes tokens after n_past cached ones, in N_BATCH chunks from n_past, and yields each chunk's logits: a
-        row per token, or the last token's. Views of llama.cpp's buffer, valid until the next decode: copying Gemma's
-        rows (1 MB each) into fresh arrays took longer than scoring them (up to 0.2 s a teacher-forced response)."""
+    def _evaluate(self, sequence: _Sequence, tokens: list[int], n_past: int, first_scored: int) -> Iterator[np.ndarray]:
+        """Decodes tokens after n_past cached ones, in N_BATCH chunks from n_past, and yields each chunk's logits rows,
+        one per token from tokens[first_scored] on (none for the tokens before). Views of llama.cpp's buffer, valid
+        until the next decode: copying Gemma's rows (1 MB each) into fresh arrays took longer than scoring them (up to
+        0.2 s a teacher-forced response)."""
         for start in range(0, len(tokens), N_BATCH):
             chunk = tokens[start:start + N_BATCH]
-            self._fill_batch([(token, n_past + start + i, sequence.seq_id) for i, token in enumerate(chunk)],
-                             all_logits)
+            self._fill_batch([(token, n_past + start + i, sequence.seq_id, start + i >= first_scored)
+                              for i, token in enumerate(chunk)])
             self._decode()
-            yield self._logits(len(chunk) if all_logits else 1)
+            yield self._logits(max(0, start + len(chunk) - max(first_scored, start)))
 
     def _evaluate_prompt(self, sequence: _Sequence, prompt: list[int], held: int) -> np.ndarray:
         """The logits after the whole prompt; the prompt becomes the sequence's reusable cache."""
         started = time.perf_counter()
-        *_, logits = self._evaluate(sequence, prompt[held:], held, all_logits=False)
+        *_, logits = self._evaluate(sequence, prompt[held:], held, first_scored=len(prompt) - held - 1)
         self.prompt_seconds += time.perf_counter() - started
+        self.prompt_tokens_timed += len(prompt) - held
+        self._count_prompt(sequence, prompt, held)
+        return logits[-1].copy()
+
+    def _count_prompt(self, sequence: _Sequence, prompt: list[int], held: int) -> None:
+        """An evaluated prompt becomes the sequence's reusable cache, and is counted."""
         self.prompt_tokens += len(prompt)
         self.prompt_tokens_evaluated += len(prompt) - held
         sequence.cached = self._reusable(prompt)
-        return logits[-1].copy()
 
-    def _fill_batch(self, tokens: list[tuple[int, int, int]], all_logits: bool) -> None:
+    def _fill_batch(self, tokens: list[tuple[int, int, int, bool]]) -> None:
+        """Tokens as (token, position, sequence, whether its logits are wanted)."""
         batch = self._batch.batch
         batch.n_tokens = len(tokens)
-        for i, (token, position, seq_id) in enumerate(tokens):
-            batch.token[i], batch.pos[i], batch.seq_id[i][0], batch.n_seq_id[i] = token, position, seq_id, 1
-            batch.logits[i] = all_logits or i == len(tokens) - 1
+        for i, (token, position, seq_id, wanted) in enumerate(tokens):
+            batch.token[i], batch.pos[i], batch.seq_id[i][0], batch.n_seq_id[i], batch.logits[i] = token, position, seq_id, 1, wanted
 
     def _decode(self) -> None:
         _LLAMA_THREAD.submit(self._ctx.decode, self._batch).result()
@@ -288,16 +297,35 @@ class LocalProvider:
         while sequence.seq_id not in self._stepped:
             joining = self._arriving and not all(s.busy for s in self._slots)
             if len(self._waiting) == self._decoding and not joining:
-                ids = sorted(self._waiting)
-                self._fill_batch([(*self._waiting[s], s) for s in ids], all_logits=True)
-                self._decode()
-                self.decode_steps, self.decoded_tokens = self.decode_steps + 1, self.decoded_tokens + len(ids)
-                self._stepped.update(zip(ids, self._logits(len(ids)).copy()))
-                self._waiting.clear()
+                self._step()
                 self._state.notify_all()
             else:
                 self._state.wait()
         return self._stepped.pop(sequence.seq_id)
+
+    def _step(self) -> None:
+        """Decodes the waiting token of every decoding sequence in one llama.cpp micro-batch. llama.cpp puts only
+        consecutive sequence ids in one micro-batch (a cache stream per sequence, viewed as one range), and steps
+        across gaps took one micro-batch per run of ids: 8 SmolLM2 sequences at every other id 242 ms, 8 consecutive
+        ones 53 ms (measured). So a free sequence in a gap decodes a placeholder token after its cache, without
+        logits, removed after the step; the other sequences' logits do not depend on it (batch invariance)."""
+        ids = sorted(self._waiting)
+        memory = self._ctx.memory
+        tokens, placeholders = [], []
+        for seq_id in range(ids[0], ids[-1] + 1):
+            if seq_id in self._waiting:
+                tokens.append((*self._waiting[seq_id], seq_id, True))
+            elif (end := self._llama_cpp.llama_memory_seq_pos_max(memory, seq_id) + 1) < self.n_ctx:
+                tokens.append((self._end_of_turn, end, seq_id, False))
+                placeholders.append((seq_id, end))
+        self._fill_batch(tokens)
+        self._decode()
+        for seq_id, end in placeholders:
+            self._llama_cpp.llama_memory_seq_rm(memory, seq_id, end, -1)
+        self.decode_steps, self.decoded_tokens = self.decode_steps + 1, self.decoded_tokens + len(ids)
+        self.placeholder_tokens += len(placeholders)
+        self._stepped.update(zip(ids, self._logits(len(ids)).copy()))
+        self._waiting.clear()
 
     def _step_through(self, sequence: _Sequence, tokens: list[int], start: int) -> list[np.ndarray]:
         """The logits after each token, decoded a token a step (beside other sequences' steps), as sampling decodes
@@ -320,7 +348,7 @@ class LocalProvider:
         """Scores every prompt token after the first into logprobs (and tops); returns the logits after the prompt.
         Chunk by chunk, so a long prompt never holds more than N_BATCH rows of vocabulary-sized logits."""
         position = 0
-        for rows in self._evaluate(sequence, ids, 0, all_logits=True):
+        for rows in self._evaluate(sequence, ids, 0, first_scored=0):
             for logits in rows:
                 position += 1
                 if position < len(ids):
@@ -346,18 +374,27 @@ class LocalProvider:
             response, method = self._retokenize(request)
             stop = self._end_of_turn if request.ended_turn else None
         targets = response + ([stop] if stop is not None else [])
+        if not targets:
+            raise ItemError("the response has no tokens and did not end its turn: it has no log-probability to compute",
+                            retryable=False)
         prompt = self._prompt_ids(request.messages, room=len(targets))
         with self._turn():
             sequence, held = self._claim(prompt, reuse=True)
             try:
                 inputs = targets[:-1]  # each gives the logits that score the target after it
-                logprob = Distribution(self._evaluate_prompt(sequence, prompt, held), request.temperature).logprob(targets[0])
                 if self.chunk_invariant:
-                    rows = (row for chunk in self._evaluate(sequence, inputs, len(prompt), all_logits=True) for row in chunk)
+                    # The rest of the prompt and the response in one run of chunks, scored from the prompt's last token:
+                    # a clone's prompt, cached but for its last token, then costs no decode of its own.
+                    chunks = self._evaluate(sequence, prompt[held:] + inputs, held, first_scored=len(prompt) - held - 1)
+                    rows = (row for chunk in chunks for row in chunk)
                 else:
-                    rows = self._step_through(sequence, inputs, len(prompt))
-                for row, target in zip(rows, targets[1:]):
+                    rows = itertools.chain([self._evaluate_prompt(sequence, prompt, held)],
+                                           self._step_through(sequence, inputs, len(prompt)))
+                logprob = 0.0
+                for row, target in zip(rows, targets):
                     logprob += Distribution(row, request.temperature).logprob(target)
+                if self.chunk_invariant:
+                    self._count_prompt(sequence, prompt, held)  # once it is in the cache
             finally:
                 self._release(sequence)
         return TeacherForced(logprob=logprob, n_tokens=len(targets), method=method + ("+end_of_turn" if stop is not None else ""))
@@ -407,11 +444,16 @@ class LocalProvider:
             # Echo needs the logits of every prompt token, so it reuses nothing.
             sequence, held = self._claim(ids, reuse=not echo)
             try:
-                if echo:
-                    logits = self._echo(sequence, ids, scale, top if top_logprobs else None, prompt_logprobs, prompt_top)
-                elif max_tokens:
-                    logits = self._evaluate_prompt(sequence, ids, held)
                 with self._decoding_steps():
+                    if echo:
+                        logits = self._echo(sequence, ids, scale, top if top_logprobs else None, prompt_logprobs, prompt_top)
+                    elif max_tokens and self.chunk_invariant and held == len(ids) - 1:
+                        # All of it cached but its last token (a clone's prompt): that token joins the other sequences'
+                        # next step instead of taking a decode of its own.
+                        logits = self._next_logits(sequence, ids[-1], held)
+                        self._count_prompt(sequence, ids, held)
+                    elif max_tokens:
+                        logits = self._evaluate_prompt(sequence, ids, held)
                     for step in range(max_tokens):
                         dist = Distribution(logits, scale)
                         token = dist.greedy() if temperature == 0 else dist.sample(rng)
