@@ -18,12 +18,11 @@ sampled log-probs exactly, and a clone's weight is exactly 1 (tests/test_local_m
 from __future__ import annotations
 
 import hashlib
-import itertools
 import math
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -111,11 +110,62 @@ def most_likely(values: np.ndarray, k: int) -> np.ndarray:
     return chosen[np.lexsort((chosen, -values[chosen]))]
 
 
+# What a decoding sequence does with the logits after each of its tokens: the token to decode next, or None when done.
+NextToken = Callable[[np.ndarray], "int | None"]
+
+
 @dataclass
 class _Sequence:
     seq_id: int
+    woken: threading.Condition  # its caller waits on it while other callers' threads run the decode steps
     cached: list[int] = field(default_factory=list)  # the prompt tokens at its positions 0.. that can be reused
     busy: bool = False
+    token: int = 0  # while decoding: the token the next step decodes, at `position`
+    position: int = 0
+    next_token: NextToken | None = None
+    error: BaseException | None = None  # raised by its next_token in another caller's step
+
+
+class _Sampling:
+    """Samples a response token by token: called with the logits after the prompt, then after each sampled token."""
+
+    def __init__(self, temperature: float, seed: int, max_tokens: int, top_logprobs: int,
+                 is_end: Callable[[int], bool], piece: Callable[[int], str]):
+        self._temperature, self._max_tokens, self._top = temperature, max_tokens, top_logprobs
+        self._is_end, self._piece = is_end, piece
+        self._rng = np.random.default_rng(seed)
+        self.tokens: list[int] = []
+        self.logprobs: list[float] = []
+        self.top_logprobs: list[dict[str, float]] = []
+        self.stop_token = self.stop_logprob = None
+
+    def __call__(self, logits: np.ndarray) -> int | None:
+        dist = Distribution(logits, self._temperature or 1.0)
+        token = dist.greedy() if self._temperature == 0 else dist.sample(self._rng)
+        if self._is_end(token):
+            self.stop_token, self.stop_logprob = token, dist.logprob(token)
+            return None
+        self.tokens.append(token)
+        self.logprobs.append(dist.logprob(token))
+        if self._top:
+            self.top_logprobs.append({self._piece(t): logprob for t, logprob in dist.top(self._top)})
+        return token if len(self.tokens) < self._max_tokens else None
+
+
+class _Forcing:
+    """Scores given target tokens: called with the logits before each target, it adds the target's log-prob (in
+    order, from 0.0, as the sampled log-probs are summed) and returns the target, to be decoded next, until the last."""
+
+    def __init__(self, targets: list[int], temperature: float):
+        self._targets, self._temperature = targets, temperature
+        self.scored = 0
+        self.logprob = 0.0
+
+    def __call__(self, logits: np.ndarray) -> int | None:
+        target = self._targets[self.scored]
+        self.logprob += Distribution(logits, self._temperature).logprob(target)
+        self.scored += 1
+        return target if self.scored < len(self._targets) else None
 
 
 class LocalProvider:
@@ -151,11 +201,9 @@ class LocalProvider:
         params.n_threads = 1 if registered else params.n_threads_batch
         self._ctx = _internals.LlamaContext(model=self._model, params=params, verbose=False)
         self._batch = _internals.LlamaBatch(n_tokens=N_BATCH, embd=0, n_seq_max=1, verbose=False)
-        self._slots = [_Sequence(i) for i in range(self.sequences)]
-        self._state = threading.Condition(_COMPUTE)
-        self._waiting: dict[int, tuple[int, int]] = {}  # sequence -> (token, position) for the next step
-        self._stepped: dict[int, np.ndarray] = {}  # sequence -> logits after its token, from the last step
-        self._decoding = 0  # sequences past their prompt and before their last token
+        self._slots = [_Sequence(i, threading.Condition(_COMPUTE)) for i in range(self.sequences)]
+        self._state = threading.Condition(_COMPUTE)  # a sequence became free
+        self._decoding: dict[int, _Sequence] = {}  # the sequences with a token waiting for the next step
         self._arriving = 0  # calls waiting to take the lock: while a sequence is free, a step waits for them
         self._arrivals = threading.Lock()
         self.n_ctx = n_ctx
@@ -246,6 +294,12 @@ class LocalProvider:
     def _release(self, sequence: _Sequence) -> None:
         sequence.busy = False
         self._state.notify_all()
+        self._hand_over_steps()
+
+    def _hand_over_steps(self) -> None:
+        """A caller that lets the lock go without running the next decode step wakes one that will."""
+        if self._decoding:
+            next(iter(self._decoding.values())).woken.notify()
 
     def _evaluate(self, sequence: _Sequence, tokens: list[int], n_past: int, first_scored: int) -> Iterator[np.ndarray]:
         """Decodes tokens after n_past cached ones, in N_BATCH chunks from n_past, and yields each chunk's logits rows,
@@ -288,33 +342,42 @@ class LocalProvider:
         """The last decode's logits rows: a view of llama.cpp's buffer."""
         return np.ctypeslib.as_array(self._ctx.get_logits(), shape=(n_rows, self.n_vocab))
 
-    def _next_logits(self, sequence: _Sequence, token: int, position: int) -> np.ndarray:
-        """The logits after `token` at `position`. A step decodes one token of every decoding sequence in one batch,
-        once all of them have their next token and no call that could start a sequence is waiting to (a call holds
-        the lock from start to end, sampling too, and lets it go only to wait); whichever thread completes the set
-        runs the step."""
-        self._waiting[sequence.seq_id] = (token, position)
-        while sequence.seq_id not in self._stepped:
-            joining = self._arriving and not all(s.busy for s in self._slots)
-            if len(self._waiting) == self._decoding and not joining:
-                self._step()
-                self._state.notify_all()
-            else:
-                self._state.wait()
-        return self._stepped.pop(sequence.seq_id)
+    def _decode_steps(self, sequence: _Sequence, token: int, position: int, next_token: NextToken) -> None:
+        """Decodes `token` at `position`, then each token next_token returns given the logits after the one before,
+        until it returns None, in decode steps shared with every other decoding sequence. The caller holding the lock
+        runs the steps for all of them, next_token included: handing the lock from thread to thread for each
+        sequence's sample idled llama.cpp longer than the sampling took (up to 90 ms after a step of 20 Gemma
+        sequences, measured). It lets the lock go when a call waits to start a sequence (which then joins the steps)
+        and when another sequence's call can return."""
+        sequence.token, sequence.position, sequence.next_token, sequence.error = token, position, next_token, None
+        self._decoding[sequence.seq_id] = sequence
+        try:
+            while sequence.seq_id in self._decoding:
+                if self._arriving and not all(s.busy for s in self._slots):
+                    sequence.woken.wait()
+                elif finished := self._step():
+                    for other in finished:
+                        other.woken.notify()
+                    if sequence.seq_id in self._decoding:
+                        sequence.woken.wait()
+        finally:
+            self._decoding.pop(sequence.seq_id, None)
+        if sequence.error is not None:
+            raise sequence.error
 
-    def _step(self) -> None:
-        """Decodes the waiting token of every decoding sequence in one llama.cpp micro-batch. llama.cpp puts only
-        consecutive sequence ids in one micro-batch (a cache stream per sequence, viewed as one range), and steps
-        across gaps took one micro-batch per run of ids: 8 SmolLM2 sequences at every other id 242 ms, 8 consecutive
-        ones 53 ms (measured). So a free sequence in a gap decodes a placeholder token after its cache, without
-        logits, removed after the step; the other sequences' logits do not depend on it (batch invariance)."""
-        ids = sorted(self._waiting)
+    def _step(self) -> list[_Sequence]:
+        """Decodes the waiting token of every decoding sequence in one llama.cpp micro-batch, passes each one's logits
+        to its next_token, and returns the sequences that are done. llama.cpp puts only consecutive sequence ids in
+        one micro-batch (a cache stream per sequence, viewed as one range), and steps across gaps took one
+        micro-batch per run of ids: 8 SmolLM2 sequences at every other id 242 ms, 8 consecutive ones 53 ms
+        (measured). So a free sequence in a gap decodes a placeholder token after its cache, without logits, removed
+        after the step; the other sequences' logits do not depend on it (batch invariance)."""
+        ids = sorted(self._decoding)
         memory = self._ctx.memory
         tokens, placeholders = [], []
         for seq_id in range(ids[0], ids[-1] + 1):
-            if seq_id in self._waiting:
-                tokens.append((*self._waiting[seq_id], seq_id, True))
+            if seq_id in self._decoding:
+                tokens.append((self._decoding[seq_id].token, self._decoding[seq_id].position, seq_id, True))
             elif (end := self._llama_cpp.llama_memory_seq_pos_max(memory, seq_id) + 1) < self.n_ctx:
                 tokens.append((self._end_of_turn, end, seq_id, False))
                 placeholders.append((seq_id, end))
@@ -324,29 +387,23 @@ class LocalProvider:
             self._llama_cpp.llama_memory_seq_rm(memory, seq_id, end, -1)
         self.decode_steps, self.decoded_tokens = self.decode_steps + 1, self.decoded_tokens + len(ids)
         self.placeholder_tokens += len(placeholders)
-        self._stepped.update(zip(ids, self._logits(len(ids)).copy()))
-        self._waiting.clear()
+        finished = []
+        for seq_id, logits in zip(ids, self._logits(len(ids))):
+            sequence = self._decoding[seq_id]
+            try:
+                token = sequence.next_token(logits)
+            except Exception as error:  # its own caller raises it
+                sequence.error, token = error, None
+            if token is None:
+                finished.append(self._decoding.pop(seq_id))
+            else:
+                sequence.token, sequence.position = token, sequence.position + 1
+        return finished
 
-    def _step_through(self, sequence: _Sequence, tokens: list[int], start: int) -> list[np.ndarray]:
-        """The logits after each token, decoded a token a step (beside other sequences' steps), as sampling decodes
-        them: for a model whose chunks were never measured against its steps (before llama.cpp's tiled kernel and
-        repacking were turned off, Gemma's chunks were 0.49 nats a response off in the median, up to 2.4, on the
-        quick start's P0 responses)."""
-        with self._decoding_steps():
-            return [self._next_logits(sequence, token, start + i) for i, token in enumerate(tokens)]
-
-    @contextmanager
-    def _decoding_steps(self) -> Iterator[None]:
-        """A sequence that takes part in decode steps: a step waits for every such sequence's next token."""
-        self._decoding += 1
-        try:
-            yield
-        finally:
-            self._decoding -= 1
-
-    def _echo(self, sequence: _Sequence, ids: list[int], scale: float, top, logprobs: list, tops: list) -> np.ndarray:
-        """Scores every prompt token after the first into logprobs (and tops); returns the logits after the prompt.
-        Chunk by chunk, so a long prompt never holds more than N_BATCH rows of vocabulary-sized logits."""
+    def _echo(self, sequence: _Sequence, ids: list[int], scale: float, top: int, logprobs: list, tops: list) -> np.ndarray:
+        """Scores every prompt token after the first into logprobs (and its `top` most likely tokens into tops);
+        returns the logits after the prompt. Chunk by chunk, so a long prompt never holds more than N_BATCH rows of
+        vocabulary-sized logits."""
         position = 0
         for rows in self._evaluate(sequence, ids, 0, first_scored=0):
             for logits in rows:
@@ -355,7 +412,7 @@ class LocalProvider:
                     dist = Distribution(logits, scale)
                     logprobs.append(dist.logprob(ids[position]))
                     if top:
-                        tops.append(top(dist))
+                        tops.append({self._piece(t): logprob for t, logprob in dist.top(top)})
         sequence.cached = self._reusable(ids)
         return logits.copy()
 
@@ -381,23 +438,24 @@ class LocalProvider:
         with self._turn():
             sequence, held = self._claim(prompt, reuse=True)
             try:
-                inputs = targets[:-1]  # each gives the logits that score the target after it
+                forcing = _Forcing(targets, request.temperature)
                 if self.chunk_invariant:
-                    # The rest of the prompt and the response in one run of chunks, scored from the prompt's last token:
-                    # a clone's prompt, cached but for its last token, then costs no decode of its own.
-                    chunks = self._evaluate(sequence, prompt[held:] + inputs, held, first_scored=len(prompt) - held - 1)
-                    rows = (row for chunk in chunks for row in chunk)
-                else:
-                    rows = itertools.chain([self._evaluate_prompt(sequence, prompt, held)],
-                                           self._step_through(sequence, inputs, len(prompt)))
-                logprob = 0.0
-                for row, target in zip(rows, targets):
-                    logprob += Distribution(row, request.temperature).logprob(target)
-                if self.chunk_invariant:
-                    self._count_prompt(sequence, prompt, held)  # once it is in the cache
+                    # The rest of the prompt and the response (each token gives the logits that score the next) in
+                    # one run of chunks, scored from the prompt's last token: a clone's prompt, cached but for its
+                    # last token, then costs no decode of its own.
+                    for chunk in self._evaluate(sequence, prompt[held:] + targets[:-1], held, first_scored=len(prompt) - held - 1):
+                        for row in chunk:
+                            forcing(row)
+                    self._count_prompt(sequence, prompt, held)
+                # A model whose chunks were never measured against its steps decodes the response a token a step, as
+                # it samples (before llama.cpp's tiled kernel and repacking were turned off, Gemma's chunks were 0.49
+                # nats a response off in the median, up to 2.4, on the quick start's P0 responses).
+                elif (first := forcing(self._evaluate_prompt(sequence, prompt, held))) is not None:
+                    self._decode_steps(sequence, first, len(prompt), forcing)
             finally:
                 self._release(sequence)
-        return TeacherForced(logprob=logprob, n_tokens=len(targets), method=method + ("+end_of_turn" if stop is not None else ""))
+        return TeacherForced(logprob=forcing.logprob, n_tokens=len(targets),
+                             method=method + ("+end_of_turn" if stop is not None else ""))
 
     def _retokenize(self, request: TeacherForceRequest) -> tuple[list[int], str]:
         """Another model's response, in this model's tokens. The boundary is verified: the prompt's
@@ -427,55 +485,37 @@ class LocalProvider:
             raise ItemError(f"the prompt must be 1 or more token ids in [0, {self.n_vocab})", retryable=False)
         self._check_room(ids, max_tokens)
 
-        def top(dist: Distribution) -> dict[str, float]:
-            return {self._piece(t): logprob for t, logprob in dist.top(top_logprobs)}
-
-        scale = temperature or 1.0
+        sampling = _Sampling(temperature, seed, max_tokens, top_logprobs, self._is_end, self._piece)
         prompt_logprobs: list[float] = []
         prompt_top: list[dict[str, float]] = []
-        rng = np.random.default_rng(seed)
-        sampled: list[int] = []
-        logprobs: list[float] = []
-        sampled_top: list[dict[str, float]] = []
-        stop_token = stop_logprob = None
         # Sampling holds the lock too: on a machine whose every core runs llama.cpp's threads, Python work beside them
         # stalls them.
         with self._turn():
             # Echo needs the logits of every prompt token, so it reuses nothing.
             sequence, held = self._claim(ids, reuse=not echo)
             try:
-                with self._decoding_steps():
-                    if echo:
-                        logits = self._echo(sequence, ids, scale, top if top_logprobs else None, prompt_logprobs, prompt_top)
-                    elif max_tokens and self.chunk_invariant and held == len(ids) - 1:
-                        # All of it cached but its last token (a clone's prompt): that token joins the other sequences'
-                        # next step instead of taking a decode of its own.
-                        logits = self._next_logits(sequence, ids[-1], held)
-                        self._count_prompt(sequence, ids, held)
-                    elif max_tokens:
-                        logits = self._evaluate_prompt(sequence, ids, held)
-                    for step in range(max_tokens):
-                        dist = Distribution(logits, scale)
-                        token = dist.greedy() if temperature == 0 else dist.sample(rng)
-                        if self._is_end(token):
-                            stop_token, stop_logprob = token, dist.logprob(token)
-                            break
-                        sampled.append(token)
-                        logprobs.append(dist.logprob(token))
-                        if top_logprobs:
-                            sampled_top.append(top(dist))
-                        if step + 1 < max_tokens:
-                            logits = self._next_logits(sequence, token, len(ids) + step)
+                if max_tokens and self.chunk_invariant and held == len(ids) - 1:
+                    # All of it cached but its last token (a clone's prompt): that token joins the other sequences'
+                    # next step instead of taking a decode of its own.
+                    self._decode_steps(sequence, ids[-1], held, sampling)
+                    self._count_prompt(sequence, ids, held)
+                elif echo or max_tokens:
+                    logits = (self._echo(sequence, ids, temperature or 1.0, top_logprobs, prompt_logprobs, prompt_top)
+                              if echo else self._evaluate_prompt(sequence, ids, held))
+                    if max_tokens and (first := sampling(logits)) is not None:
+                        self._decode_steps(sequence, first, len(ids), sampling)
             finally:
                 self._release(sequence)
         prompt_generation = Generation(
             text=self._text(ids, special=True), finish_reason="length", tokenizer=self.tokenizer, token_ids=ids,
             token_texts=[self._piece(t) for t in ids], token_logprobs=prompt_logprobs if echo else None,
             stop_token_id=None, stop_logprob=None, top_logprobs=prompt_top)
+        sampled = sampling.tokens
         return prompt_generation, Generation(
-            text=self._text(sampled), finish_reason="length" if stop_token is None else "stop",
+            text=self._text(sampled), finish_reason="length" if sampling.stop_token is None else "stop",
             tokenizer=self.tokenizer, token_ids=sampled, token_texts=[self._piece(t) for t in sampled],
-            token_logprobs=logprobs, stop_token_id=stop_token, stop_logprob=stop_logprob, top_logprobs=sampled_top)
+            token_logprobs=sampling.logprobs, stop_token_id=sampling.stop_token, stop_logprob=sampling.stop_logprob,
+            top_logprobs=sampling.top_logprobs)
 
 
 def instruction_sets() -> str:
