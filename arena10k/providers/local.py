@@ -126,8 +126,10 @@ class _Sequence:
     error: BaseException | None = None  # raised by its next_token in another caller's step
 
 
-class _Sampling:
-    """Samples a response token by token: called with the logits after the prompt, then after each sampled token."""
+class Sampling:
+    """Samples a response token by token: called with the logits after the prompt, then after each sampled token, it
+    records the token and returns it, to be decoded next, or returns None at the end of the turn or at max_tokens. The
+    synthetic server samples with it too."""
 
     def __init__(self, temperature: float, seed: int, max_tokens: int, top_logprobs: int,
                  is_end: Callable[[int], bool], piece: Callable[[int], str]):
@@ -485,7 +487,7 @@ class LocalProvider:
             raise ItemError(f"the prompt must be 1 or more token ids in [0, {self.n_vocab})", retryable=False)
         self._check_room(ids, max_tokens)
 
-        sampling = _Sampling(temperature, seed, max_tokens, top_logprobs, self._is_end, self._piece)
+        sampling = Sampling(temperature, seed, max_tokens, top_logprobs, self._is_end, self._piece)
         prompt_logprobs: list[float] = []
         prompt_top: list[dict[str, float]] = []
         # Sampling holds the lock too: on a machine whose every core runs llama.cpp's threads, Python work beside them

@@ -33,7 +33,7 @@ import time
 import jinja2
 import numpy as np
 
-from arena10k.providers.local import Distribution
+from arena10k.providers.local import Distribution, Sampling
 from arena10k.server.backends import Completion, Prompt, RequestError, Tokens
 
 SPECIAL_TOKENS = ("<|end|>", "<|system|>", "<|user|>", "<|assistant|>")
@@ -196,26 +196,16 @@ class SyntheticBackend:
             dists = [Distribution(row, scale) for row in _logits(model, states[:-1])]
             prompt_logprobs = [None, *(dist.logprob(t) for dist, t in zip(dists, ids[1:]))]
             prompt_top = [None, *(_top(dist, top_logprobs) for dist in dists)] if top_logprobs else []
-        rng = np.random.default_rng(seed)
-        sampled: list[int] = []
-        logprobs: list[float | None] = []
-        sampled_top: list[dict[str, float] | None] = []
-        finish_reason = "length"
-        for _ in range(max_tokens):
-            dist = Distribution(_logits(model, [context.state()])[0], scale)
-            token = dist.greedy() if temperature == 0 else dist.sample(rng)
-            if token == END:
-                finish_reason = "stop"
-                break
-            sampled.append(token)
-            logprobs.append(dist.logprob(token))
-            if top_logprobs:
-                sampled_top.append(_top(dist, top_logprobs))
+        sampling = Sampling(temperature, seed, max_tokens, top_logprobs, END.__eq__, VOCABULARY.__getitem__)
+        token = sampling(_logits(model, [context.state()])[0]) if max_tokens else None
+        while token is not None:
             context.feed(token)
+            token = sampling(_logits(model, [context.state()])[0])
         prompt_texts = [VOCABULARY[t] for t in ids]
-        sampled_texts = [VOCABULARY[t] for t in sampled]
+        sampled_texts = [VOCABULARY[t] for t in sampling.tokens]
         return Completion(
             prompt_text="".join(prompt_texts), prompt=Tokens(ids, prompt_texts, prompt_logprobs, prompt_top),
-            text="".join(sampled_texts), completion=Tokens(sampled, sampled_texts, logprobs, sampled_top),
-            finish_reason=finish_reason,
+            text="".join(sampled_texts),
+            completion=Tokens(sampling.tokens, sampled_texts, sampling.logprobs, sampling.top_logprobs),
+            finish_reason="length" if sampling.stop_token is None else "stop",
         )
