@@ -175,6 +175,12 @@ class ExperimentConfig(_Strict):
         "against the project root) with ChatBot Arena rows."
     )
     max_attempts: int = Field(3, ge=1, description="A failing item is tried at most this many times over all runs.")
+    max_certified_width: float = Field(
+        1.0, gt=0,
+        description="Nats. On an endpoint that reports temperature-1 log-probs only, a policy sampling at T < 1 is "
+        "teacher-forced as a certified interval computed from the top-k alternatives (README, 'Any temperature'); a "
+        "row whose interval is wider than this gets a null log-prob in Phase 2, with the reason. 1 nat bounds the "
+        "row's importance weight within a factor of e at the interval's ends. The preflight chooses k to meet it.")
     models: dict[str, ModelConfig]
     logging_policy: str = Field(description="The key of `policies` that logged the data (P0); every other policy is a target.")
     policies: dict[str, PolicyConfig] = Field(

@@ -1,5 +1,6 @@
 """Typed records that the stages write. Checkpoint lines carry SCHEMA_VERSION; a change to any
-record's fields bumps it, and an old checkpoint is then refused rather than misread."""
+record's fields bumps it, and an old checkpoint is then refused rather than misread. A field added with a default
+that means what records without it meant (an exact log-prob has no interval) reads old lines right and bumps nothing."""
 
 from __future__ import annotations
 
@@ -57,6 +58,13 @@ class TeacherForced:
     # scoring reproduces sampling), and the difference allowed (0 on the embedded models, rounding on an API).
     sampled_difference: float | None = None
     sampled_tolerance: float | None = None
+    # Certified rather than exact (an endpoint that reports temperature-1 log-probs only; providers/certified.py): the
+    # bounds of the log-prob at the policy's temperature, of which `logprob` is the midpoint, and the alternatives per
+    # token they were computed from. None for an exact log-prob.
+    logprob_low: float | None = None
+    logprob_high: float | None = None
+    top_k: int | None = None
+    temperature_one_logprob: float | None = None  # the echoed temperature-1 log-prob the bounds were computed from
 
 
 @dataclass(frozen=True)

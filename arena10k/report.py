@@ -28,7 +28,8 @@ from arena10k.config import ExperimentConfig
 from arena10k.errors import Arena10kError
 from arena10k.estimate import LARGE_FIELDS, Usage, usage, usage_table
 from arena10k.judging import ONE_SCORE_SHARE
-from arena10k.stages.phase2 import CLONE_ERROR_NATS, VARIANTS, WeightDiagnostics, clone_check, weight_diagnostics
+from arena10k.stages.phase2 import (CLONE_ERROR_NATS, VARIANTS, WeightDiagnostics, clone_check, scored_log_ratio,
+                                   weight_diagnostics)
 from arena10k.workspace import Workspace
 
 ESS_GOOD, ESS_WARNING = 0.30, 0.10  # cje-eval's gates (cje.diagnostics.gates)
@@ -164,7 +165,8 @@ def policy_weights(rows: list[dict], clones: tuple[str, ...], tolerance: dict[st
             ratios[row["prompt_id"]] = None if base is None or target is None else target - base
         diagnostics = weight_diagnostics(policy, list(ratios.values()))
         if policy in clones:
-            clone_check(diagnostics, ratios, (tolerance or {}).get(policy, 0.0))
+            scored = {row["prompt_id"]: scored_log_ratio(row, policy) for row in rows}
+            clone_check(diagnostics, scored, (tolerance or {}).get(policy, 0.0))
         weights[policy] = PolicyWeights(ratios, diagnostics, *_weight_shape(np.array([r for r in ratios.values() if r is not None])))
     return weights
 

@@ -13,7 +13,7 @@ import pytest
 
 from arena10k.config import load_config
 from arena10k.providers import stage_lanes
-from arena10k.providers.preflight import planned_calls
+from arena10k.providers.preflight import TOP_K_LADDER, planned_calls
 from arena10k.server import FaultConfig, ServerConfig, run_in_thread
 from arena10k.stages.generate import policy_models
 from arena10k.testing.loopback_config import KEY_ENV, write_loopback_config
@@ -88,24 +88,66 @@ def changed_config(path, base_url, change):
     return path
 
 
-def test_an_endpoint_with_temperature_one_echo_is_refused_before_any_generation(tmp_path, key):
-    with run_in_thread(ServerConfig("synthetic", api_key=KEY, faults=FaultConfig(echo_at_temperature_one=True))) as server:
+def forced_records(data_dir):
+    return {r["prompt_id"] + "|" + r["policy"]: r for r in
+            (json.loads(line)["record"] for line in (data_dir / "checkpoints" / "teacher_force.jsonl").read_text().splitlines())}
+
+
+def test_an_endpoint_with_temperature_one_echo_gives_certified_intervals_that_hold_the_exact_values(clean_api_run, tmp_path, key):
+    """The server reports echo log-probs at temperature 1 and lists at most 20 alternatives per token, keyed by text with
+    collisions; the clean run's exact log-probs at 0.7 (same models, same seeds, same responses) lie in every interval."""
+    faults = FaultConfig(echo_at_temperature_one=True, colliding_alternatives=True, top_logprobs_cap=20)
+    with run_in_thread(ServerConfig("synthetic", api_key=KEY, faults=faults)) as server:
         result = run_pipeline(tmp_path / "data", config=api_config(tmp_path / "config.yaml", server.base_url))
-        assert result.returncode == 2
-        assert "the endpoint reports temperature-1 log-probs, so p0, pi_clone, pi_cot (sampling at 0.7)" in result.stderr
-        assert "Sample them at temperature 1" in result.stderr
-        assert "(context pi_bad)" not in result.stderr  # pi_bad samples at 1.0: its template checks out
-        assert "models.small (context p0)" not in result.stderr  # the temperature, not the template, is at fault
-        assert not (tmp_path / "data" / "checkpoints" / "generate.jsonl").exists()
-
-        def at_temperature_one(config):
-            for policy in config["policies"].values():
-                policy["temperature"] = 1.0
-
-        result = run_pipeline(tmp_path / "one", config=changed_config(tmp_path / "one.yaml", server.base_url, at_temperature_one))
-    assert result.returncode == 0, result.stderr[-2000:]
-    info = json.loads((tmp_path / "one" / "phase2" / "dataset_info.json").read_text())
+    assert result.returncode == 0, result.stderr[-3000:]
+    findings = {f["check"]: f for f in json.loads((tmp_path / "data" / "preflight.json").read_text())["small"]["findings"]}
+    assert findings["alternatives"]["value"] == 20
+    assert findings["temperature 0.7"]["verdict"] == "rescaled" and findings["temperature 0.7"]["top_k"] <= 20
+    assert "expected width" in findings["temperature 0.7"]["detail"]
+    exact, certified = forced_records(clean_api_run[0]), forced_records(tmp_path / "data")
+    assert exact.keys() == certified.keys()
+    for key_, row in certified.items():
+        if row["policy"] == "pi_bad":  # at temperature 1: exact on any endpoint
+            assert row["logprob"] == exact[key_]["logprob"] and row["logprob_low"] is None
+            continue
+        assert row["method"].endswith(":certified_from_temperature_1")
+        assert row["logprob_low"] <= exact[key_]["logprob"] <= row["logprob_high"], key_
+        assert row["logprob"] == (row["logprob_low"] + row["logprob_high"]) / 2
+    info = json.loads((tmp_path / "data" / "phase2" / "dataset_info.json").read_text())
     assert info["weights"]["pi_clone"]["clone_check"] == "PASS"
+    assert set(info["certified"]) == {"p0", "pi_clone", "pi_cot", "pi_bigger_model"}
+    assert "Certified log-probs" in (tmp_path / "data" / "phase2" / "summary.txt").read_text()
+
+
+def test_rows_whose_certified_interval_is_too_wide_get_null_log_probs_with_the_reason(tmp_path, key):
+    def narrow_limit(config):
+        config["max_certified_width"] = 0.05
+        config["judge"]["top_logprobs"] = config["oracle"]["top_logprobs"] = 10
+
+    faults = FaultConfig(echo_at_temperature_one=True, top_logprobs_cap=10)
+    with run_in_thread(ServerConfig("synthetic", api_key=KEY, faults=faults)) as server:
+        result = run_pipeline(tmp_path / "data", config=changed_config(tmp_path / "config.yaml", server.base_url, narrow_limit))
+    info = json.loads((tmp_path / "data" / "phase2" / "dataset_info.json").read_text())
+    assert info["certified"]["p0"]["nulled"] == info["certified"]["p0"]["rows"] > 0
+    assert info["certified"]["p0"]["max_width"] > 0.05
+    rows = [json.loads(line) for line in (tmp_path / "data" / "phase2" / "deterministic" / "logged.jsonl").read_text().splitlines()]
+    assert all(row["base_policy_logprob"] is None for row in rows)
+    assert all("over max_certified_width 0.05" in row["metadata"]["null_logprob_reasons"]["p0"] for row in rows)
+    assert all(row["target_policy_logprobs"]["pi_bad"] is not None for row in rows)  # exact, at temperature 1
+    assert "nulled" in (tmp_path / "data" / "phase2" / "summary.txt").read_text()
+    assert result.returncode == 0 or "weights are not to be used" in result.stderr
+
+
+def test_a_policy_above_temperature_one_on_a_temperature_one_endpoint_is_refused_before_any_generation(tmp_path, key):
+    def hot(config):
+        config["policies"]["pi_bad"]["temperature"] = 1.3
+
+    with run_in_thread(ServerConfig("synthetic", api_key=KEY, faults=FaultConfig(echo_at_temperature_one=True))) as server:
+        result = run_pipeline(tmp_path / "data", config=changed_config(tmp_path / "config.yaml", server.base_url, hot))
+    assert result.returncode == 2
+    assert "above 1 no certified bound exists" in result.stderr and "pi_bad" in result.stderr
+    assert "models.small (context p0)" not in result.stderr
+    assert not (tmp_path / "data" / "checkpoints" / "generate.jsonl").exists()
 
 
 def test_a_chat_template_one_newline_off_is_refused_by_the_preflight(tmp_path, key):
@@ -208,7 +250,9 @@ def test_the_estimate_lists_the_preflight_calls_it_will_make(tmp_path, key):
     assert estimate.returncode == preflight.returncode == again.returncode == 0, preflight.stderr[-2000:]
     listed = [line.split() for line in estimate.stdout.splitlines() if line.strip().startswith("preflight")]
     assert [row[1] for row in listed] == ["big", "small", "oracle"]  # those that serve policies, then the oracle
-    assert sum(int(row[3]) for row in listed) == made
+    # All but what certifying a temperature would take on the two models that serve policies at 0.7: this endpoint's
+    # echo follows the temperature, which the estimate cannot know before the preflight measures it.
+    assert sum(int(row[3]) for row in listed) == made + 2 * (len(TOP_K_LADDER) + 1)
     assert "preflight" not in again.stdout  # its findings are on record now
 
 

@@ -3,8 +3,11 @@
 openai provider, as a user points the README's "any OpenAI-compatible server" setup at it.
 
 That server reports echo log-probs at temperature 1 whatever the request asks, so the preflight must refuse a
-policy sampling at 0.7 before any generation; with every policy at temperature 1 the run must complete, the
-clone must pass and P0's teacher-forced log-probs must be those the same model computes in process."""
+policy sampling above 1 before any generation, and teacher-force policies at 0.5 and 0.7 as certified intervals
+from the top-k alternatives: every P0 row's interval must contain the log-prob the same model computes exactly in
+process at P0's temperature (up to the server's rounding), and the clone's weights must be 1. With every policy at
+temperature 1 P0's teacher-forced log-probs must be those the same model computes in process. A template one
+newline off from the server's is refused."""
 
 import json
 import socket
@@ -55,32 +58,95 @@ def llama_server():
     process.wait(timeout=30)
 
 
-def server_config(tmp_path, base_url, step_by_step_temperature):
-    template = llama_cpp.Llama(str(gguf_path(MODEL)), vocab_only=True, verbose=False).metadata["tokenizer.chat_template"]
+def served_template() -> str:
+    return llama_cpp.Llama(str(gguf_path(MODEL)), vocab_only=True, verbose=False).metadata["tokenizer.chat_template"]
+
+
+def server_config(tmp_path, base_url, step_by_step_temperature, temperature=1.0, template=None):
     model = {"provider": "openai", "base_url": base_url, "api_key_env": KEY_ENV, "model": "smollm2",
-             "chat_template": template, "end_of_turn": "<|im_end|>", "concurrency": 1, "request_timeout": 120}
-    policy = {"model": "server", "system_prompt": "You are a helpful assistant.", "temperature": 1.0, "max_tokens": 8}
+             "chat_template": template or served_template(), "end_of_turn": "<|im_end|>", "concurrency": 1,
+             "request_timeout": 120}
+    policy = {"model": "server", "system_prompt": "You are a helpful assistant.", "temperature": temperature, "max_tokens": 8}
     config = {"name": "llama_server", "seed": 3, "samples": 3, "dataset": "data/prompts/arena10k_prompts.jsonl",
               "max_attempts": 2, "logging_policy": "assistant", "models": {"server": model},
               "policies": {"assistant": policy, "twin": policy,
                            "step_by_step": {**policy, "system_prompt": "You are a helpful assistant. Think step by step.",
                                             "temperature": step_by_step_temperature}},
               "judge": {"model": "server", "max_tokens": 4, "top_logprobs": 20},
-              "oracle": {"enabled": False, "model": "server"}}
+              "oracle": {"enabled": False, "model": "server"}, "analysis": {"enabled": False}}
     path = tmp_path / "config.yaml"
     path.write_text(json.dumps(config))  # JSON is YAML
     return path
 
 
-def test_a_policy_at_another_temperature_is_refused_before_any_generation(llama_server, tmp_path, monkeypatch):
-    monkeypatch.setenv(KEY_ENV, KEY)
-    result = run_pipeline(tmp_path / "data", config=server_config(tmp_path, llama_server, 0.7))
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert "the endpoint reports temperature-1 log-probs, so step_by_step (sampling at 0.7)" in result.stderr
-    assert not (tmp_path / "data" / "checkpoints" / "generate.jsonl").exists()
-    findings = json.loads((tmp_path / "data" / "preflight.json").read_text())["server"]["findings"]
+def preflight_findings(data_dir):
+    findings = json.loads((data_dir / "preflight.json").read_text())["server"]["findings"]
     print("\n".join(f"{f['check']:<22}{f['verdict']:<11}{f['detail']}" for f in findings))
-    assert {f["check"]: f["verdict"] for f in findings}["temperature 0.7"] == "refused"
+    return {f["check"]: f for f in findings}
+
+
+def test_a_policy_above_temperature_one_is_refused_before_any_generation(llama_server, tmp_path, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    result = run_pipeline(tmp_path / "data", config=server_config(tmp_path, llama_server, 1.3))
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "above 1 no certified bound exists" in result.stderr and "step_by_step" in result.stderr
+    assert not (tmp_path / "data" / "checkpoints" / "generate.jsonl").exists()
+    assert preflight_findings(tmp_path / "data")["temperature 1.3"]["verdict"] == "refused"
+
+
+def test_a_template_one_newline_off_is_refused_before_any_generation(llama_server, tmp_path, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    off_by_a_newline = served_template().replace("'<|im_start|>assistant\n'", "'<|im_start|>assistant\n\n'")
+    assert off_by_a_newline != served_template()
+    result = run_pipeline(tmp_path / "data", config=server_config(tmp_path, llama_server, 1.0, template=off_by_a_newline))
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "greedy continuations" in result.stderr and "chat_template" in result.stderr
+    assert not (tmp_path / "data" / "checkpoints" / "generate.jsonl").exists()
+    assert preflight_findings(tmp_path / "data")["template assistant"]["verdict"] == "refused"
+
+
+def test_policies_below_temperature_one_get_certified_intervals_that_hold(llama_server, tmp_path, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    config_path = server_config(tmp_path, llama_server, 0.7, temperature=0.5)
+    data_dir = tmp_path / "data"
+    result = run_pipeline(data_dir, config=config_path)
+    print(result.stdout[-3000:])
+    assert result.returncode == 0, result.stderr[-3000:]
+    findings = preflight_findings(data_dir)
+    assert findings["temperature 0.5"]["verdict"] == findings["temperature 0.7"]["verdict"] == "rescaled"
+    assert findings["template assistant"]["verdict"] == findings["context assistant"]["verdict"] == "ok"
+    info = json.loads((data_dir / "phase2" / "dataset_info.json").read_text())
+    assert info["weights"]["twin"]["clone_check"] == "PASS"
+    assert set(info["certified"]) == {"assistant", "twin", "step_by_step"}
+    logged = [json.loads(line) for line in (data_dir / "phase2" / "deterministic" / "logged.jsonl").read_text().splitlines()]
+    assert all(row["target_policy_logprobs"]["twin"] == row["base_policy_logprob"] for row in logged)
+    assert (data_dir / "phase2" / "deterministic" / "certified_ends" / "raise" / "logged.jsonl").exists()
+
+    config = load_config(config_path)
+    prompts = {json.loads(line)["prompt_id"]: json.loads(line)["prompt"] for line in (data_dir / "prompts.jsonl").read_text().splitlines()}
+    rows = [json.loads(line)["record"] for line in (data_dir / "checkpoints" / "generate.jsonl").read_text().splitlines()]
+    forced = {(r["prompt_id"], r["policy"]): r for r in
+              (json.loads(line)["record"] for line in (data_dir / "checkpoints" / "teacher_force.jsonl").read_text().splitlines())}
+    in_process = LocalProvider(MODEL, n_ctx=2048)
+    outside = []
+    for row in (r for r in rows if r["policy"] == "assistant"):
+        for name in ("assistant", "step_by_step"):
+            api = forced[(row["prompt_id"], name)]
+            assert api["method"].endswith(":certified_from_temperature_1") and api["top_k"] >= 5
+            policy = config.policies[name]
+            exact = in_process.teacher_force(TeacherForceRequest(
+                policy_messages(policy, prompts[row["prompt_id"]]), policy.temperature, row["text"], row["tokenizer"],
+                (), None, ended_turn=row["finish_reason"] == "stop")).logprob
+            # The server's rounding of temperature-1 log-probs, as in the test below, is multiplied by 1/T in log p_T.
+            slack = TOLERANCE_NATS_PER_TOKEN / policy.temperature * api["n_tokens"]
+            exact_one = in_process.teacher_force(TeacherForceRequest(
+                policy_messages(policy, prompts[row["prompt_id"]]), 1.0, row["text"], row["tokenizer"],
+                (), None, ended_turn=row["finish_reason"] == "stop")).logprob
+            print(f"{name}: exact {exact:.4f} in [{api['logprob_low']:.4f}, {api['logprob_high']:.4f}] (k={api['top_k']}, "
+                  f"{api['n_tokens']} tokens); at temperature 1 in process {exact_one:.4f}, server {api['temperature_one_logprob']:.4f}")
+            if not api["logprob_low"] - slack <= exact <= api["logprob_high"] + slack:
+                outside.append((name, exact, api["logprob_low"], api["logprob_high"]))
+    assert not outside
 
 
 def test_a_temperature_one_run_completes_and_agrees_with_the_model_in_process(llama_server, tmp_path, monkeypatch):
@@ -91,7 +157,7 @@ def test_a_temperature_one_run_completes_and_agrees_with_the_model_in_process(ll
     assert result.returncode == 0, result.stderr[-3000:]
     info = json.loads((data_dir / "phase2" / "dataset_info.json").read_text())
     assert info["weights"]["twin"]["clone_check"] == "PASS"
-    assert {f["verdict"] for f in json.loads((data_dir / "preflight.json").read_text())["server"]["findings"]} == {"ok"}
+    assert {f["verdict"] for f in preflight_findings(data_dir).values()} == {"ok"}
 
     config = load_config(config_path)
     prompts = {json.loads(line)["prompt_id"]: json.loads(line)["prompt"] for line in (data_dir / "prompts.jsonl").read_text().splitlines()}

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from arena10k.providers.certified import Interval
+
 GENERATE = "generate"
 TEACHER_FORCE = "teacher_force"
 TOP_LOGPROBS = "top_logprobs"
@@ -52,13 +54,19 @@ class TeacherForceRequest:
     response_token_ids: tuple[int, ...]
     stop_token_id: int | None  # the sampled end-of-turn token, when the provider reports ids
     ended_turn: bool  # the response ended its turn (finish_reason "stop"): the end of turn is scored too
+    # An endpoint that reports temperature-1 log-probs only (the preflight found it): score at temperature 1 with this
+    # many alternatives per token and certify the log-prob at `temperature` (providers/certified.py). None: exact.
+    certify_from_top_k: int | None = None
 
 
 @dataclass(frozen=True)
 class TeacherForced:
-    logprob: float
+    logprob: float  # exact, or the midpoint of `interval`
     n_tokens: int
     method: str
+    interval: Interval | None = None  # certified bounds of the log-prob, where it was not computed exactly
+    top_k: int | None = None  # alternatives per token the interval was computed from
+    temperature_one_logprob: float | None = None  # the echoed temperature-1 log-prob the interval was computed from
 
 
 class Provider(Protocol):

@@ -22,12 +22,14 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 import jinja2
 
 from arena10k.errors import AuthenticationError, EndpointDownError, ItemError
+from arena10k.providers.certified import Interval, response_interval
 from arena10k.providers.base import (
     Generation,
     GenerationRequest,
@@ -85,19 +87,45 @@ class HostedProvider:
     def teacher_force(self, request: TeacherForceRequest) -> TeacherForced:
         prompt = self._render(request.messages)
         response = request.response_text + (self._end_of_turn if request.ended_turn else "")
-        offsets, logprobs = self._echo(prompt + response, request.temperature)
-        if len(offsets) != len(logprobs) or not logprobs:
-            raise ItemError("the server returned a different number of tokens and log-probs", retryable=True)
-        if len(prompt) in offsets:
-            start = offsets.index(len(prompt))
-            return TeacherForced(sum(logprobs[start:]), len(logprobs) - start, "api_echo_boundary_verified")
-        _, prompt_logprobs = self._echo(prompt, request.temperature)
-        return TeacherForced(sum(logprobs) - sum(prompt_logprobs), len(logprobs) - len(prompt_logprobs),
-                             "api_echo_difference")
+        top_k = request.certify_from_top_k
+        temperature, alternatives = (1.0, top_k) if top_k else (request.temperature, 1)
+        full = self._echo(prompt + response, temperature, alternatives)
+        if len(prompt) in full.offsets:
+            scored, subtracted, method = full.tokens_from(full.offsets.index(len(prompt))), None, "api_echo_boundary_verified"
+        else:  # a token straddles the boundary: log P(prompt + response) - log P(prompt), over where the two differ
+            alone = self._echo(prompt, temperature, alternatives)
+            shared = alone.shared_start(full)
+            scored, subtracted, method = full.tokens_from(shared), alone.tokens_from(shared), "api_echo_difference"
+        n_tokens = len(scored.logprobs) - (len(subtracted.logprobs) if subtracted else 0)
+        if not top_k:
+            return TeacherForced(scored.total() - (subtracted.total() if subtracted else 0.0), n_tokens, method)
+        interval = scored.certified(top_k, request.temperature)
+        if subtracted:
+            other = subtracted.certified(top_k, request.temperature)
+            interval = Interval(interval.low - other.high, interval.high - other.low)
+        return TeacherForced(interval.midpoint, n_tokens, f"{method}:certified_from_temperature_1", interval, top_k,
+                             scored.total() - (subtracted.total() if subtracted else 0.0))
+
+    def alternatives(self, messages: tuple[dict, ...] | None, text: str, asked: int) -> Echo:
+        """The echo of `text` with `asked` temperature-1 alternatives per token: as a response in the context of
+        `messages` (its tokens from the first that starts at or after the response), or alone (messages None)."""
+        prompt = "" if messages is None else self._render(messages)
+        echo = self._echo(prompt + text, 1.0, asked)
+        return echo.tokens_from(next((i for i, offset in enumerate(echo.offsets) if offset >= len(prompt)), len(echo.offsets)))
+
+    def greedy_continuation(self, messages: tuple[dict, ...], max_tokens: int) -> str:
+        """The completions endpoint's greedy continuation of the policy's context rendered with the configured
+        template, up to the end of the turn: what the chat endpoint answers greedily when the templates agree."""
+        text = self._render(messages)
+        response = self._call(lambda: self._client.completions.create(
+            model=self.model, prompt=text, max_tokens=max_tokens, temperature=0.0, seed=0),
+            _estimate_tokens(text) + max_tokens)
+        continuation = response.choices[0].text or ""
+        return continuation.split(self._end_of_turn)[0] if self._end_of_turn else continuation
 
     def score_text(self, text: str, temperature: float) -> list[float]:
         """The echo log-probs of every token of a text after the first, as teacher forcing gets them (the preflight)."""
-        return self._echo(text, temperature)[1]
+        return self._echo(text, temperature).logprobs
 
     def sampling_difference(self, messages: tuple[dict, ...], max_tokens: int, seed: int) -> tuple[int, float]:
         """How far the log-probs of tokens as the endpoint samples them (one at a time) are from the echo
@@ -112,8 +140,8 @@ class HostedProvider:
         if not sampled or any(value is None for value in sampled):
             raise ItemError("the completions endpoint returned no log-probs for the tokens it sampled", retryable=False)
         self._echo(PROBE_OTHER_TEXT, 1.0)  # so that a server that caches the sampled logits (llama-cpp-python's) recomputes them
-        offsets, scored = self._echo(text + choice.text, 1.0)
-        continuation = [value for offset, value in zip(offsets, scored) if offset >= len(text)]
+        echo = self._echo(text + choice.text, 1.0)
+        continuation = [value for offset, value in zip(echo.offsets, echo.logprobs) if offset >= len(text)]
         if len(continuation) != len(sampled):
             raise ItemError(f"the {len(sampled)} sampled tokens came back as {len(continuation)} when echoed", retryable=False)
         return len(sampled), abs(sum(continuation) - sum(sampled))
@@ -126,33 +154,35 @@ class HostedProvider:
 
     # ------------------------------------------------------------ calls
 
-    def _echo(self, text: str, temperature: float) -> tuple[list[int], list[float]]:
-        """Text offsets and log-probs of every token of `text` after the first (which has none).
+    def _echo(self, text: str, temperature: float, alternatives: int = 1) -> Echo:
+        """Every token of `text` after the first (which has no log-prob): offsets, log-probs and alternatives.
 
         Asks for one generated token, not max_tokens=0, which some servers read as "no limit"
-        (llama-cpp-python's), and keeps only the tokens that lie inside the text sent, checking that they spell
-        it exactly: anything else fails the item with the reason, never a number.
+        (llama-cpp-python's), and keeps only the tokens that lie inside the text sent, checking that they spell it
+        exactly: anything else fails the item with the reason, never a number.
         """
         response = self._call(lambda: self._client.completions.create(
-            model=self.model, prompt=text, max_tokens=1, echo=True, logprobs=1, temperature=temperature),
+            model=self.model, prompt=text, max_tokens=1, echo=True, logprobs=alternatives, temperature=temperature),
             _estimate_tokens(text))
         result = _field(response.choices[0], "logprobs")
         if result is None or _field(result, "token_logprobs") is None:
             raise ItemError("the server returned no prompt log-probs for an echo request", retryable=False)
         tokens = list(_field(result, "tokens") or [])
         offsets, logprobs = list(_field(result, "text_offset") or []), list(_field(result, "token_logprobs"))
-        if not (len(tokens) == len(offsets) == len(logprobs)) or offsets != sorted(offsets):
+        tops = list(_field(result, "top_logprobs") or [None] * len(tokens))
+        if not (len(tokens) == len(offsets) == len(logprobs) == len(tops)) or offsets != sorted(offsets):
             raise ItemError("the server's echo returned tokens, offsets and log-probs that do not line up", retryable=True)
         starts = _token_starts(tokens, text, self._markup) or _tiling(tokens, offsets, text)
         if starts is None:
             raise ItemError("the server's echoed tokens do not spell the text that was sent, so their log-probs are "
                             "not those of this text", retryable=False)
-        offsets, logprobs = starts, logprobs[:len(starts)]  # what follows is the generated continuation
-        if logprobs and logprobs[0] is None:
-            offsets, logprobs = offsets[1:], logprobs[1:]
-        if any(value is None for value in logprobs):
+        inside = len(starts)  # what follows is the generated continuation
+        echo = Echo(starts, tokens[:inside], logprobs[:inside], tops[:inside])
+        if echo.logprobs and echo.logprobs[0] is None:
+            echo = echo.tokens_from(1)
+        if any(value is None for value in echo.logprobs):
             raise ItemError("the server's echo left a token of the text without a log-prob", retryable=False)
-        return offsets, [float(v) for v in logprobs]
+        return Echo(echo.offsets, echo.tokens, [float(v) for v in echo.logprobs], echo.alternatives)
 
     def _call(self, send: Callable[[], Any], tokens: int) -> Any:
         sdk = self._sdk
@@ -204,6 +234,39 @@ class HostedProvider:
                 f"{self._endpoint} ({self.model}) is not answering: no call has succeeded for {down:.0f} s "
                 f"(last error: {reason}). The stage stopped and no item was recorded as failed; rerun the same "
                 "command once the endpoint is back.")
+
+
+@dataclass(frozen=True)
+class Echo:
+    """An echo's tokens inside the text sent, from the second on: where each starts, its text, its log-prob and the
+    alternatives listed at its position (text -> log-prob; None where the server listed none)."""
+
+    offsets: list[int]
+    tokens: list[str]
+    logprobs: list[float]
+    alternatives: list[dict[str, float] | None]
+
+    def tokens_from(self, start: int) -> Echo:
+        return Echo(self.offsets[start:], self.tokens[start:], self.logprobs[start:], self.alternatives[start:])
+
+    def shared_start(self, other: Echo) -> int:
+        """How many leading tokens the two echoes share (same text at the same offset): their log-probs are of the same
+        positions in the same context, so a difference of two echoes needs only what follows."""
+        shared = 0
+        for mine, theirs in zip(zip(self.offsets, self.tokens), zip(other.offsets, other.tokens)):
+            if mine != theirs:
+                break
+            shared += 1
+        return shared
+
+    def total(self) -> float:
+        return sum(self.logprobs)
+
+    def certified(self, asked: int, temperature: float) -> Interval:
+        if any(not listed for listed in self.alternatives):
+            raise ItemError("the server listed no alternatives for a token of the text, so its log-prob at the policy's "
+                            "temperature cannot be bounded", retryable=False)
+        return response_interval(self.tokens, self.logprobs, self.alternatives, asked, temperature)
 
 
 def _token_starts(tokens: list[str], text: str, markup: str) -> list[int] | None:

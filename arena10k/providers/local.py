@@ -88,8 +88,9 @@ class Distribution:
         return int(np.argmax(self._scaled))
 
     def top(self, k: int) -> list[tuple[int, float]]:
-        """The k most likely tokens and their log-probs, most likely first, ties in id order."""
-        return [(int(t), self.logprob(t)) for t in most_likely(self._scaled, k)]
+        """The k most likely tokens and their log-probs, most likely first, ties in id order (all of them, for a k
+        larger than the vocabulary)."""
+        return [(int(t), self.logprob(t)) for t in most_likely(self._scaled, min(k, len(self._scaled)))]
 
     def sample(self, rng: np.random.Generator) -> int:
         cumulative = np.cumsum(self._block_totals)

@@ -11,11 +11,17 @@ Per hosted model that serves a policy, and per temperature its policies sample a
   (llama-cpp-python's) differ by their rounding, which widens the tolerance of the context check below, and a
   larger difference means the echo does not score the tokens it returns;
 - temperature: the same text scored at 1 and at each policy temperature; identical log-probs mean the endpoint
-  reports temperature-1 log-probs, and a policy sampling at another temperature cannot get valid weights from
-  it (dividing by the temperature is no fix: the normaliser changes);
+  reports temperature-1 log-probs. A policy sampling at T > 1 cannot get valid weights from it (refused); one at
+  T < 1 is teacher-forced as a certified interval from the top-k alternatives (providers/certified.py), with k the
+  smallest whose width, measured on a probe response, meets max_certified_width, up to the endpoint's cap of
+  alternatives per token (measured too);
 - context: a short response sampled under each policy with its token log-probs, then teacher-forced with the
   configured chat_template; the two must agree within the noise, or the template (or the tokenization
-  boundary) is not the server's.
+  boundary) is not the server's;
+- template: on a deterministic endpoint, the greedy continuations of a few probe prompts through the chat endpoint
+  and through the completions endpoint with the configured template must be the same text. Rounding cannot hide a
+  template error from this check (a one-newline error moved a 12-token response by 0.4 nats on llama-cpp-python's
+  server, inside the context check's tolerance there).
 The findings are kept in the run directory (`preflight.json`) and reused while the endpoint and the settings
 they were measured for are unchanged.
 """
@@ -32,6 +38,7 @@ from arena10k.config import ExperimentConfig, JudgeConfig
 from arena10k.errors import ConfigError, ItemError
 from arena10k.providers import get_provider
 from arena10k.providers.base import GenerationRequest, TeacherForceRequest
+from arena10k.providers.certified import listed_top, response_interval, truncated
 from arena10k.providers.hosted import PROBE_OTHER_TEXT
 from arena10k.workspace import Workspace
 
@@ -41,6 +48,13 @@ PROBE_ANSWER = "Red, orange and yellow."  # for the judges' probe grading
 PROBE_MAX_TOKENS = 12
 SAME = 1e-9  # log-probs closer than this are the same number
 ARITHMETIC_NATS_PER_TOKEN = 0.1  # sampled and echoed log-probs of a token differ by rounding (seen: 0.014), never by more
+# Alternatives per token asked for, largest first, to find an endpoint's cap (vLLM refuses more than --max-logprobs,
+# 20 by default; OpenAI-style APIs cap at 5 or 20; llama-cpp-python's server has none), and the k the run may use.
+TOP_K_LADDER = (1000, 500, 200, 100, 50, 20, 10, 5, 1)
+GREEDY_PROMPTS = ("Name three colors of the rainbow.", "What is the capital of France?", "Write one sentence about cats.")
+GREEDY_MAX_TOKENS = 16
+# What findings mean changes with arena10k's checks; findings made by an older preflight are measured again.
+CHECKS_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -50,6 +64,7 @@ class Finding:
     verdict: str  # ok, refused, unchecked
     detail: str
     value: float | None = None  # the measured number, where there is one (determinism: nats per token)
+    top_k: int | None = None  # temperature "rescaled": the alternatives per token its policies are teacher-forced with
 
 
 def hosted_policy_models(config: ExperimentConfig) -> list[str]:
@@ -61,8 +76,9 @@ def _identity(config: ExperimentConfig, model: str) -> dict:
     from arena10k.stages.phase2 import endpoint
 
     settings = config.models[model]
-    return {"endpoint": endpoint(settings), "model": settings.model, "chat_template": settings.chat_template,
-            "end_of_turn": settings.end_of_turn,
+    return {"checks": CHECKS_VERSION, "endpoint": endpoint(settings), "model": settings.model,
+            "chat_template": settings.chat_template, "end_of_turn": settings.end_of_turn,
+            "max_certified_width": config.max_certified_width,
             "policies": {n: config.policy_identity(n) for n, p in config.policies.items() if p.model == model}}
 
 
@@ -125,23 +141,37 @@ def check_endpoints(config: ExperimentConfig, workspace: Workspace) -> list[Find
 def planned_calls(config: ExperimentConfig, workspace: Workspace) -> dict[str, int]:
     """The calls the next preflight makes, per model, for the checks not on record, at most (as _measure and
     _probe_judge make them): two echoes of the probe, one per other temperature, a sampled continuation and its two
-    echoes, per policy a probe response, an echo that clears the server's cache and the probe's teacher forcing;
-    and one grading per hosted judge."""
+    echoes, the cap of alternatives (one echo per rung of TOP_K_LADDER) and a probe response's alternatives per
+    temperature below 1 (where the echo turns out to be at temperature 1), per policy a probe response, an echo that
+    clears the server's cache and the probe's teacher forcing, and per system prompt and template probe prompt two
+    greedy continuations, each after an echo that clears the cache (not in a dry run); and one grading per hosted judge."""
     stored = _stored(workspace)
     calls: dict[str, int] = {}
     for key, (identity, _) in _probes(config, workspace.is_dry_run).items():
         if _on_record(stored, key, identity):
             continue
         if key in config.models:
-            temperatures = {p.temperature for p in config.policies.values() if p.model == key} - {1.0}
-            serves = sum(p.model == key for p in config.policies.values())
-            calls[key] = calls.get(key, 0) + 2 + len(temperatures) + 3 + 3 * serves
+            policies = [p for p in config.policies.values() if p.model == key]
+            temperatures = {p.temperature for p in policies} - {1.0}
+            below = {t for t in temperatures if t < 1}
+            certified = len(TOP_K_LADDER) + len(below) if below else 0
+            contexts = 0 if workspace.is_dry_run else len({p.system_prompt for p in policies})
+            calls[key] = (calls.get(key, 0) + 2 + len(temperatures) + 3 + certified + 3 * len(policies)
+                          + 4 * len(GREEDY_PROMPTS) * contexts)
         else:
             from arena10k.stages.judge import calls_per_grading
 
             role, _, model = key.partition(":")
             calls[model] = calls.get(model, 0) + calls_per_grading(hosted_judges(config)[role])
     return calls
+
+
+def certify_from_top_k(workspace: Workspace, model: str, temperature: float) -> int | None:
+    """The alternatives per token a policy at `temperature` on this model is teacher-forced with, where the preflight
+    found that the endpoint reports temperature-1 log-probs only; None where its log-probs are exact."""
+    findings = _stored(workspace).get(model, {}).get("findings", [])
+    return next((f.get("top_k") for f in findings
+                 if f["check"] == f"temperature {temperature:g}" and f["verdict"] == "rescaled"), None)
 
 
 def measured_noise(workspace: Workspace, model: str) -> float:
@@ -177,18 +207,24 @@ def _measure(config: ExperimentConfig, model: str, dry_run: bool) -> list[Findin
     temperature_one_only = set()
     for temperature in sorted({p.temperature for p in policies.values()} - {1.0}):
         scored = provider.score_text(PROBE_TEXT, temperature)
-        users = ", ".join(n for n, p in policies.items() if p.temperature == temperature)
         if len(scored) == len(base) and max(abs(a - b) for a, b in zip(scored, base)) <= max(noise, SAME):
             temperature_one_only.add(temperature)
-            findings.append(Finding(
-                model, f"temperature {temperature:g}", "refused",
-                f"the echo log-probs are the same at temperature {temperature:g} as at 1: the endpoint reports "
-                f"temperature-1 log-probs, so {users} (sampling at {temperature:g}) cannot get valid weights from it. "
-                "Sample them at temperature 1, or serve them from an endpoint whose echo log-probs follow the request's "
-                "temperature"))
         else:
+            users = ", ".join(n for n, p in policies.items() if p.temperature == temperature)
             findings.append(Finding(model, f"temperature {temperature:g}", "ok",
-                                    f"echo log-probs follow the request's temperature ({users})"))
+                                    f"exact: echo log-probs follow the request's temperature ({users})"))
+    rescaled: dict[float, int] = {}
+    if temperature_one_only:
+        cap = _top_k_cap(provider)
+        findings.append(Finding(model, "alternatives", "ok" if cap else "refused",
+                                f"the echo lists up to {cap} alternatives per token" if cap else
+                                "the echo lists no alternatives per token, so log-probs at another temperature than 1 "
+                                "cannot be bounded", value=cap))
+        for temperature in sorted(temperature_one_only):
+            finding = _rescaling(config, provider, model, temperature, policies, cap)
+            findings.append(finding)
+            if finding.verdict == "rescaled":
+                rescaled[temperature] = finding.top_k
     logging = config.policies[config.logging_policy]
     probe_chat = policy_messages(logging if logging.model == model else next(iter(policies.values())), PROBE_PROMPT)
     try:
@@ -208,13 +244,106 @@ def _measure(config: ExperimentConfig, model: str, dry_run: bool) -> list[Findin
     # One short probe cannot measure rounding closely, so a server that rounds at all is held to the bound.
     rounding = ARITHMETIC_NATS_PER_TOKEN if compared and difference > SAME * compared else 0.0
     tolerance = max(1e-4, 4 * noise * (PROBE_MAX_TOKENS + 1), rounding * (PROBE_MAX_TOKENS + 1))
+    greedy: dict[str | None, Finding] = {}  # by system prompt: the policies' contexts differ by nothing else
     for name, policy in policies.items():
-        if policy.temperature in temperature_one_only:  # its scoring is wrong already; the template is not to blame
+        if policy.temperature in temperature_one_only and policy.temperature not in rescaled:
             findings.append(Finding(model, f"context {name}", "unchecked",
-                                    f"not checked: the endpoint's echo is at temperature 1, {name} samples at {policy.temperature:g}"))
+                                    f"not checked: {name}'s temperature cannot be scored on this endpoint"))
         else:
-            findings.append(_context(config, provider, model, name, tolerance, dry_run))
+            findings.append(_context(config, provider, model, name, tolerance, dry_run, rescaled.get(policy.temperature)))
+        if policy.system_prompt not in greedy:
+            greedy[policy.system_prompt] = _template(provider, model, name, policy, noise, dry_run)
+        findings.append(Finding(**{**asdict(greedy[policy.system_prompt]), "check": f"template {name}"}))
     return findings
+
+
+def _top_k_cap(provider) -> int:
+    """The most alternatives per token the echo lists: the first rung of TOP_K_LADDER the endpoint accepts, or fewer
+    where it lists fewer than asked without saying so; 0 where it lists none."""
+    for asked in TOP_K_LADDER:
+        try:
+            echo = provider.alternatives(None, PROBE_TEXT, asked)
+        except ItemError:
+            continue
+        shown = [listed_top(t, lp, listed) for t, lp, listed in zip(echo.tokens, echo.logprobs, echo.alternatives) if listed]
+        return min(asked, max(shown, default=0))
+    return 0
+
+
+def _rescaling(config: ExperimentConfig, provider, model: str, temperature: float, policies: dict, cap: int) -> Finding:
+    """The verdict for policies at `temperature` on an endpoint whose echo is at temperature 1: refused above 1;
+    below, the smallest k whose certified width on a probe response (PROBE_TEXT answering PROBE_PROMPT in the first
+    such policy's context) would keep a response of the logging policy's max_tokens within max_certified_width."""
+    from arena10k.stages.generate import policy_messages
+
+    users = [n for n, p in policies.items() if p.temperature == temperature]
+    check = f"temperature {temperature:g}"
+    if temperature > 1:
+        return Finding(model, check, "refused",
+                       f"the echo log-probs are the same at temperature {temperature:g} as at 1: the endpoint reports "
+                       f"temperature-1 log-probs, and above 1 no certified bound exists (the unlisted tail can spread over "
+                       f"the whole vocabulary), so {', '.join(users)} cannot get valid weights from it. Sample them at a "
+                       "temperature of at most 1, or serve them from an endpoint whose echo log-probs follow the request's "
+                       "temperature")
+    if not cap:
+        return Finding(model, check, "refused", f"the endpoint reports temperature-1 log-probs and lists no alternatives, "
+                                                f"so {', '.join(users)} (sampling at {temperature:g}) cannot be bounded")
+    echo = provider.alternatives(policy_messages(policies[users[0]], PROBE_PROMPT), PROBE_TEXT, cap)
+    length = config.policies[config.logging_policy].max_tokens
+    per_100: dict[int, float] = {}
+    for k in sorted({k for k in TOP_K_LADDER if k <= cap} | {cap}):
+        alternatives = [truncated(listed or {}, t, k) for t, listed in zip(echo.tokens, echo.alternatives)]
+        width = response_interval(echo.tokens, echo.logprobs, alternatives, k, temperature).width
+        per_100[k] = 100 * width / max(1, len(echo.tokens))
+        if per_100[k] * length / 100 <= config.max_certified_width:
+            break
+    k = max(per_100)
+    within = per_100[k] * length / 100 <= config.max_certified_width
+    return Finding(model, check, "rescaled",
+                   f"rescaled from top-k={k}, expected width {per_100[k]:.3g} nats per 100 tokens (measured on the probe): "
+                   f"the endpoint reports temperature-1 log-probs, so {', '.join(users)} (sampling at {temperature:g}) get "
+                   "certified intervals" + ("" if within else
+                   f"; a {length}-token response would exceed max_certified_width {config.max_certified_width:g} at the "
+                   f"endpoint's cap of {cap} alternatives, and such rows get null log-probs"),
+                   value=per_100[k], top_k=k)
+
+
+def _template(provider, model: str, name: str, policy, noise: float, dry_run: bool) -> Finding:
+    from arena10k.stages.generate import policy_messages
+
+    if dry_run:
+        return Finding(model, f"template {name}", "unchecked",
+                       "not checked in a dry run: the loopback server samples in its own chat template, not the config's")
+    if noise > SAME:
+        return Finding(model, f"template {name}", "unchecked",
+                       f"not checked: the endpoint is not deterministic (noise {noise:.1e}), so greedy continuations may "
+                       "differ without a template error")
+    for prompt in GREEDY_PROMPTS:
+        messages = policy_messages(policy, prompt)
+        # Each from a cleared cache: a server that reuses the cached start of the previous prompt (llama-cpp-python's)
+        # computes the rest in other batch shapes, whose rounding can flip a near tie of the greedy choice.
+        provider.score_text(PROBE_OTHER_TEXT, 1.0)
+        chat = provider.generate(GenerationRequest(messages, 0.0, GREEDY_MAX_TOKENS, seed=0, logprobs=False)).text
+        provider.score_text(PROBE_OTHER_TEXT, 1.0)
+        completion = provider.greedy_continuation(messages, GREEDY_MAX_TOKENS)
+        if chat != completion:
+            return Finding(model, f"template {name}", "refused",
+                           f"greedy continuations of {prompt!r} differ: the chat endpoint answers {chat!r}, the completions "
+                           f"endpoint with the configured template {completion!r}: models.{model}.chat_template (or "
+                           "end_of_turn) is not the template the server samples in")
+    return Finding(model, f"template {name}", "ok",
+                   f"greedy continuations of {len(GREEDY_PROMPTS)} probe prompts are the same through chat and through "
+                   "completions with the configured template")
+
+
+def sampled_difference(forced, sampled: float) -> float:
+    """Teacher-forced minus sampled log-prob. For a certified interval, the distance from the interval (0 inside it),
+    or from the echoed temperature-1 log-prob where that is nearer: an endpoint that reports temperature-1 echo
+    log-probs may report its sampled ones at temperature 1 too (llama-cpp-python's and vLLM's do by default)."""
+    if forced.interval is None:
+        return forced.logprob - sampled
+    inside = min(max(sampled, forced.interval.low), forced.interval.high)
+    return min(inside - sampled, forced.temperature_one_logprob - sampled, key=abs)
 
 
 def _probe_judge(config: ExperimentConfig, role: str, judge: JudgeConfig) -> list[Finding]:
@@ -237,7 +366,8 @@ def _probe_judge(config: ExperimentConfig, role: str, judge: JudgeConfig) -> lis
                                               f"{scores['probability_mass']:.0%} of its probability on score tokens")]
 
 
-def _context(config: ExperimentConfig, provider, model: str, name: str, tolerance: float, dry_run: bool) -> Finding:
+def _context(config: ExperimentConfig, provider, model: str, name: str, tolerance: float, dry_run: bool,
+             top_k: int | None) -> Finding:
     from arena10k.stages.generate import policy_messages
 
     policy = config.policies[name]
@@ -248,8 +378,8 @@ def _context(config: ExperimentConfig, provider, model: str, name: str, toleranc
                        "the chat endpoint returned no token log-probs, so the chat template could not be checked")
     provider.score_text(PROBE_OTHER_TEXT, 1.0)  # as in the run, the response is not scored from the server's cache
     forced = provider.teacher_force(TeacherForceRequest(messages, policy.temperature, sampled.text, sampled.tokenizer,
-                                                        (), None, ended_turn=False))
-    difference = forced.logprob - sum(sampled.token_logprobs)
+                                                        (), None, ended_turn=False, certify_from_top_k=top_k))
+    difference = sampled_difference(forced, sum(sampled.token_logprobs))
     if abs(difference) > tolerance and dry_run:
         return Finding(model, f"context {name}", "unchecked",
                        f"differs by {difference:+.3f} nats, as expected in a dry run: the loopback server samples in its "

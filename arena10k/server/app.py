@@ -98,6 +98,7 @@ class Server:
         self._chat_without_logprobs = faults.chat_without_logprobs
         self._top_logprobs_cap = faults.top_logprobs_cap
         self._echo_shifted = faults.echo_shifted
+        self._colliding_alternatives = faults.colliding_alternatives
         self._logprob_noise = faults.logprob_noise
         self._noise = random.Random(faults.fault_seed)
 
@@ -207,6 +208,9 @@ class Server:
             # The last token gets its own log-prob again: what follows it depends on the sampled continuation.
             shifted = [None, *completion.prompt.logprobs[2:], completion.prompt.logprobs[-1]]
             completion = dataclasses.replace(completion, prompt=dataclasses.replace(completion.prompt, logprobs=shifted))
+        if self._colliding_alternatives:
+            completion = dataclasses.replace(completion, prompt=_collided(completion.prompt),
+                                             completion=_collided(completion.completion))
         if self._logprob_noise:
             completion = dataclasses.replace(completion, prompt=self._noisy(completion.prompt),
                                              completion=self._noisy(completion.completion))
@@ -233,6 +237,21 @@ class Server:
 
     async def _stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.stats.snapshot())
+
+
+def _collided(tokens: Tokens) -> Tokens:
+    """Alternatives keyed by text folded to lower case, most probable first so that a less probable token that prints
+    alike overwrites it, and the token's own entry last."""
+    if not tokens.top or tokens.logprobs is None:
+        return tokens
+    collided = []
+    for text, logprob, top in zip(tokens.texts, tokens.logprobs, tokens.top):
+        if top is None or logprob is None:
+            collided.append(top)
+            continue
+        keyed = {alternative.lower(): value for alternative, value in sorted(top.items(), key=lambda item: -item[1])}
+        collided.append({**keyed, text: logprob})
+    return dataclasses.replace(tokens, top=collided)
 
 
 def _parse(parse: type[Request], body: bytes) -> Request:

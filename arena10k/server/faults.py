@@ -46,6 +46,10 @@ class FaultConfig:
     echo_shifted: bool = _option(
         False, "each echoed token carries the next position's log-prob, as llama-cpp-python's server does for a text "
         "that does not start with its BOS token")
+    colliding_alternatives: bool = _option(
+        False, "alternatives are keyed by token text with letters folded to lower case, so tokens that print alike "
+        "collide (the less probable overwrites the other) and each token's own entry is written last, as llama-cpp-python's "
+        "server keys them by the text a token prints")
     top_logprobs_cap: int | None = _option(None, "more alternatives per token than this are refused (400), as some providers cap them at 5")
     logprob_noise: float = _option(
         0.0, "standard deviation (nats) of seeded noise added to every log-prob returned, as batched GPU servers vary")

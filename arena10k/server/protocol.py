@@ -13,7 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from arena10k.server.backends import Completion, Prompt, Tokens
 
 DEFAULT_CHAT_MAX_TOKENS = 256
-MAX_TOP_LOGPROBS = 20
+MAX_TOP_LOGPROBS = 20  # chat's top_logprobs, as OpenAI caps it
+# Legacy completions' logprobs: alternatives per token, as many as a self-hosted server raised with vLLM's
+# --max-logprobs lists (the vocabulary bounds what is listed); the top_logprobs_cap fault sets a provider's cap.
+MAX_ECHO_ALTERNATIVES = 1000
 
 
 class _Request(BaseModel):
@@ -90,7 +93,7 @@ class CompletionRequest(_Sampling):
     prompt: str | list[int]
     max_tokens: int = Field(16, ge=0)  # 0 with echo: only score the prompt
     echo: bool = False
-    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)  # how many alternatives per token
+    logprobs: int | None = Field(None, ge=0, le=MAX_ECHO_ALTERNATIVES)  # how many alternatives per token
 
     def backend_call(self) -> BackendCall:
         return BackendCall(self.prompt, self.max_tokens, self.logprobs or 0, echo=self.echo and self.logprobs is not None)

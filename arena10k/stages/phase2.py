@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
@@ -71,8 +72,8 @@ def clone_check(diagnostics: WeightDiagnostics, log_ratios: dict[str, float | No
     diagnostics.clone_errors = [
         f"{pid}: log-ratio {ratio:+.3f}" for pid, ratio in log_ratios.items() if ratio is not None and abs(ratio) > CLONE_ERROR_NATS
     ]
-    within = diagnostics.null_logprobs == 0 and all(ratio is not None and abs(ratio) <= tolerance for ratio in log_ratios.values())
-    diagnostics.clone_check = "PASS" if within and diagnostics.n > 0 else "FAIL"
+    within = all(ratio is not None and abs(ratio) <= tolerance for ratio in log_ratios.values())
+    diagnostics.clone_check = "PASS" if within and log_ratios else "FAIL"
     diagnostics.clone_tolerance = tolerance
 
 
@@ -107,6 +108,82 @@ def _phase2_files(phase2_dir: Path, targets: tuple[str, ...]) -> Iterator[Callab
         yield lambda variant, policy, row: files[variant, policy].write(dumps(row) + "\n")
 
 
+def usable_logprob(record: dict | None, max_width: float) -> tuple[float | None, str | None]:
+    """A teacher-forced log-prob as Phase 2 uses it, or None with the reason: a certified interval wider than
+    max_certified_width gives no value."""
+    if record is None:
+        return None, None
+    if record.get("logprob_low") is not None and record["logprob_high"] - record["logprob_low"] > max_width:
+        width = record["logprob_high"] - record["logprob_low"]
+        return None, (f"teacher_force: its certified interval is {width:.3g} nats wide (top-k={record['top_k']}), over "
+                      f"max_certified_width {max_width:g}: serve the policy where more alternatives per token are listed, "
+                      "or where the echo follows its temperature")
+    return record["logprob"], None
+
+
+def scored_log_ratio(row: dict, policy: str) -> float | None:
+    """A logged row's log-ratio of `policy` as scored: the midpoints of certified intervals too wide to be used count
+    (the clone check checks the scoring path, which is the same for rows Phase 2 cannot use)."""
+    intervals = row["metadata"].get("certified_logprob_intervals", {})
+
+    def scored(name: str, value: float | None) -> float | None:
+        return sum(intervals[name]) / 2 if value is None and name in intervals else value
+
+    base = scored(row["observation_id"].rpartition("|")[2], row["base_policy_logprob"])
+    target = scored(policy, row["target_policy_logprobs"].get(policy))
+    return None if base is None or target is None else target - base
+
+
+def bounds(record: dict) -> tuple[float, float]:
+    """A teacher-forced log-prob's certified bounds; an exact one is its own."""
+    if record.get("logprob_low") is None:
+        return record["logprob"], record["logprob"]
+    return record["logprob_low"], record["logprob_high"]
+
+
+def _certified_widths(forced: list[dict], nulled: int) -> dict:
+    widths = [r["logprob_high"] - r["logprob_low"] for r in forced if r.get("logprob_low") is not None]
+    return {"rows": len(widths), "nulled": nulled,
+            "median_width": float(np.median(widths)) if widths else None, "max_width": max(widths, default=None),
+            "top_k": sorted({r["top_k"] for r in forced if r.get("top_k") is not None})}
+
+
+CERTIFIED_ENDS = ("lower", "raise")
+
+
+def write_certified_ends(variant_dir: Path, ratio_bounds: dict[str, dict[str, tuple[float, float]]]) -> None:
+    """`{variant}/certified_ends/{lower,raise}/logged.jsonl`: the logged file with every target's log-ratio moved to
+    the end of its certified interval that lowers (raises) the estimate. An importance-weighted mean rises with a
+    row's weight exactly when the row's reward exceeds the estimate; the rewards are a monotone calibration of the
+    judge scores, so rows scoring above the policy's weighted mean judge score take the upper end to raise it, and
+    the others the lower end (and the other way round to lower it)."""
+    logged = variant_dir / "logged.jsonl"
+    threshold = {}
+    for policy in ratio_bounds:
+        pairs = [(math.exp(row["target_policy_logprobs"][policy] - row["base_policy_logprob"]), row["judge_score"])
+                 for row in _rows(logged) if row["target_policy_logprobs"][policy] is not None
+                 and row["base_policy_logprob"] is not None]
+        top = max((w for w, _ in pairs), default=1.0)
+        threshold[policy] = sum(w / top * y for w, y in pairs) / max(sum(w / top for w, _ in pairs), 1e-300)
+    for end in CERTIFIED_ENDS:
+        with atomic_writer(variant_dir / "certified_ends" / end / "logged.jsonl") as out:
+            for row in _rows(logged):
+                moved = dict(row["target_policy_logprobs"])
+                for policy, by_row in ratio_bounds.items():
+                    if moved[policy] is None or row["base_policy_logprob"] is None:
+                        continue
+                    low, high = by_row[row["prompt_id"]]
+                    upper = (row["judge_score"] > threshold[policy]) == (end == "raise")
+                    moved[policy] = row["base_policy_logprob"] + (high if upper else low)
+                out.write(dumps({**row, "target_policy_logprobs": moved}) + "\n")
+
+
+def _rows(path: Path) -> Iterator[dict]:
+    with path.open() as lines:
+        for line in lines:
+            yield json.loads(line)
+
+
 def _reason(states: dict[str, ItemState], key: str, stage: str) -> str:
     state = states.get(key)
     if state is None:
@@ -130,18 +207,33 @@ def build(config: ExperimentConfig, workspace: Workspace) -> dict:
     calibration_labels, validation_labels = 0, {p: 0 for p in targets}
     excluded: dict[str, str] = {}
     log_ratios: dict[str, dict[str, float | None]] = {p: {} for p in targets}
+    ratio_bounds: dict[str, dict[str, tuple[float, float]]] = {p: {} for p in targets}
+    # What the clone check reads: every row's log-ratio as scored, a too-wide interval's midpoint included, since it
+    # checks the scoring path, which is the same for rows Phase 2 cannot use.
+    scored_ratios: dict[str, dict[str, float | None]] = {p: {} for p in config.clones()}
+    nulled = {p: 0 for p in config.policy_names}
     texts = RecordFields(workspace.checkpoint_path("generate"))
     with closing(texts), _phase2_files(workspace.phase2_dir, targets) as write:
         for prompt in prompts:
             base_key = item_key(prompt.prompt_id, logging_policy)
             response = records["generate"].get(base_key)
             judgement = records["judge"].get(base_key)
-            logprobs = {p: records["teacher_force"].get(item_key(prompt.prompt_id, p)) for p in config.policy_names}
-            base = logprobs[logging_policy]
+            forced = {p: records["teacher_force"].get(item_key(prompt.prompt_id, p)) for p in config.policy_names}
+            logprobs = {p: usable_logprob(record, config.max_certified_width) for p, record in forced.items()}
+            for policy, (_, too_wide) in logprobs.items():
+                nulled[policy] += too_wide is not None
+            base = logprobs[logging_policy][0]
             for policy in targets:
-                target = logprobs[policy]
+                target = logprobs[policy][0]
                 if response is not None:
-                    log_ratios[policy][prompt.prompt_id] = None if base is None or target is None else target["logprob"] - base["logprob"]
+                    log_ratios[policy][prompt.prompt_id] = None if base is None or target is None else target - base
+                    if policy in scored_ratios:
+                        both = forced[logging_policy] is not None and forced[policy] is not None
+                        scored_ratios[policy][prompt.prompt_id] = (forced[policy]["logprob"] - forced[logging_policy]["logprob"]
+                                                                   if both else None)
+                    if base is not None and target is not None:
+                        (base_low, base_high), (low, high) = bounds(forced[logging_policy]), bounds(forced[policy])
+                        ratio_bounds[policy][prompt.prompt_id] = (low - base_high, high - base_low)
             if response is None:
                 excluded[f"{prompt.prompt_id} (logged)"] = _reason(states["generate"], base_key, "generate")
             elif judgement is None:
@@ -150,7 +242,8 @@ def build(config: ExperimentConfig, workspace: Workspace) -> dict:
                 oracle = records["oracle_calibration"].get(base_key)
                 text = texts.get(states["generate"][base_key], "text")
                 for variant, score_field in VARIANTS.items():
-                    write(variant, None, _logged_row(config, prompt, response, text, judgement, score_field, logprobs, oracle, states))
+                    write(variant, None, _logged_row(config, prompt, response, text, judgement, score_field, forced, logprobs,
+                                                     oracle, states))
                 logged_rows, calibration_labels = logged_rows + 1, calibration_labels + (oracle is not None)
             for policy in targets:
                 key = item_key(prompt.prompt_id, policy)
@@ -166,9 +259,17 @@ def build(config: ExperimentConfig, workspace: Workspace) -> dict:
                 fresh_draws[policy] += 1
                 validation_labels[policy] += oracle is not None
 
+    certified = {p: _certified_widths([r for r in records["teacher_force"].values() if r["policy"] == p], nulled[p])
+                 for p in config.policy_names}
+    if any(c["rows"] for c in certified.values()):
+        for variant in VARIANTS:
+            write_certified_ends(workspace.phase2_dir / variant, ratio_bounds)
+    else:
+        for variant in VARIANTS:
+            shutil.rmtree(workspace.phase2_dir / variant / "certified_ends", ignore_errors=True)
     diagnostics = {policy: weight_diagnostics(policy, list(ratios.values())) for policy, ratios in log_ratios.items()}
     for policy in config.clones():
-        clone_check(diagnostics[policy], log_ratios[policy], clone_tolerance(workspace, config, policy, records["teacher_force"]))
+        clone_check(diagnostics[policy], scored_ratios[policy], clone_tolerance(workspace, config, policy, records["teacher_force"]))
     checked = [r for r in records["teacher_force"].values() if r.get("sampled_difference") is not None]
     self_check = {"compared": len(checked),
                   "median_difference": float(np.median([abs(r["sampled_difference"]) for r in checked])) if checked else None,
@@ -190,6 +291,9 @@ def build(config: ExperimentConfig, workspace: Workspace) -> dict:
         "coverage": {name: {"expected": c.expected, "done": c.done, "failed": dict(c.failed), "missing": c.missing}
                      for name, c in coverage.items()},
         "weights": {p: d.__dict__ for p, d in diagnostics.items()},
+        # per policy, its log-probs certified from temperature-1 alternatives: widths (nats), rows nulled as too wide
+        "certified": {p: c for p, c in certified.items() if c["rows"]},
+        "max_certified_width": config.max_certified_width,
         # teacher-forced minus sampled log-probs of the logging policy's own responses, where they were sampled with some
         "self_check": self_check,
         "config": config.model_dump(),
@@ -198,12 +302,12 @@ def build(config: ExperimentConfig, workspace: Workspace) -> dict:
     return info
 
 
-def _logged_row(config, prompt, response, text, judgement, score_field, logprobs, oracle, states) -> dict:
+def _logged_row(config, prompt, response, text, judgement, score_field, forced, logprobs, oracle, states) -> dict:
     def value(policy):
-        return None if logprobs[policy] is None else logprobs[policy]["logprob"]
+        return logprobs[policy][0]
 
-    nulls = {p: _reason(states["teacher_force"], item_key(prompt.prompt_id, p), "teacher_force")
-             for p in config.policy_names if logprobs[p] is None}
+    nulls = {p: logprobs[p][1] or _reason(states["teacher_force"], item_key(prompt.prompt_id, p), "teacher_force")
+             for p in config.policy_names if logprobs[p][0] is None}
     return {
         "prompt_id": prompt.prompt_id,
         "observation_id": item_key(prompt.prompt_id, config.logging_policy),
@@ -220,7 +324,9 @@ def _logged_row(config, prompt, response, text, judgement, score_field, logprobs
             "judge_variance": judgement["score_variance"] if score_field == "score_mean" else None,
             "judge_probability_mass": judgement["probability_mass"],
             "judge_method": judgement["method"] + ("" if score_field == "score_mean" else ":greedy"),
-            "teacher_forcing_methods": {p: logprobs[p]["method"] for p in config.policy_names if logprobs[p] is not None},
+            "teacher_forcing_methods": {p: forced[p]["method"] for p in config.policy_names if forced[p] is not None},
+            "certified_logprob_intervals": {p: list(bounds(forced[p])) for p in config.policy_names
+                                            if forced[p] is not None and forced[p].get("logprob_low") is not None},
             "null_logprob_reasons": nulls,
         },
     }
@@ -267,6 +373,7 @@ def summary_table(info: dict) -> str:
         top = "-" if d["max_log_weight"] is None else f"{d['max_log_weight']:.2f}"
         lines.append(f"  {policy:<17}{d['n']:>5}{d['null_logprobs']:>7}{median:>11}{ess:>8}{top:>11}{d['extreme_weights']:>9}  {d['clone_check'] or ''}")
         lines += [f"      ERROR {e}" for e in d["clone_errors"]]
+    lines += certified_lines(info)
     lines += ["", f"Phase 2: {info['logged_rows']} logged rows, fresh draws {info['fresh_draws']}, "
               f"oracle labels {info['oracle_labels']['calibration']} calibration / {sum(info['oracle_labels']['validation'].values())} validation"]
     lines.append(f"Clone check (targets that sample exactly as {info['logging_policy']}, so every weight must be 1): "
@@ -281,6 +388,18 @@ def summary_table(info: dict) -> str:
         lines.append(f"  excluded ({len(info['excluded'])}):")
         lines += [f"    {what}: {why}" for what, why in info["excluded"].items()]
     return "\n".join(lines)
+
+
+def certified_lines(info: dict) -> list[str]:
+    """Per policy teacher-forced as certified intervals (temperature-1 endpoints): their widths and the rows nulled."""
+    if not info.get("certified"):
+        return []
+    lines = ["", f"Certified log-probs (from temperature-1 top-k alternatives; rows wider than {info['max_certified_width']:g} "
+                 "nats are null)", f"  {'policy':<17}{'top-k':>7}{'rows':>6}{'median width':>14}{'max width':>11}{'nulled':>8}"]
+    for policy, c in info["certified"].items():
+        lines.append(f"  {policy:<17}{','.join(map(str, c['top_k'])):>7}{c['rows']:>6}{c['median_width']:>14.3g}"
+                     f"{c['max_width']:>11.3g}{c['nulled']:>8}")
+    return lines
 
 
 def incomplete(workspace: Workspace) -> str | None:

@@ -9,7 +9,7 @@ from arena10k.config import ExperimentConfig
 from arena10k.errors import SelfCheckError
 from arena10k.providers import get_provider
 from arena10k.providers.base import TeacherForceRequest
-from arena10k.providers.preflight import ARITHMETIC_NATS_PER_TOKEN
+from arena10k.providers.preflight import ARITHMETIC_NATS_PER_TOKEN, certify_from_top_k, sampled_difference
 from arena10k.records import Prompt, Response, TeacherForced, to_dict
 from arena10k.runner import run_items
 from arena10k.stages.base import CheckpointSpec, Stage
@@ -31,7 +31,10 @@ def run(config: ExperimentConfig, workspace: Workspace, samples: int | str | Non
             response = logged.get(_logged_key(config, key))
             if response is None:
                 return f"no {config.logging_policy} response"
-            return _work(config, key.rpartition("|")[2], prompts[response.prompt_id], response, self_check)
+            name = key.rpartition("|")[2]
+            policy = config.policies[name]
+            top_k = certify_from_top_k(workspace, policy.model, policy.temperature)
+            return _work(config, name, prompts[response.prompt_id], response, self_check, top_k)
 
         return run_items("teacher_force", checkpoint, keys, make_work, config.max_attempts,
                          *policy_lanes(config)).describe()
@@ -71,24 +74,29 @@ def _sampled_logprob(response: Response) -> float | None:
     return sum(response.token_logprobs)
 
 
-def _work(config: ExperimentConfig, name: str, prompt: Prompt, logged: Response, self_check: _SelfCheck):
+def _work(config: ExperimentConfig, name: str, prompt: Prompt, logged: Response, self_check: _SelfCheck,
+          top_k: int | None):
     policy = config.policies[name]
 
     def work() -> dict:
         request = TeacherForceRequest(
             messages=policy_messages(policy, prompt.prompt), temperature=policy.temperature,
             response_text=logged.text, response_tokenizer=logged.tokenizer, response_token_ids=tuple(logged.token_ids),
-            stop_token_id=logged.stop_token_id, ended_turn=logged.finish_reason == "stop",
+            stop_token_id=logged.stop_token_id, ended_turn=logged.finish_reason == "stop", certify_from_top_k=top_k,
         )
         result = get_provider(config, policy.model).teacher_force(request)
         sampled = _sampled_logprob(logged) if name == config.logging_policy else None
         difference = tolerance = None
         if sampled is not None:
             exact = config.models[policy.model].provider == "local"  # the embedded models reproduce sampling bit for bit
-            difference, tolerance = result.logprob - sampled, 0.0 if exact else ARITHMETIC_NATS_PER_TOKEN * result.n_tokens
+            difference = sampled_difference(result, sampled)
+            tolerance = 0.0 if exact else ARITHMETIC_NATS_PER_TOKEN * result.n_tokens
             self_check.record(difference, tolerance)
+        interval = result.interval
         return to_dict(TeacherForced(prompt.prompt_id, name, result.logprob, result.n_tokens, result.method,
-                                     difference, tolerance))
+                                     difference, tolerance, None if interval is None else interval.low,
+                                     None if interval is None else interval.high,
+                                     result.top_k, result.temperature_one_logprob))
 
     return work
 
