@@ -2,6 +2,10 @@
 (install.sh makes `.venv-cje-0.3.0`), so it imports nothing from arena10k and nothing but cje and the standard library.
 
     .venv-cje-0.3.0/bin/python arena10k/cje_estimates.py data/runs/local/phase2/uncertainty
+    .venv-cje-0.3.0/bin/python arena10k/cje_estimates.py data/runs/local/phase2/uncertainty raise
+
+With an end (lower or raise), the off-policy estimators only, on `certified_ends/<end>/logged.jsonl` (the log-ratios
+moved to the ends of their certified intervals; the Direct estimate does not reweight, so it does not move).
 
 Prints one line of JSON: per estimator, cje's estimate, standard error, 95% interval, ESS fraction and diagnostic
 status of every target policy, with the warnings cje gave. Each estimator is called exactly as the README shows it,
@@ -17,8 +21,14 @@ from importlib.metadata import version
 from cje import analyze_dataset
 
 
-def calls(folder: str) -> dict[str, dict]:
-    logged, fresh_draws = f"{folder}/logged.jsonl", f"{folder}/fresh_draws"
+def calls(folder: str, end: str | None = None) -> dict[str, dict]:
+    fresh_draws = f"{folder}/fresh_draws"
+    if end is not None:
+        logged = f"{folder}/certified_ends/{end}/logged.jsonl"
+        return {"calibrated-ips": {"logged_data_path": logged, "estimator": "calibrated-ips"},
+                "stacked-dr": {"logged_data_path": logged, "fresh_draws_dir": fresh_draws, "estimator": "stacked-dr",
+                               "estimator_config": {"parallel": False}}}
+    logged = f"{folder}/logged.jsonl"
     return {
         "calibrated-ips": {"logged_data_path": logged, "estimator": "calibrated-ips"},
         "stacked-dr": {"logged_data_path": logged, "fresh_draws_dir": fresh_draws, "estimator": "stacked-dr",
@@ -72,5 +82,5 @@ def estimate(arguments: dict) -> dict:
 if __name__ == "__main__":
     logging.getLogger().setLevel(logging.WARNING)  # cje's warnings are kept in the JSON
     results = {"cje_version": version("cje-eval"),
-               "estimators": {name: estimate(arguments) for name, arguments in calls(sys.argv[1]).items()}}
+               "estimators": {name: estimate(arguments) for name, arguments in calls(*sys.argv[1:3]).items()}}
     print(json.dumps(results))

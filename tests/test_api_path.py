@@ -96,9 +96,13 @@ def forced_records(data_dir):
 def test_an_endpoint_with_temperature_one_echo_gives_certified_intervals_that_hold_the_exact_values(clean_api_run, tmp_path, key):
     """The server reports echo log-probs at temperature 1 and lists at most 20 alternatives per token, keyed by text with
     collisions; the clean run's exact log-probs at 0.7 (same models, same seeds, same responses) lie in every interval."""
+    def analysed(config):
+        config["analysis"]["enabled"] = True
+        config["max_certified_width"] = 100.0  # the synthetic model's flat distributions leave 20 of 101 tokens far apart
+
     faults = FaultConfig(echo_at_temperature_one=True, colliding_alternatives=True, top_logprobs_cap=20)
     with run_in_thread(ServerConfig("synthetic", api_key=KEY, faults=faults)) as server:
-        result = run_pipeline(tmp_path / "data", config=api_config(tmp_path / "config.yaml", server.base_url))
+        result = run_pipeline(tmp_path / "data", config=changed_config(tmp_path / "config.yaml", server.base_url, analysed))
     assert result.returncode == 0, result.stderr[-3000:]
     findings = {f["check"]: f for f in json.loads((tmp_path / "data" / "preflight.json").read_text())["small"]["findings"]}
     assert findings["alternatives"]["value"] == 20
@@ -117,6 +121,16 @@ def test_an_endpoint_with_temperature_one_echo_gives_certified_intervals_that_ho
     assert info["weights"]["pi_clone"]["clone_check"] == "PASS"
     assert set(info["certified"]) == {"p0", "pi_clone", "pi_cot", "pi_bigger_model"}
     assert "Certified log-probs" in (tmp_path / "data" / "phase2" / "summary.txt").read_text()
+    # The off-policy estimates are made again with every log-ratio at the end of its interval that lowers (raises) them.
+    estimates = json.loads((tmp_path / "data" / "analysis" / "estimates.json").read_text())
+    for variant in estimates["variants"].values():
+        at = {end: variant["certified_ends"][end]["calibrated-ips"]["policies"] for end in ("lower", "raise")}
+        assert at["lower"]["pi_cot"]["estimate"] < variant["estimators"]["calibrated-ips"]["policies"]["pi_cot"]["estimate"] \
+            < at["raise"]["pi_cot"]["estimate"]
+        assert at["lower"]["pi_clone"]["estimate"] == at["raise"]["pi_clone"]["estimate"]  # its ratios are exactly 0
+        assert "pi_cot" in variant["certified_ends"]["raise"]["stacked-dr"]["policies"]
+    assert "certified range [" in result.stdout
+    assert "at the certified ends" in (tmp_path / "data" / "phase2" / "report.md").read_text()
 
 
 def test_rows_whose_certified_interval_is_too_wide_get_null_log_probs_with_the_reason(tmp_path, key):

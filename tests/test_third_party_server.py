@@ -18,13 +18,14 @@ import urllib.request
 
 import llama_cpp
 import pytest
+import yaml
 
 from arena10k.models import gguf_path
 from arena10k.providers.base import TeacherForceRequest
 from arena10k.providers.local import LocalProvider
 from arena10k.stages.generate import policy_messages
 from arena10k.config import load_config
-from conftest import run_pipeline
+from conftest import PROJECT_ROOT, run_pipeline
 
 KEY_ENV, KEY = "ARENA10K_LLAMA_SERVER_KEY", "llama-server-test-key"
 MODEL = "smollm2-135m-instruct"
@@ -79,30 +80,32 @@ def server_config(tmp_path, base_url, step_by_step_temperature, temperature=1.0,
     return path
 
 
-def preflight_findings(data_dir):
-    findings = json.loads((data_dir / "preflight.json").read_text())["server"]["findings"]
+def preflight_findings(data_dir, model="server"):
+    findings = json.loads((data_dir / "preflight.json").read_text())[model]["findings"]
     print("\n".join(f"{f['check']:<22}{f['verdict']:<11}{f['detail']}" for f in findings))
     return {f["check"]: f for f in findings}
 
 
-def test_a_policy_above_temperature_one_is_refused_before_any_generation(llama_server, tmp_path, monkeypatch):
-    monkeypatch.setenv(KEY_ENV, KEY)
-    result = run_pipeline(tmp_path / "data", config=server_config(tmp_path, llama_server, 1.3))
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert "above 1 no certified bound exists" in result.stderr and "step_by_step" in result.stderr
-    assert not (tmp_path / "data" / "checkpoints" / "generate.jsonl").exists()
-    assert preflight_findings(tmp_path / "data")["temperature 1.3"]["verdict"] == "refused"
-
-
-def test_a_template_one_newline_off_is_refused_before_any_generation(llama_server, tmp_path, monkeypatch):
+def test_a_policy_above_temperature_one_and_a_template_one_newline_off_are_refused_before_any_generation(
+        llama_server, tmp_path, monkeypatch):
+    """One run, two refusals: step_by_step samples at 1.3 on the server's right template; `newline` is a policy at
+    temperature 1 served through a second model entry (the same server) whose template is one newline off."""
     monkeypatch.setenv(KEY_ENV, KEY)
     off_by_a_newline = served_template().replace("'<|im_start|>assistant\n'", "'<|im_start|>assistant\n\n'")
     assert off_by_a_newline != served_template()
-    result = run_pipeline(tmp_path / "data", config=server_config(tmp_path, llama_server, 1.0, template=off_by_a_newline))
+    config_path = server_config(tmp_path, llama_server, 1.3)
+    config = json.loads(config_path.read_text())
+    config["models"]["off"] = {**config["models"]["server"], "chat_template": off_by_a_newline}
+    config["policies"]["newline"] = {**config["policies"]["assistant"], "model": "off"}
+    config_path.write_text(json.dumps(config))
+    result = run_pipeline(tmp_path / "data", config=config_path)
     assert result.returncode == 2, result.stderr[-3000:]
-    assert "greedy continuations" in result.stderr and "chat_template" in result.stderr
+    assert "above 1 no certified bound exists" in result.stderr and "step_by_step" in result.stderr
+    assert "models.off (template newline): greedy continuations" in result.stderr
+    assert "models.server (template" not in result.stderr  # the right template passes
     assert not (tmp_path / "data" / "checkpoints" / "generate.jsonl").exists()
-    assert preflight_findings(tmp_path / "data")["template assistant"]["verdict"] == "refused"
+    assert preflight_findings(tmp_path / "data", "server")["temperature 1.3"]["verdict"] == "refused"
+    assert preflight_findings(tmp_path / "data", "off")["template newline"]["verdict"] == "refused"
 
 
 def test_policies_below_temperature_one_get_certified_intervals_that_hold(llama_server, tmp_path, monkeypatch):
@@ -176,3 +179,24 @@ def test_a_temperature_one_run_completes_and_agrees_with_the_model_in_process(ll
         differences.append((abs(local.logprob - api["logprob"]), api["n_tokens"]))
     print("differences from the in-process log-probs (nats, tokens):", [(round(d, 4), n) for d, n in differences])
     assert all(difference <= TOLERANCE_NATS_PER_TOKEN * n for difference, n in differences)
+
+
+def test_the_flagship_config_served_by_the_server_passes_the_preflight_with_its_temperatures(llama_server, tmp_path, monkeypatch):
+    """configs/arena_10k.yaml with every model replaced by llama-cpp-python's server (its template, its end of turn):
+    P0, the clone, pi_cot and pi_bigger_model at 0.5 are rescaled, pi_bad at 1 is exact, nothing is refused."""
+    monkeypatch.setenv(KEY_ENV, KEY)
+    flagship = yaml.safe_load((PROJECT_ROOT / "configs" / "arena_10k.yaml").read_text())
+    server = {"provider": "openai", "base_url": llama_server, "api_key_env": KEY_ENV, "model": "smollm2",
+              "chat_template": served_template(), "end_of_turn": "<|im_end|>", "concurrency": 1, "request_timeout": 120}
+    flagship["models"] = {name: server for name in flagship["models"]}
+    flagship["dataset"] = "data/prompts/arena10k_prompts.jsonl"
+    path = tmp_path / "arena_10k.yaml"
+    path.write_text(yaml.safe_dump(flagship))
+    result = run_pipeline(tmp_path / "data", "--preflight", config=path)
+    print(result.stdout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    findings = json.loads((tmp_path / "data" / "preflight.json").read_text())
+    for model in ("llama4_scout", "llama4_maverick"):
+        verdicts = {f["check"]: f["verdict"] for f in findings[model]["findings"]}
+        assert verdicts["temperature 0.5"] == "rescaled" and "refused" not in verdicts.values(), verdicts
+    assert load_config(path).policies["p0"].temperature == 0.5

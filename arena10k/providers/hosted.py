@@ -113,6 +113,12 @@ class HostedProvider:
         echo = self._echo(prompt + text, 1.0, asked)
         return echo.tokens_from(next((i for i, offset in enumerate(echo.offsets) if offset >= len(prompt)), len(echo.offsets)))
 
+    def evict_cache(self) -> None:
+        """One generated token after an unrelated text, without log-probs (a cheap call): a server that reuses the
+        cached start of the previous prompt (llama-cpp-python's) then computes the next prompt from its start."""
+        self._call(lambda: self._client.completions.create(model=self.model, prompt=PROBE_OTHER_TEXT, max_tokens=1,
+                                                           temperature=0.0), _estimate_tokens(PROBE_OTHER_TEXT) + 1)
+
     def greedy_continuation(self, messages: tuple[dict, ...], max_tokens: int) -> str:
         """The completions endpoint's greedy continuation of the policy's context rendered with the configured
         template, up to the end of the turn: what the chat endpoint answers greedily when the templates agree."""

@@ -182,8 +182,9 @@ def measured_noise(workspace: Workspace, model: str) -> float:
 
 
 def describe(findings: list[Finding]) -> str:
-    lines = ["Preflight of the endpoints that teacher-force", f"  {'model':<14}{'check':<28}{'verdict':<11}detail"]
-    lines += [f"  {f.model:<14}{f.check:<28}{f.verdict:<11}{f.detail}" for f in findings]
+    width = max([len(f.model) for f in findings] + [13]) + 1
+    lines = ["Preflight of the endpoints that teacher-force", f"  {'model':<{width}}{'check':<28}{'verdict':<11}detail"]
+    lines += [f"  {f.model:<{width}}{f.check:<28}{f.verdict:<11}{f.detail}" for f in findings]
     return "\n".join(lines)
 
 
@@ -322,9 +323,9 @@ def _template(provider, model: str, name: str, policy, noise: float, dry_run: bo
         messages = policy_messages(policy, prompt)
         # Each from a cleared cache: a server that reuses the cached start of the previous prompt (llama-cpp-python's)
         # computes the rest in other batch shapes, whose rounding can flip a near tie of the greedy choice.
-        provider.score_text(PROBE_OTHER_TEXT, 1.0)
+        provider.evict_cache()
         chat = provider.generate(GenerationRequest(messages, 0.0, GREEDY_MAX_TOKENS, seed=0, logprobs=False)).text
-        provider.score_text(PROBE_OTHER_TEXT, 1.0)
+        provider.evict_cache()
         completion = provider.greedy_continuation(messages, GREEDY_MAX_TOKENS)
         if chat != completion:
             return Finding(model, f"template {name}", "refused",

@@ -53,12 +53,13 @@ def _inputs(config: ExperimentConfig, workspace: Workspace) -> dict:
             "script": hashlib.sha256(CJE_SCRIPT.read_bytes()).hexdigest()}
 
 
-def run_cje(python: Path, folders: dict[str, Path]) -> dict[str, dict]:
-    """cje_estimates.py on every variant's folder, the variants at once (cje's bootstrap keeps one core busy)."""
+def run_cje(python: Path, folders: dict[str, Path], end: str | None = None) -> dict[str, dict]:
+    """cje_estimates.py on every variant's folder (at one end of the certified intervals, if given), the variants at
+    once (cje's bootstrap keeps one core busy)."""
     # cje's stacked DR sums over sets of prompt ids, whose order follows Python's string hashing: fixed here, the same
     # files give the same estimates to the last digit (measured: standard errors 1e-16 apart under other seeds).
     environment = {**os.environ, "PYTHONHASHSEED": "0"}
-    processes = {variant: subprocess.Popen([str(python), str(CJE_SCRIPT), str(folder)], stdout=subprocess.PIPE,
+    processes = {variant: subprocess.Popen([str(python), str(CJE_SCRIPT), str(folder), *([end] if end else [])], stdout=subprocess.PIPE,
                                            stderr=subprocess.PIPE, text=True, env=environment)
                  for variant, folder in folders.items()}
     results = {}
@@ -110,9 +111,30 @@ def clone_agreement(variant: dict, clone: str) -> dict | None:
             "margin_95": margin, "agrees": abs(difference) <= margin}
 
 
+def certified_range(variant: dict, estimator: str, policy: str) -> tuple[float, float] | None:
+    """The span of the estimate at the point values and at both ends of the certified log-prob intervals, where it
+    was computed at all three. The ends are the ones that move an importance-weighted mean furthest (phase2.
+    write_certified_ends); an estimator that calibrates and cross-fits the weights (stacked DR) need not move
+    monotonically with them, so this is the span of three estimates, not a bound."""
+    ends = [variant.get("certified_ends", {}).get(end, {}).get(estimator, {}) for end in phase2.CERTIFIED_ENDS]
+    point = variant["estimators"].get(estimator, {})
+    values = [e["policies"][policy]["estimate"] for e in (point, *ends) if policy in e.get("policies", {})]
+    values = [v for v in values if not math.isnan(v)]
+    return (min(values), max(values)) if len(values) == 1 + len(phase2.CERTIFIED_ENDS) else None
+
+
+def holds_over_certified_range(variant: dict, estimator: str, pairs: list[tuple[str, str]]) -> bool | None:
+    """Whether every pair told apart stays told apart at both ends of the certified intervals; None where the
+    estimator does not reweight or nothing was certified."""
+    if estimator not in OFF_POLICY or "certified_ends" not in variant:
+        return None
+    at_ends = [variant["certified_ends"][end].get(estimator, {}) for end in phase2.CERTIFIED_ENDS]
+    return all("policies" in end and set(pairs) <= set(separated_pairs(end)) for end in at_ends)
+
+
 def findings(estimates: dict, logging_policy: str) -> tuple[str, list[str]]:
     """The verdict (one sentence) and the notes behind it, for the report and the terminal."""
-    notes, ranked = [], []
+    notes, ranked, unsure = [], [], []
     for name, variant in estimates["variants"].items():
         spread = variant["judge"]
         blind = spread["commonest_share"] > ONE_SCORE_SHARE
@@ -132,7 +154,14 @@ def findings(estimates: dict, logging_policy: str) -> tuple[str, list[str]]:
             if critical:
                 notes.append(f"{name}, {estimator}: cje grades {', '.join(critical)} critical (its warnings: phase2/report.md, analysis/estimates.json).")
             pairs = separated_pairs(result)
-            if pairs and not blind:
+            holds = holds_over_certified_range(variant, estimator, pairs)
+            if holds is False:
+                unsure.append(f"{name}, {estimator}")
+                notes.append(f"{name}, {estimator}: with the log-probs at the ends of their certified intervals the "
+                             "policies it tells apart are no longer all told apart (the certified ranges in the table).")
+            elif holds and pairs:
+                notes.append(f"{name}, {estimator}: what it tells apart holds over the whole certified range of the log-probs.")
+            if pairs and not blind and holds is not False:
                 ranked.append(f"{name}, {estimator}: " + "; ".join(f"{a} above {b}" for a, b in pairs))
             elif not pairs:
                 notes.append(f"{name}, {estimator}: the 95% intervals of every two policies it can estimate overlap.")
@@ -144,8 +173,12 @@ def findings(estimates: dict, logging_policy: str) -> tuple[str, list[str]]:
                          f"{agreement['direct']:.3f} vs {agreement['logged_value']:.3f} from the logged responses "
                          f"(difference {agreement['difference']:+.3f}, 95% margin {agreement['margin_95']:.3f}).")
     if ranked:
-        verdict = ("Some policies are told apart, with 95% intervals that do not overlap and cje's diagnostics passing: "
-                   + " | ".join(ranked) + ". Read the notes below before acting on it.")
+        verdict = ("Some policies are told apart, with 95% intervals that do not overlap and cje's diagnostics passing"
+                   + (" over the whole certified range of the log-probs" if any("certified_ends" in v for v in estimates["variants"].values()) else "")
+                   + ": " + " | ".join(ranked) + ". Read the notes below before acting on it.")
+    elif unsure:
+        verdict = ("These estimates cannot rank the policies: what some estimators tell apart does not hold at the ends "
+                   f"of the certified log-prob intervals ({', '.join(unsure)}); more alternatives per token narrow them.")
     else:
         verdict = "These estimates cannot rank the policies: no two of them are told apart (why, below)."
     return verdict, notes
@@ -155,12 +188,16 @@ def analyse(config: ExperimentConfig, workspace: Workspace, scores: dict[str, li
     """cje's estimates of each variant's files, whose judge scores (every response's) are `scores`, and the verdict."""
     folders = {variant: workspace.phase2_dir / variant for variant in phase2.VARIANTS}
     results = run_cje(cje_python(config), folders)
+    certified = (folders["deterministic"] / "certified_ends").is_dir()
+    at_ends = {end: run_cje(cje_python(config), folders, end) for end in phase2.CERTIFIED_ENDS} if certified else {}
     variants = {}
     for variant, result in results.items():
-        for estimator in result["estimators"].values():  # cje sorts the policies by name; every output keeps the config's order
-            if "policies" in estimator:
+        for estimator in [*result["estimators"].values(), *(e for r in at_ends.values() for e in r[variant]["estimators"].values())]:
+            if "policies" in estimator:  # cje sorts the policies by name; every output keeps the config's order
                 estimator["policies"] = {p: estimator["policies"][p] for p in config.target_policies if p in estimator["policies"]}
         variants[variant] = {"judge": judge_spread(scores[variant]), "estimators": result["estimators"]}
+        if at_ends:
+            variants[variant]["certified_ends"] = {end: r[variant]["estimators"] for end, r in at_ends.items()}
         variants[variant]["clones"] = {clone: clone_agreement(variants[variant], clone) for clone in config.clones()}
     estimates = {"analysed": True, "cje_version": next(iter(results.values()))["cje_version"],
                  "dry_run": workspace.is_dry_run, "logging_policy": config.logging_policy, "variants": variants}
@@ -182,8 +219,10 @@ def table(estimates: dict) -> str:
             for policy, row in result["policies"].items():
                 ess = "-" if row["ess_fraction"] is None else f"{row['ess_fraction']:.0%}"
                 interval = f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+                ends = certified_range(variant, estimator, policy)
                 lines.append(f"    {policy:<17}{estimator:<16}{row['estimate']:>9.3f}{row['standard_error']:>8.3f}"
-                             f"{interval:>19}{ess:>7}  {row['status'] or result['status'] or ''}")
+                             f"{interval:>19}{ess:>7}  {row['status'] or result['status'] or ''}"
+                             + ("" if ends is None else f"  certified range [{ends[0]:.3f}, {ends[1]:.3f}]"))
     return "\n".join(lines + ["", f"Verdict: {estimates['verdict']}"] + [f"  - {note}" for note in estimates["notes"]])
 
 

@@ -210,7 +210,8 @@ def build(config: ExperimentConfig, workspace: Workspace) -> dict:
     ratio_bounds: dict[str, dict[str, tuple[float, float]]] = {p: {} for p in targets}
     # What the clone check reads: every row's log-ratio as scored, a too-wide interval's midpoint included, since it
     # checks the scoring path, which is the same for rows Phase 2 cannot use.
-    scored_ratios: dict[str, dict[str, float | None]] = {p: {} for p in config.clones()}
+    clones = config.clones()
+    scored_ratios: dict[str, dict[str, float | None]] = {p: {} for p in clones}
     nulled = {p: 0 for p in config.policy_names}
     texts = RecordFields(workspace.checkpoint_path("generate"))
     with closing(texts), _phase2_files(workspace.phase2_dir, targets) as write:
@@ -231,7 +232,10 @@ def build(config: ExperimentConfig, workspace: Workspace) -> dict:
                         both = forced[logging_policy] is not None and forced[policy] is not None
                         scored_ratios[policy][prompt.prompt_id] = (forced[policy]["logprob"] - forced[logging_policy]["logprob"]
                                                                    if both else None)
-                    if base is not None and target is not None:
+                    if base is not None and target is not None and policy in clones:
+                        # one distribution scored twice by one computation: its ratio is exactly what was scored
+                        ratio_bounds[policy][prompt.prompt_id] = (target - base, target - base)
+                    elif base is not None and target is not None:
                         (base_low, base_high), (low, high) = bounds(forced[logging_policy]), bounds(forced[policy])
                         ratio_bounds[policy][prompt.prompt_id] = (low - base_high, high - base_low)
             if response is None:
