@@ -63,6 +63,9 @@ class RunEstimate:
     done: int  # of those, already done
     usage: dict[tuple[str, str], Usage] = field(default_factory=dict)  # (checkpoint, model key) -> usage
     recomputed: list[str] = field(default_factory=list)  # "checkpoint: policies" that --force recomputes
+    # policy -> (k, alternatives listed in all) for policies teacher-forced as certified intervals (the preflight's
+    # findings on record): the responses the endpoint returns grow by k entries per token
+    alternatives: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def estimate_run(config: ExperimentConfig, workspace: Workspace, samples: int | str | None = None,
@@ -79,7 +82,8 @@ def estimate_run(config: ExperimentConfig, workspace: Workspace, samples: int | 
                            done=sum(_done(states[name].get(k)) for name, ks in keys.items() for k in ks),
                            recomputed=[f"{name}: {', '.join(p for p in config.policies if (name, p) in recompute)}"
                                        for name in keys if any((name, p) in recompute for p in config.policies)])
-    from arena10k.providers.preflight import PROBE_MAX_TOKENS, PROBE_TEXT, planned_calls  # the preflight imports stages
+    from arena10k.providers.preflight import (  # the preflight imports stages
+        PROBE_MAX_TOKENS, PROBE_TEXT, certify_from_top_k, planned_calls)
 
     for model, calls in planned_calls(config, workspace).items():
         estimate.usage.setdefault(("preflight", model), Usage()).add(
@@ -89,6 +93,12 @@ def estimate_run(config: ExperimentConfig, workspace: Workspace, samples: int | 
         for key in names_keys:
             if _will_run(config, states, name, key):
                 accounting.add(estimate.usage, name, key, calls=1, output_known=False)
+    for name, policy in config.policies.items():
+        top_k = certify_from_top_k(workspace, policy.model, policy.temperature)
+        left = [key for key in keys["teacher_force"] if policy_of(key) == name and _will_run(config, states, "teacher_force", key)]
+        if top_k and left:
+            tokens = sum(accounting.response_tokens(item_key(key.partition("|")[0], config.logging_policy)) for key in left)
+            estimate.alternatives[name] = (top_k, top_k * tokens)
     return estimate
 
 
@@ -144,20 +154,20 @@ class _Accounting:
             settings = self.config.policies[policy]
             context = self._messages(settings.model, policy_messages(settings, self.prompts[prompt_id].prompt))
             if name == "generate":
-                output = self._response_tokens(key) if output_known else calls * settings.max_tokens
+                output = self.response_tokens(key) if output_known else calls * settings.max_tokens
                 usage.setdefault((name, settings.model), Usage()).add(calls, context, output)
             else:  # the logged response is scored, nothing is generated
-                base = self._response_tokens(item_key(prompt_id, self.config.logging_policy))
+                base = self.response_tokens(item_key(prompt_id, self.config.logging_policy))
                 usage.setdefault((name, settings.model), Usage()).add(calls, context + base, 0)
             return
         judge: JudgeConfig = self.config.judge if name == "judge" else self.config.oracle
         # The response is counted by its recorded length rather than tokenized again: one number per response.
         context = (self._messages(judge.model, judging.judge_messages(rubric(judge), "", ""))
-                   + self._tokens(judge.model, self.prompts[prompt_id].prompt) + self._response_tokens(key))
+                   + self._tokens(judge.model, self.prompts[prompt_id].prompt) + self.response_tokens(key))
         calls *= calls_per_grading(judge)
         usage.setdefault((name, judge.model), Usage()).add(calls, context * calls, calls * judge.max_tokens)
 
-    def _response_tokens(self, key: str) -> int:
+    def response_tokens(self, key: str) -> int:
         state = self.generated.get(key)
         if state is None or state.record is None or state.record["n_tokens"] is None:
             return self.config.policies[policy_of(key)].max_tokens
@@ -220,6 +230,11 @@ def describe(estimate: RunEstimate) -> str:
             sorted({f"{m} ({'its own tokenizer' if config.models[m].provider == 'local' else f'{CHARS_PER_TOKEN} characters per token'})"
                     for _, m in estimate.usage})) + f", plus about {TOKENS_PER_MESSAGE} per chat message.",
     ]
+    if estimate.alternatives:
+        lines.append("Certified teacher forcing (the preflight found temperature-1 echo log-probs): " + "; ".join(
+            f"{policy} asks for top-k={k}, {count:,} alternatives in all" for policy, (k, count) in estimate.alternatives.items())
+            + ". No price is configured for alternatives (they are not input or output tokens); where a provider "
+            "bills them, add their cost.")
     return "\n".join(lines)
 
 

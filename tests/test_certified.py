@@ -67,8 +67,8 @@ def test_a_collision_widens_the_interval_rather_than_break_it():
 
 def test_truncation_lists_what_a_smaller_k_would():
     alternatives = {"x": -0.1, "y": -2.0, "z": -3.0, "w": -5.0}
-    assert truncated(alternatives, "w", 2) == {"x": -0.1, "y": -2.0, "w": -5.0}
-    assert truncated(alternatives, "x", 2) == {"x": -0.1, "y": -2.0}
+    assert truncated(alternatives, "w", -5.0, 2) == {"x": -0.1, "y": -2.0, "w": -5.0}
+    assert truncated(alternatives, "x", -0.1, 2) == {"x": -0.1, "y": -2.0}
 
 
 def test_above_temperature_one_there_is_no_interval():

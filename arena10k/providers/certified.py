@@ -93,10 +93,11 @@ def response_interval(tokens: list[str], logprobs: list[float], alternatives: li
     return total
 
 
-def truncated(alternatives: dict[str, float], token: str, k: int) -> dict[str, float]:
-    """What an endpoint asked for k alternatives would list, from what it listed when asked for more: the k most
-    probable, and the token itself (as llama-cpp-python and vLLM add it). For the preflight's choice of k."""
+def truncated(alternatives: dict[str, float], token: str, logprob: float, k: int) -> dict[str, float]:
+    """About what an endpoint asked for k alternatives would list, from what it listed when asked for more: the k
+    most probable, and the token itself (as llama-cpp-python and vLLM add it). For the preflight's choice of k only:
+    where texts collided in the longer list, its k most probable distinct texts hide that collision from the
+    interval, which a real list of k shows by listing fewer (so the expected width can be a little optimistic)."""
     top = dict(sorted(alternatives.items(), key=lambda item: -item[1])[:k])
-    if token in alternatives:
-        top[token] = alternatives[token]
+    top[token] = logprob
     return top

@@ -293,7 +293,7 @@ def _rescaling(config: ExperimentConfig, provider, model: str, temperature: floa
     length = config.policies[config.logging_policy].max_tokens
     per_100: dict[int, float] = {}
     for k in sorted({k for k in TOP_K_LADDER if k <= cap} | {cap}):
-        alternatives = [truncated(listed or {}, t, k) for t, listed in zip(echo.tokens, echo.alternatives)]
+        alternatives = [truncated(listed or {}, t, lp, k) for t, lp, listed in zip(echo.tokens, echo.logprobs, echo.alternatives)]
         width = response_interval(echo.tokens, echo.logprobs, alternatives, k, temperature).width
         per_100[k] = 100 * width / max(1, len(echo.tokens))
         if per_100[k] * length / 100 <= config.max_certified_width:
