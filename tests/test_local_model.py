@@ -184,7 +184,9 @@ def test_a_free_sequence_between_decoding_ones_changes_no_result(request, model)
             futures.append(pool.submit(together.generate, call))
             time.sleep(0.05)
         results = [future.result() for future in futures]
-    assert [len(r.token_ids) for r in results] == [24, 2, 24]
+    # The second ends first, while the others decode on (where they stop depends on the build's rounding: seen 24 and 14).
+    first, second, third = (len(r.token_ids) for r in results)
+    assert second == 2 < min(first, third)
     assert results == [alone.generate(call) for call in calls]
     assert together.placeholder_tokens > 0
 

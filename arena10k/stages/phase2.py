@@ -129,7 +129,8 @@ def scored_log_ratio(row: dict, policy: str) -> float | None:
     def scored(name: str, value: float | None) -> float | None:
         return sum(intervals[name]) / 2 if value is None and name in intervals else value
 
-    base = scored(row["observation_id"].rpartition("|")[2], row["base_policy_logprob"])
+    logging_policy = next((name for name in intervals if name not in row["target_policy_logprobs"]), None)
+    base = scored(logging_policy, row["base_policy_logprob"])
     target = scored(policy, row["target_policy_logprobs"].get(policy))
     return None if base is None or target is None else target - base
 
@@ -160,11 +161,12 @@ def write_certified_ends(variant_dir: Path, ratio_bounds: dict[str, dict[str, tu
     logged = variant_dir / "logged.jsonl"
     threshold = {}
     for policy in ratio_bounds:
-        pairs = [(math.exp(row["target_policy_logprobs"][policy] - row["base_policy_logprob"]), row["judge_score"])
+        pairs = [(row["target_policy_logprobs"][policy] - row["base_policy_logprob"], row["judge_score"])
                  for row in _rows(logged) if row["target_policy_logprobs"][policy] is not None
                  and row["base_policy_logprob"] is not None]
-        top = max((w for w, _ in pairs), default=1.0)
-        threshold[policy] = sum(w / top * y for w, y in pairs) / max(sum(w / top for w, _ in pairs), 1e-300)
+        largest = max((ratio for ratio, _ in pairs), default=0.0)  # weights relative to the largest stay finite
+        weights = [(math.exp(ratio - largest), score) for ratio, score in pairs]
+        threshold[policy] = sum(w * y for w, y in weights) / sum(w for w, _ in weights) if weights else 0.0
     for end in CERTIFIED_ENDS:
         with atomic_writer(variant_dir / "certified_ends" / end / "logged.jsonl") as out:
             for row in _rows(logged):
