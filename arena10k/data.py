@@ -24,6 +24,7 @@ class FilterReport:
     rows: int = 0
     empty: int = 0
     duplicate: int = 0
+    no_letters: int = 0  # emoji, symbols or numbers only: in no language
     non_english: int = 0
     sampled_out: int = 0
     kept: int = 0
@@ -83,7 +84,9 @@ def prepare_prompts(rows, samples: int | str, seed: int, source: str = "the data
             report.duplicate += 1
         else:
             seen.add(text)
-            if not is_english(text):
+            if not any(character.isalpha() for character in text):
+                report.no_letters += 1
+            elif not is_english(text):
                 report.non_english += 1
             else:
                 source_id = row.get("question_id")
@@ -94,11 +97,12 @@ def prepare_prompts(rows, samples: int | str, seed: int, source: str = "the data
         raise ConfigError(f"{source}: no row has a conversation_a ({report.rows} rows). Expected {ROW_SHAPE}")
     if not candidates:
         raise ConfigError(f"{source}: no English first-turn prompt ({report.rows} rows: {report.empty} empty, "
-                          f"{report.duplicate} duplicate, {report.non_english} not English). Expected {ROW_SHAPE}")
+                          f"{report.duplicate} duplicate, {report.no_letters} without letters, {report.non_english} not English). "
+                          f"Expected {ROW_SHAPE}")
     if samples != "all" and int(samples) > len(candidates):
         raise ConfigError(f"The run asks for {samples} prompts, but {source} yields {len(candidates)} after filtering "
-                          f"({report.rows} rows: {report.empty} empty, {report.duplicate} duplicate, {report.non_english} "
-                          f"not English). Ask for at most {len(candidates)}, or 'all'.")
+                          f"({report.rows} rows: {report.empty} empty, {report.duplicate} duplicate, {report.no_letters} without "
+                          f"letters, {report.non_english} not English). Ask for at most {len(candidates)}, or 'all'.")
     random.Random(seed).shuffle(candidates)
     chosen = candidates if samples == "all" else candidates[: int(samples)]
     report.sampled_out = len(candidates) - len(chosen)

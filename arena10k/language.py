@@ -93,8 +93,8 @@ def _function_word_scores(latin_words: list[str]) -> tuple[float, float]:
 def is_english(text: str) -> bool:
     """True when the natural-language part of a prompt is English."""
     text = text.strip()
-    if not text:
-        return False
+    if not any(character.isalpha() for character in text):
+        return False  # emoji, symbols or numbers only: in no language
     if text.isupper():
         text = text.lower()  # a prompt typed in capitals is not a string of acronyms
     text = _URL.sub(" ", text)
@@ -110,7 +110,7 @@ def is_english(text: str) -> bool:
         # or code, and is not dwarfed by text in another script.
         return english >= 2 and english > foreign and 2 * len(latin) >= other_script
     if not any(len(w) > 1 for w in latin):
-        return True  # arithmetic, formulas, bare links: nothing that is in another language
+        return True  # formulas, bare links: a few letters, nothing that is in another language
     if len(latin) < LONG_PROMPT_WORDS:
         if abs(english - foreign) >= 1:
             return english > foreign

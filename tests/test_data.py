@@ -27,6 +27,15 @@ def test_clearly_non_english_prompts_are_dropped(text):
     assert not is_english(text)
 
 
+def test_prompts_without_a_letter_are_refused_and_counted():
+    rows = [{"question_id": str(i), "conversation_a": [{"role": "user", "content": text}]}
+            for i, text in enumerate(["😀🎉👍", "2 + 2 = ?", "!!! ???", "What is 2 + 2?", "I feel great 😀 what should I do?"])]
+    prompts, report = data.prepare_prompts(rows, "all", seed=0)
+    assert sorted(p.prompt for p in prompts) == ["I feel great 😀 what should I do?", "What is 2 + 2?"]
+    assert (report.no_letters, report.non_english) == (3, 0)
+    assert not is_english("😀🎉👍")
+
+
 def test_shared_sample_dedup_and_english_filter(shared_arena):
     rows = data.load_conversations(str(shared_arena / "conversations_sample.jsonl"))
     prompts, report = data.prepare_prompts(rows, "all", seed=0)

@@ -105,6 +105,19 @@ def test_adding_a_policy_makes_exactly_that_policys_calls(tmp_path):
     assert all("Answer in as few words" not in json.dumps(c.messages) or c.system_prompt == terse for c in fake.calls)
 
 
+def test_a_policy_removed_from_the_config_leaves_no_fresh_draws_in_phase2(run_copy, tmp_path, capsys):
+    without = write_config(tmp_path / "without.yaml", lambda raw: raw["policies"].pop("terse"))
+    assert (run_copy / "phase2" / "deterministic" / "fresh_draws" / "terse_responses.jsonl").exists()
+    status, _ = run(run_copy, without)
+    assert status == 0
+    for variant in ("deterministic", "uncertainty"):
+        assert not (run_copy / "phase2" / variant / "fresh_draws" / "terse_responses.jsonl").exists()
+    info = json.loads((run_copy / "phase2" / "dataset_info.json").read_text())
+    assert info["removed_stale_files"] == ["deterministic/fresh_draws/terse_responses.jsonl",
+                                           "uncertainty/fresh_draws/terse_responses.jsonl"]
+    assert "Removed 2 fresh-draw files of policies no longer in the config" in (run_copy / "phase2" / "summary.txt").read_text()
+
+
 def test_changing_one_target_is_refused_then_recomputes_exactly_that_target(run_copy, tmp_path, capsys):
     changed = write_config(tmp_path / "changed.yaml", lambda raw: raw["policies"]["evasive"].update(temperature=1.2))
     checkpoints = {p.name: p.read_bytes() for p in (run_copy / "checkpoints").iterdir()}

@@ -108,6 +108,17 @@ def _phase2_files(phase2_dir: Path, targets: tuple[str, ...]) -> Iterator[Callab
         yield lambda variant, policy, row: files[variant, policy].write(dumps(row) + "\n")
 
 
+def remove_stale_fresh_draws(phase2_dir: Path, targets: tuple[str, ...]) -> list[str]:
+    """Removes the fresh-draw files of policies that are no longer in the config: cje-eval estimates every file it finds
+    in fresh_draws/, so a removed policy would be back in the results. Returns what it removed."""
+    kept = {f"{policy}_responses.jsonl" for policy in targets}
+    stale = sorted(path for variant in VARIANTS for path in (phase2_dir / variant / "fresh_draws").glob("*_responses.jsonl")
+                   if path.name not in kept)
+    for path in stale:
+        path.unlink()
+    return [str(path.relative_to(phase2_dir)) for path in stale]
+
+
 def usable_logprob(record: dict | None, max_width: float) -> tuple[float | None, str | None]:
     """A teacher-forced log-prob as Phase 2 uses it, or None with the reason: a certified interval wider than
     max_certified_width gives no value."""
@@ -215,6 +226,7 @@ def build(config: ExperimentConfig, workspace: Workspace) -> dict:
     clones = config.clones()
     scored_ratios: dict[str, dict[str, float | None]] = {p: {} for p in clones}
     nulled = {p: 0 for p in config.policy_names}
+    stale = remove_stale_fresh_draws(workspace.phase2_dir, targets)
     texts = RecordFields(workspace.checkpoint_path("generate"))
     with closing(texts), _phase2_files(workspace.phase2_dir, targets) as write:
         for prompt in prompts:
@@ -294,6 +306,7 @@ def build(config: ExperimentConfig, workspace: Workspace) -> dict:
         "fresh_draws": fresh_draws,
         "oracle_labels": {"calibration": calibration_labels, "validation": validation_labels},
         "excluded": dict(sorted(excluded.items())),
+        "removed_stale_files": stale,  # fresh draws of policies no longer in the config, removed when this was written
         "coverage": {name: {"expected": c.expected, "done": c.done, "failed": dict(c.failed), "missing": c.missing}
                      for name, c in coverage.items()},
         "weights": {p: d.__dict__ for p, d in diagnostics.items()},
@@ -390,6 +403,9 @@ def summary_table(info: dict) -> str:
                     f"largest {check['largest_difference']:.3g} nats, "
                     f"{len(check['beyond_tolerance'])} beyond tolerance" if check["compared"] else
                     "none compared (no sampled log-probs, or responses whose end of turn has no sampled log-prob)"))
+    if info["removed_stale_files"]:
+        lines.append(f"Removed {len(info['removed_stale_files'])} fresh-draw files of policies no longer in the config "
+                     f"(cje-eval would have estimated them): {', '.join(info['removed_stale_files'])}")
     if info["excluded"]:
         lines.append(f"  excluded ({len(info['excluded'])}):")
         lines += [f"    {what}: {why}" for what, why in info["excluded"].items()]

@@ -28,7 +28,7 @@ def run(config: ExperimentConfig, workspace: Workspace, samples: int | str | Non
         f"; the run {'grows' if len(prompts) > _count(workspace) else 'shrinks'} from {_count(workspace)} to "
         f"{len(prompts)} prompts (every finished item of the prompts it keeps is reused)")
     workspace.save_prompts(prompts, report_dict, fingerprint, samples)
-    counts = ", ".join(f"{k} {report_dict[k]}" for k in ("rows", "empty", "duplicate", "non_english", "sampled_out", "kept"))
+    counts = ", ".join(f"{k} {report_dict[k]}" for k in ("rows", "empty", "duplicate", "no_letters", "non_english", "sampled_out", "kept"))
     return f"prepare: {counts} -> {workspace.prompts_path} ({time.monotonic() - started:.1f}s){resized}"
 
 
