@@ -16,6 +16,7 @@ from pathlib import Path
 from arena10k.checkpoint import Coverage, ItemState, scan_states, tally
 from arena10k.config import ExperimentConfig
 from arena10k.liveness import Claim, finish_times, read_claim
+from arena10k.stages import analyze
 from arena10k.stages.registry import CHECKPOINTS, expected_keys
 from arena10k.workspace import Workspace, policy_of
 
@@ -141,12 +142,14 @@ def describe(status: RunStatus) -> str:
         report = status.root / "phase2" / "report.md"
         lines += ["", f"Phase 2 written {_when(status.phase2_written, status.now)}: {status.root / 'phase2'}"
                   + (f"; diagnostics in {report}" if report.exists() else "")]
-        estimates = status.root / "analysis" / "estimates.json"
-        if estimates.exists():
-            made = json.loads(estimates.read_text())
-            lines.append(f"Estimates: {made['verdict'] if made['analysed'] else 'not made: ' + made['reason']} ({estimates})")
+        made = analyze.current_estimates(Workspace(status.root))
+        if made is None:
+            lines.append("Estimates: none of a finished analysis of these Phase 2 files (stage 7, analyze, makes them)")
+        elif not made["analysed"]:
+            lines.append(f"Estimates: not made: {made['reason']}")
         else:
-            lines.append("Estimates: none for these Phase 2 files (stage 7, analyze, makes them)")
+            lines.append("Estimates: " + ("DRY RUN (synthetic responses, not a result): " if made["dry_run"] else "")
+                         + f"{made['verdict']} ({status.root / 'analysis' / 'estimates.json'})")
     return "\n".join(lines)
 
 

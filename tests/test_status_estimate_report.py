@@ -10,8 +10,8 @@ import pytest
 from conftest import PHASE2_FILES, TINY_CONFIG, phase2_bytes
 
 from arena10k import estimate, liveness, report, status
-from arena10k.checkpoint import scan_states, tally
-from arena10k.stages import phase2, registry
+from arena10k.checkpoint import dumps, scan_states, tally
+from arena10k.stages import analyze, phase2, registry
 from arena10k.testing import synthetic_run
 from arena10k.checkpoint import Checkpoint, load_states
 from arena10k.config import ExperimentConfig, load_config
@@ -115,6 +115,24 @@ def test_status_of_a_finished_run_and_of_a_killed_pipeline(tmp_path, config):
     with liveness.claim(workspace):  # a stale claim does not stop the next run
         assert liveness.is_alive(workspace)
     assert not workspace.pid_path.exists()
+
+
+def test_status_shows_only_the_verdict_of_a_finished_analysis_of_these_files_and_marks_a_dry_run(tmp_path, config):
+    synthetic_run.write_run(tmp_path, config, 6, last_finished=LAST_FINISHED)
+    workspace = Workspace(tmp_path)
+    phase2.run(config, workspace)
+    workspace.analysis_dir.mkdir(parents=True, exist_ok=True)
+    verdict = {"analysed": True, "dry_run": False, "verdict": "Some policies are told apart."}
+    (workspace.analysis_dir / "estimates.json").write_text(json.dumps(verdict))
+    # An analysis that did not finish (its inputs are written last), as when the run exited with an error:
+    assert "none of a finished analysis" in status.describe(status.collect(workspace, config))
+    (workspace.analysis_dir / "inputs.json").write_text(dumps(analyze._inputs(config, workspace)))
+    assert "Estimates: Some policies are told apart." in status.describe(status.collect(workspace, config))
+    (workspace.analysis_dir / "estimates.json").write_text(json.dumps({**verdict, "dry_run": True}))
+    assert "Estimates: DRY RUN (synthetic responses, not a result): Some" in status.describe(status.collect(workspace, config))
+    logged = workspace.phase2_dir / "deterministic" / "logged.jsonl"
+    logged.write_text(logged.read_text())  # rewritten since: the estimates are of other files
+    assert "none of a finished analysis" in status.describe(status.collect(workspace, config))
 
 
 def test_a_second_pipeline_on_the_same_directory_is_refused(tmp_path):

@@ -53,6 +53,22 @@ def _inputs(config: ExperimentConfig, workspace: Workspace) -> dict:
             "script": hashlib.sha256(CJE_SCRIPT.read_bytes()).hexdigest()}
 
 
+def current_estimates(workspace: Workspace) -> dict | None:
+    """The estimates of a finished analysis of the Phase 2 files as they are now; None where there is none: no
+    analysis, one that did not finish (its inputs are written last), or one of files since rewritten."""
+    estimates_path, inputs_path = workspace.analysis_dir / "estimates.json", workspace.analysis_dir / "inputs.json"
+    if not estimates_path.exists():
+        return None
+    estimates = json.loads(estimates_path.read_text())
+    if not estimates["analysed"]:  # why none were made: removed with the Phase 2 files it was said of
+        return estimates
+    if not inputs_path.exists():
+        return None
+    recorded = json.loads(inputs_path.read_text())["phase2"]
+    now = json.loads(dumps({name: phase2.file_stamp(workspace.phase2_dir / name) for name in recorded}))
+    return estimates if now == recorded else None
+
+
 def run_cje(python: Path, folders: dict[str, Path], end: str | None = None) -> dict[str, dict]:
     """cje_estimates.py on every variant's folder (at one end of the certified intervals, if given), the variants at
     once (cje's bootstrap keeps one core busy)."""
