@@ -231,6 +231,14 @@ class ExperimentConfig(_Strict):
         logging = self.policy_identity(self.logging_policy)
         return tuple(name for name in self.target_policies if self.policy_identity(name) == logging)
 
+    def max_tokens_warnings(self) -> list[str]:
+        """What a target's max_tokens other than the logging policy's does to its weights, said before any call."""
+        logging = self.policies[self.logging_policy].max_tokens
+        return [f"policies.{name}.max_tokens is {policy.max_tokens}, {self.logging_policy}'s {logging}: the responses of "
+                f"{self.logging_policy} cut at {logging} tokens get weight 0 under {name} (it never gives that cut text)"
+                + (f", and so do those longer than {policy.max_tokens - 1} tokens" if policy.max_tokens < logging else "")
+                for name, policy in self.policies.items() if policy.max_tokens != logging]
+
     def used_models(self) -> dict[str, ModelConfig]:
         names = {p.model for p in self.policies.values()} | {self.judge.model}
         if self.oracle.enabled:

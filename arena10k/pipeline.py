@@ -108,6 +108,10 @@ def _run(args: argparse.Namespace, stage: str | None, command: str) -> int:
         print(estimate.describe(estimate.estimate_run(config, workspace, samples, forced)))
         return 0
     check_config(config, registry.models_called(config, selected))
+    if {"generate", "teacher_force"} & {s.name for s in selected}:
+        for warning in config.max_tokens_warnings():
+            log.warning("%s", warning)
+            print(f"warning: {warning}")
     if analyze.STAGE in selected:
         analyze.check_environment(config)
     workspace.refuse_foreign_directory()

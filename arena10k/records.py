@@ -51,7 +51,8 @@ class Response:
 class TeacherForced:
     prompt_id: str
     policy: str  # the policy whose log-prob of the P0 response this is
-    logprob: float  # log pi(response | prompt), <= 0, at the policy's sampling temperature
+    logprob: float | None  # log pi(response | prompt), <= 0, at the policy's sampling temperature; None: probability 0
+
     n_tokens: int  # scored tokens, including the end-of-turn token when the response stopped
     method: str  # how the number was produced, see arena10k.teacher_forcing
     # The logging policy only, where its response's sampled log-probs are known: logprob minus their sum (0 when
@@ -65,6 +66,9 @@ class TeacherForced:
     logprob_high: float | None = None
     top_k: int | None = None
     temperature_one_logprob: float | None = None  # the echoed temperature-1 log-prob the bounds were computed from
+    # Why the policy cannot give this response at all (its max_tokens), where it cannot: its probability is exactly 0,
+    # and `logprob` is None (log 0 has no finite value).
+    zero_probability: str | None = None
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from arena10k.errors import Arena10kError
 from arena10k.estimate import LARGE_FIELDS, Usage, usage, usage_table
 from arena10k.judging import ONE_SCORE_SHARE
 from arena10k.stages.analyze import certified_range
-from arena10k.stages.phase2 import (CLONE_ERROR_NATS, VARIANTS, WeightDiagnostics, certified_lines, clone_check,
+from arena10k.stages.phase2 import (CLONE_ERROR_NATS, LOG_ZERO, VARIANTS, WeightDiagnostics, certified_lines, clone_check,
                                    scored_log_ratio, weight_diagnostics)
 from arena10k.workspace import Workspace
 
@@ -446,7 +446,14 @@ def _weights_section(report: ReportInput, weights: dict[str, PolicyWeights], fig
         lines.append(f"| {policy} | {d.n} | {d.null_logprobs} | {_pct(d.ess_fraction)} | {_num(effective, '.1f')} "
                      f"| {_weight(w.log_mean_weight)} | {_num(d.median_weight, '.3g')} | {_weight(d.max_log_weight)} "
                      f"| {_pct(w.top_share)} | {d.extreme_weights} |")
-    known = {policy: w.known for policy, w in weights.items() if len(w.known) and w.diagnostics.clone_check is None}
+    # Weights exactly 0 (a target that cannot give the response) have no place on a log scale; they are counted instead.
+    known = {policy: w.known[w.known > LOG_ZERO / 2] for policy, w in weights.items()
+             if len(w.known) and w.diagnostics.clone_check is None}
+    zeros = {policy: int((w.known <= LOG_ZERO / 2).sum()) for policy, w in weights.items()}
+    if any(zeros.values()):
+        lines += ["", "Weights exactly 0 (the target's max_tokens: it cannot give the response; reasons in each row's "
+                  "`zero_probability_reasons`): " + ", ".join(f"{p} {n}" for p, n in zeros.items() if n) + "."]
+    known = {policy: values for policy, values in known.items() if len(values)}
     if known:
         titles = {p: f"{p}\nESS {_pct(weights[p].diagnostics.ess_fraction)}, top 1% hold {_pct(weights[p].top_share)}, "
                      f"max w {_weight(weights[p].diagnostics.max_log_weight)}" for p in known}

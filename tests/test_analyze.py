@@ -3,13 +3,15 @@ tests/test_pipeline.py checks its numbers against cje-eval 0.3.0 called by hand 
 
 import json
 
+import pytest
 import yaml
 from conftest import OWN_CONFIG
 
 from arena10k import pipeline, providers
 from arena10k import status as status_module
 from arena10k.config import load_config
-from arena10k.stages.analyze import clone_agreement, findings
+from arena10k.checkpoint import dumps
+from arena10k.stages.analyze import _inputs, clone_agreement, findings
 from arena10k.errors import ItemError
 from arena10k.testing.fake_provider import FakeModels, FakeProvider
 from arena10k.workspace import Workspace
@@ -20,12 +22,53 @@ def row(estimate, half_width, ess=None, status="good", se=None):
             "ci_high": estimate + half_width, "ess_fraction": ess, "status": status, "n": 20}
 
 
-def estimates(policies_by_estimator, commonest_share=0.2, clones=None):
+def estimates(policies_by_estimator, commonest_share=0.2, clones=None, labels=100, clone_checks=None, warnings=()):
+    """Made-up estimates that pass every gate of the run unless told otherwise."""
     variant = {"judge": {"responses": 100, "distinct": 40, "commonest": 0.5, "commonest_share": commonest_share},
-               "estimators": {name: {"method": name, "status": "good", "policies": policies, "warnings": []}
+               "estimators": {name: {"method": name, "status": "good", "policies": policies, "warnings": list(warnings)}
                               for name, policies in policies_by_estimator.items()},
                "clones": clones or {}}
-    return {"variants": {"uncertainty": variant}}
+    return {"variants": {"uncertainty": variant}, "oracle_calibration_labels": labels,
+            "clone_checks": {"twin": "PASS"} if clone_checks is None else clone_checks}
+
+
+SEPARATED = {"good": row(0.8, 0.05), "bad": row(0.3, 0.05)}
+
+
+@pytest.mark.parametrize("change, gate", [
+    (dict(labels=6), "oracle labels: 6 calibration labels, 50 needed"),
+    (dict(clone_checks={}), "clone check: the config has no clone"),
+    (dict(clone_checks={"twin": None}), "clone check: twin not made"),
+    (dict(clone_checks={"twin": "FAIL"}), "clone check: twin FAIL"),
+])
+def test_a_run_that_fails_a_gate_ranks_nothing_and_the_verdict_names_the_gate(change, gate):
+    verdict, _ = findings(estimates({"direct": SEPARATED}, **change), "p0")
+    assert verdict.startswith("These estimates cannot rank the policies; gates not passed: ") and gate in verdict
+
+
+def test_a_failed_estimator_call_ranks_nothing():
+    made_up = estimates({"direct": SEPARATED})
+    made_up["variants"]["uncertainty"]["estimators"]["stacked-dr"] = {"error": "ValueError: Too few oracle samples (3)"}
+    verdict, notes = findings(made_up, "p0")
+    assert "estimator calls: uncertainty, stacked-dr failed" in verdict
+    assert "uncertainty, stacked-dr: cje-eval failed: ValueError: Too few oracle samples (3)" in notes
+
+
+@pytest.mark.parametrize("bad, note", [
+    ({**row(0.3, 0.05), "estimate": 0.305, "ci_low": 0.284, "ci_high": 0.291}, "lie outside their own 95% intervals"),
+    (row(0.3, 0.05, se=1.6e-15), "standard errors of bad are degenerate"),
+])
+def test_an_estimate_outside_its_interval_or_with_a_degenerate_error_ranks_nothing(bad, note):
+    verdict, notes = findings(estimates({"direct": {"good": row(0.8, 0.05), "bad": bad}}), "p0")
+    assert verdict.startswith("These estimates cannot rank the policies")
+    assert any(note in n for n in notes)
+
+
+def test_cje_warnings_that_weaken_a_claim_rank_nothing_and_are_listed():
+    warned = ["Calibration folds reduced from 5 to 2", "527 of 2000 bootstrap replicates usable"]
+    verdict, notes = findings(estimates({"direct": SEPARATED}, warnings=warned), "p0")
+    assert verdict.startswith("These estimates cannot rank the policies")
+    assert any("not claimed, for cje's warnings: Calibration folds reduced from 5 to 2 | 527 of 2000" in n for n in notes)
 
 
 def test_policies_whose_intervals_do_not_overlap_are_told_apart():
@@ -101,11 +144,12 @@ def test_estimates_of_older_phase2_files_are_removed_when_phase2_is_rebuilt(tmp_
     assert status == 0
     stale = tmp_path / "run" / "analysis" / "estimates.json"
     stale.parent.mkdir()
-    stale.write_text(json.dumps({"analysed": True, "verdict": "made from other files"}))
+    stale.write_text(json.dumps({"analysed": True, "dry_run": False, "verdict": "made from other files"}))
     config = load_config(tmp_path / "config.yaml")
+    (stale.parent / "inputs.json").write_text(dumps(_inputs(config, Workspace(tmp_path / "run"))))  # as a finished analysis
     assert "Estimates: made from other files" in status_module.describe(status_module.collect(Workspace(tmp_path / "run"), config))
     (tmp_path / "run" / "phase2" / "inputs.json").unlink()  # as if a checkpoint had changed
     with providers.substituted(FakeModels()):
         assert pipeline.main(["--config", str(tmp_path / "config.yaml"), "--data-dir", str(tmp_path / "run"), "--only", "phase2"]) == 0
     assert not stale.exists()
-    assert "Estimates: none for these Phase 2 files" in status_module.describe(status_module.collect(Workspace(tmp_path / "run"), config))
+    assert "Estimates: none of a finished analysis of these Phase 2 files" in status_module.describe(status_module.collect(Workspace(tmp_path / "run"), config))

@@ -5,19 +5,20 @@ so each test counts the calls a change costs.
 """
 
 import json
+import math
 import shutil
 import subprocess
 import sys
 
 import pytest
 import yaml
-from conftest import OWN_CONFIG, PROJECT_ROOT, phase2_bytes
+from conftest import OWN_CONFIG, PROJECT_ROOT, phase2_bytes, run_cje
 
 from arena10k import pipeline, providers
 from arena10k.config import ExperimentConfig, load_config
 from arena10k.errors import ConfigError
 from arena10k.judging import JUDGE_RUBRIC, ORACLE_RUBRIC
-from arena10k.stages import registry
+from arena10k.stages import phase2, registry
 from arena10k.testing import synthetic_run
 from arena10k.testing.fake_provider import FakeModels
 
@@ -264,3 +265,62 @@ def test_one_row_whose_scoring_disagrees_is_reported_and_the_run_exits_non_zero(
     check = json.loads((tmp_path / "run" / "phase2" / "dataset_info.json").read_text())["self_check"]
     assert check["compared"] == PROMPTS and len(check["beyond_tolerance"]) == 1 and check["largest_difference"] == 0.5
     assert "**1 beyond tolerance**" in (tmp_path / "run" / "phase2" / "report.md").read_text()
+
+
+CJE_LOADS = """
+import json, sys, warnings
+from cje import analyze_dataset
+folder, version = sys.argv[1], sys.argv[2]
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    if version == "0.3.0":
+        result = analyze_dataset(logged_data_path=folder + "/logged.jsonl", estimator="calibrated-ips")
+    else:
+        result = analyze_dataset(fresh_draws_dir=folder + "/fresh_draws", calibration_data_path=folder + "/logged.jsonl",
+                                 estimator="direct")
+print(json.dumps({"policies": list(result.metadata["target_policies"]), "estimates": [float(e) for e in result.estimates],
+                  "used": {p: int(n) for p, n in (getattr(result, "n_samples_used", None) or {}).items()}}))
+"""
+
+
+def test_a_targets_max_tokens_gives_weight_0_to_responses_it_cannot_give(tmp_path, capsys):
+    """terse stops after 3 tokens: P0's longer responses, and those cut at P0's 12, are not its. roomy samples as P0
+    does but stops at 20: P0's responses that ended their turn are its own (weight 1), those cut at 12 are not."""
+    def caps(raw):
+        raw["policies"]["terse"]["max_tokens"] = 3
+        raw["policies"]["roomy"] = {**raw["policies"][raw["logging_policy"]], "max_tokens": 20}
+
+    config = write_config(tmp_path / "caps.yaml", caps)
+    assert run(tmp_path / "run", config)[0] == 0
+    out = capsys.readouterr().out
+    assert "warning: policies.terse.max_tokens is 3, assistant's 12" in out and "warning: policies.roomy.max_tokens is 20" in out
+    rows = [json.loads(line) for line in (tmp_path / "run" / "phase2" / "deterministic" / "logged.jsonl").read_text().splitlines()]
+    cut = [row for row in rows if row["metadata"]["finish_reason"] == "length"]
+    ended = [row for row in rows if row["metadata"]["finish_reason"] == "stop"]
+    assert cut and ended
+    for row in cut:
+        assert row["target_policy_logprobs"]["roomy"] == phase2.LOG_ZERO
+        assert math.exp(row["target_policy_logprobs"]["roomy"] - row["base_policy_logprob"]) == 0.0
+        assert row["metadata"]["zero_probability_reasons"]["roomy"].startswith("cut at another max_tokens")
+    for row in ended:
+        assert row["target_policy_logprobs"]["roomy"] == row["base_policy_logprob"]  # its own distribution: weight 1
+        assert "roomy" not in row["metadata"]["zero_probability_reasons"]
+        longer = row["metadata"]["n_tokens"] >= 3
+        assert (row["target_policy_logprobs"]["terse"] == phase2.LOG_ZERO) == longer
+        if longer:
+            assert row["metadata"]["zero_probability_reasons"]["terse"].startswith("longer than max_tokens")
+    forced = [json.loads(line)["record"] for line in (tmp_path / "run" / "checkpoints" / "teacher_force.jsonl").read_text().splitlines()]
+    assert all(r["logprob"] is None for r in forced if r["zero_probability"])  # never a finite number
+    # Equal caps change nothing: every other policy's log-probs are the teacher-forced values, bit for bit.
+    equal = {(r["prompt_id"], r["policy"]): r["logprob"] for r in forced if r["policy"] not in ("terse", "roomy")}
+    assert all(r["zero_probability"] is None for r in forced if r["policy"] not in ("terse", "roomy"))
+    assert all(row["target_policy_logprobs"][p] == equal[row["prompt_id"], p] for row in rows for p in row["target_policy_logprobs"]
+               if p not in ("terse", "roomy"))
+    info = json.loads((tmp_path / "run" / "phase2" / "dataset_info.json").read_text())
+    assert info["zero_probability"]["roomy"] == {"cut at another max_tokens": len(cut)}
+    assert "roomy: weight exactly 0 for" in (tmp_path / "run" / "phase2" / "summary.txt").read_text()
+    for version in ("0.3.0", "0.9.3"):  # both read the files, and cje 0.3 keeps every row (a non-finite one it skips)
+        result = run_cje(version, CJE_LOADS, str(tmp_path / "run" / "phase2" / "deterministic"), version)
+        assert "roomy" in result["policies"] and all(math.isfinite(e) for e in result["estimates"])
+        if version == "0.3.0":
+            assert result["used"]["roomy"] == len(rows)

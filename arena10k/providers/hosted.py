@@ -133,10 +133,11 @@ class HostedProvider:
         """The echo log-probs of every token of a text after the first, as teacher forcing gets them (the preflight)."""
         return self._echo(text, temperature).logprobs
 
-    def sampling_difference(self, messages: tuple[dict, ...], max_tokens: int, seed: int) -> tuple[int, float]:
-        """How far the log-probs of tokens as the endpoint samples them (one at a time) are from the echo
-        log-probs of the same tokens (the whole text at once), on the completions endpoint with the configured
-        template on both sides, so that the template cannot be to blame. Returns the tokens compared and |difference|."""
+    def sampling_difference(self, messages: tuple[dict, ...], max_tokens: int, seed: int) -> list[float]:
+        """Per token, how far the log-prob of a token as the endpoint samples it (one at a time) is from its echo
+        log-prob (the whole text at once), on the completions endpoint with the configured template on both sides, so
+        that the template cannot be to blame. Position by position: an echo one token off (each token carrying the next
+        position's log-prob) can keep the sum close while every token's value is another's."""
         text = self._render(messages)
         response = self._call(lambda: self._client.completions.create(
             model=self.model, prompt=text, max_tokens=max_tokens, logprobs=1, temperature=1.0, seed=seed),
@@ -145,12 +146,16 @@ class HostedProvider:
         sampled = _field(_field(choice, "logprobs"), "token_logprobs") or []
         if not sampled or any(value is None for value in sampled):
             raise ItemError("the completions endpoint returned no log-probs for the tokens it sampled", retryable=False)
+        sampled_tokens = list(_field(_field(choice, "logprobs"), "tokens") or [])
         self._echo(PROBE_OTHER_TEXT, 1.0)  # so that a server that caches the sampled logits (llama-cpp-python's) recomputes them
         echo = self._echo(text + choice.text, 1.0)
-        continuation = [value for offset, value in zip(echo.offsets, echo.logprobs) if offset >= len(text)]
-        if len(continuation) != len(sampled):
-            raise ItemError(f"the {len(sampled)} sampled tokens came back as {len(continuation)} when echoed", retryable=False)
-        return len(sampled), abs(sum(continuation) - sum(sampled))
+        inside = [i for i, offset in enumerate(echo.offsets) if offset >= len(text)]
+        if len(inside) != len(sampled):
+            raise ItemError(f"the {len(sampled)} sampled tokens came back as {len(inside)} when echoed", retryable=False)
+        if sampled_tokens and [echo.tokens[i] for i in inside] != sampled_tokens:
+            raise ItemError("the echoed tokens of a sampled continuation are not the tokens sampled, position by position",
+                            retryable=False)
+        return [echo.logprobs[i] - value for i, value in zip(inside, sampled)]
 
     def _render(self, messages: tuple[dict, ...]) -> str:
         """The policy's context as the server samples in it, by the configured chat template."""

@@ -30,6 +30,14 @@ CJE_SCRIPT = Path(__file__).resolve().parents[1] / "cje_estimates.py"
 ESTIMATORS = ("calibrated-ips", "stacked-dr", "direct")  # cje_estimates.calls() runs these
 OFF_POLICY = ("calibrated-ips", "stacked-dr")  # the estimators that reweight the logged responses
 ESS_GATE = 0.30  # cje-eval's ship gate for importance weights (cje.diagnostics.gates.ESS_GOOD_THRESHOLD)
+# A ranking claim needs at least this many oracle labels of P0's responses: cje-eval calibrates the judge score to
+# the oracle's scale with isotonic regression, cross-fitted in 5 folds, and a fold of fewer than about 10 labels fits
+# a few steps at best (with 6 labels cje reduced its folds and 527 of 2,000 bootstrap replicates were usable).
+MIN_CALIBRATION_LABELS = 50
+DEGENERATE_SE = 1e-6  # a standard error below this is no measure of uncertainty (seen: 1.6e-15 from 2 labels)
+# cje's warnings that weaken a claim: too few labels or samples, reduced folds, failed bootstrap replicates, rows it
+# filtered out, estimates it says not to ship.
+WEAKENING_WARNINGS = ("fold", "bootstrap", "replicate", "too few", "refuse", "unreliable", "filtered", "only ")
 Z_95 = 1.959963984540054
 
 
@@ -100,10 +108,40 @@ def judge_spread(scores: list[float]) -> dict:
 
 
 def _reliable(estimator: dict, policy: str) -> bool:
-    """cje's diagnostics let this policy's estimate stand: ESS at its gate, and not graded critical."""
+    """cje's diagnostics let this policy's estimate stand: ESS at its gate, not graded critical, inside its own
+    interval, with a standard error that is not degenerate."""
     row = estimator["policies"][policy]
     ess_ok = row["ess_fraction"] is None or row["ess_fraction"] >= ESS_GATE
-    return ess_ok and row["status"] != "critical"
+    return (ess_ok and row["status"] != "critical" and row["ci_low"] <= row["estimate"] <= row["ci_high"]
+            and row["standard_error"] > DEGENERATE_SE)
+
+
+def weakening_warnings(estimator: dict) -> list[str]:
+    """The warnings cje gave this estimator that weaken any claim made from it."""
+    return [w for w in estimator.get("warnings", []) if any(sign in w.lower() for sign in WEAKENING_WARNINGS)]
+
+
+def run_gates(estimates: dict) -> list[str]:
+    """The gates a ranking claim needs of the run as a whole, that it does not pass: each says what failed and what
+    would fix it. (The gates of each estimate behind a claim are _reliable's and weakening_warnings'.)"""
+    failed = []
+    labels = estimates["oracle_calibration_labels"]
+    if labels < MIN_CALIBRATION_LABELS:
+        failed.append(f"oracle labels: {labels} calibration labels, {MIN_CALIBRATION_LABELS} needed (cje calibrates the "
+                      "judge in 5 cross-fitted folds, about 10 labels a fold); label more prompts (oracle."
+                      "calibration_fraction, or more prompts)")
+    clones = estimates["clone_checks"]
+    if not clones:
+        failed.append("clone check: the config has no clone of the logging policy, so nothing checked the weights end to "
+                      "end; add a target identical to the logging policy")
+    elif any(check != "PASS" for check in clones.values()):
+        failed.append("clone check: " + ", ".join(f"{c} {check or 'not made'}" for c, check in clones.items() if check != "PASS")
+                      + "; the weights are not to be trusted until it passes")
+    errors = [f"{name}, {estimator}" for name, variant in estimates["variants"].items()
+              for estimator, result in variant["estimators"].items() if "error" in result]
+    if errors:
+        failed.append(f"estimator calls: {', '.join(errors)} failed (the notes say why)")
+    return failed
 
 
 def separated_pairs(estimator: dict) -> list[tuple[str, str]]:
@@ -170,6 +208,10 @@ def findings(estimates: dict, logging_policy: str) -> tuple[str, list[str]]:
             if critical:
                 notes.append(f"{name}, {estimator}: cje grades {', '.join(critical)} critical (its warnings: phase2/report.md, analysis/estimates.json).")
             pairs = separated_pairs(result)
+            weakening = weakening_warnings(result)
+            if weakening and pairs:
+                notes.append(f"{name}, {estimator}: what it tells apart is not claimed, for cje's warnings: " + " | ".join(weakening))
+                pairs = []
             holds = holds_over_certified_range(variant, estimator, pairs)
             if holds is False:
                 unsure.append(f"{name}, {estimator}")
@@ -179,8 +221,15 @@ def findings(estimates: dict, logging_policy: str) -> tuple[str, list[str]]:
                 notes.append(f"{name}, {estimator}: what it tells apart holds over the whole certified range of the log-probs.")
             if pairs and not blind and holds is not False:
                 ranked.append(f"{name}, {estimator}: " + "; ".join(f"{a} above {b}" for a, b in pairs))
-            elif not pairs:
+            elif not pairs and not weakening:
                 notes.append(f"{name}, {estimator}: the 95% intervals of every two policies it can estimate overlap.")
+            outside = [p for p, row in result["policies"].items() if not row["ci_low"] <= row["estimate"] <= row["ci_high"]]
+            degenerate = [p for p, row in result["policies"].items() if row["standard_error"] <= DEGENERATE_SE]
+            if outside:
+                notes.append(f"{name}, {estimator}: the estimates of {', '.join(outside)} lie outside their own 95% intervals.")
+            if degenerate:
+                notes.append(f"{name}, {estimator}: the standard errors of {', '.join(degenerate)} are degenerate "
+                             f"(at most {DEGENERATE_SE:g}).")
         for clone, agreement in variant["clones"].items():
             if agreement is None:
                 continue
@@ -188,7 +237,11 @@ def findings(estimates: dict, logging_policy: str) -> tuple[str, list[str]]:
             notes.append(f"{name}: {clone} (sampling exactly as {logging_policy}) {verb} with {logging_policy}: Direct "
                          f"{agreement['direct']:.3f} vs {agreement['logged_value']:.3f} from the logged responses "
                          f"(difference {agreement['difference']:+.3f}, 95% margin {agreement['margin_95']:.3f}).")
-    if ranked:
+    failed = run_gates(estimates)
+    if failed:
+        verdict = ("These estimates cannot rank the policies; gates not passed: " + "; ".join(failed) + "."
+                   + (" (Some intervals do not overlap, but without these gates that says nothing.)" if ranked else ""))
+    elif ranked:
         verdict = ("Some policies are told apart, with 95% intervals that do not overlap and cje's diagnostics passing"
                    + (" over the whole certified range of the log-probs" if any("certified_ends" in v for v in estimates["variants"].values()) else "")
                    + ": " + " | ".join(ranked) + ". Read the notes below before acting on it.")
@@ -215,8 +268,12 @@ def analyse(config: ExperimentConfig, workspace: Workspace, scores: dict[str, li
         if at_ends:
             variants[variant]["certified_ends"] = {end: r[variant]["estimators"] for end, r in at_ends.items()}
         variants[variant]["clones"] = {clone: clone_agreement(variants[variant], clone) for clone in config.clones()}
+    info = json.loads((workspace.phase2_dir / "dataset_info.json").read_text())
     estimates = {"analysed": True, "cje_version": next(iter(results.values()))["cje_version"],
-                 "dry_run": workspace.is_dry_run, "logging_policy": config.logging_policy, "variants": variants}
+                 "dry_run": workspace.is_dry_run, "logging_policy": config.logging_policy, "variants": variants,
+                 # what the run-level gates of the verdict read (run_gates)
+                 "oracle_calibration_labels": info["oracle_labels"]["calibration"],
+                 "clone_checks": {clone: info["weights"][clone]["clone_check"] for clone in info["clones"]}}
     estimates["verdict"], estimates["notes"] = findings(estimates, config.logging_policy)
     return estimates
 

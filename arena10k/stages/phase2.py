@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
@@ -30,6 +32,10 @@ from arena10k.records import SCHEMA_VERSION
 from arena10k.stages.base import Stage
 from arena10k.workspace import Workspace, item_key
 
+# log 0 as cje-eval can read it: the most negative finite double (cje refuses non-finite log-probs and skips the whole
+# row, every policy's). exp(LOG_ZERO - any log-prob) is exactly 0.0, so the weight is exactly 0; the row's metadata
+# gives the reason (zero_probability_reasons).
+LOG_ZERO = -sys.float_info.max
 CLONE_ERROR_NATS = 5.0  # |log clone - log logging policy| beyond this is an error, not noise
 EXTREME_LOG_WEIGHT = math.log(10)  # weights above 10 or below 0.1 count as extreme
 VARIANTS = {"deterministic": "score", "uncertainty": "score_mean"}
@@ -59,7 +65,8 @@ def weight_diagnostics(policy: str, log_ratios: list[float | None]) -> WeightDia
         policy=policy,
         n=len(known),
         null_logprobs=nulls,
-        median_weight=float(np.exp(np.median(known))),
+        # halved, two weights of exactly 0 (LOG_ZERO) average without overflowing: the median weight is 0 all the same
+        median_weight=float(np.exp(np.median(np.maximum(known, LOG_ZERO / 2)))),
         ess_fraction=float(scaled.sum() ** 2 / (len(known) * (scaled ** 2).sum())),
         max_log_weight=float(known.max()),
         extreme_weights=int((np.abs(known) > EXTREME_LOG_WEIGHT).sum()),
@@ -124,6 +131,8 @@ def usable_logprob(record: dict | None, max_width: float) -> tuple[float | None,
     max_certified_width gives no value."""
     if record is None:
         return None, None
+    if record.get("zero_probability"):
+        return LOG_ZERO, None
     if record.get("logprob_low") is not None and record["logprob_high"] - record["logprob_low"] > max_width:
         width = record["logprob_high"] - record["logprob_low"]
         return None, (f"teacher_force: its certified interval is {width:.3g} nats wide (top-k={record['top_k']}), over "
@@ -137,17 +146,24 @@ def scored_log_ratio(row: dict, policy: str) -> float | None:
     (the clone check checks the scoring path, which is the same for rows Phase 2 cannot use)."""
     intervals = row["metadata"].get("certified_logprob_intervals", {})
 
-    def scored(name: str, value: float | None) -> float | None:
+    def as_scored(name: str, value: float | None) -> float | None:
         return sum(intervals[name]) / 2 if value is None and name in intervals else value
 
     logging_policy = next((name for name in intervals if name not in row["target_policy_logprobs"]), None)
-    base = scored(logging_policy, row["base_policy_logprob"])
-    target = scored(policy, row["target_policy_logprobs"].get(policy))
+    base = as_scored(logging_policy, row["base_policy_logprob"])
+    target = as_scored(policy, row["target_policy_logprobs"].get(policy))
     return None if base is None or target is None else target - base
+
+
+def scored(record: dict) -> float:
+    """A teacher-forced log-prob as scored, whether Phase 2 can use it or not (an interval's midpoint, log 0)."""
+    return LOG_ZERO if record.get("zero_probability") else record["logprob"]
 
 
 def bounds(record: dict) -> tuple[float, float]:
     """A teacher-forced log-prob's certified bounds; an exact one is its own."""
+    if record.get("zero_probability"):
+        return LOG_ZERO, LOG_ZERO
     if record.get("logprob_low") is None:
         return record["logprob"], record["logprob"]
     return record["logprob_low"], record["logprob_high"]
@@ -244,7 +260,7 @@ def build(config: ExperimentConfig, workspace: Workspace) -> dict:
                     log_ratios[policy][prompt.prompt_id] = None if base is None or target is None else target - base
                     if policy in scored_ratios:
                         both = forced[logging_policy] is not None and forced[policy] is not None
-                        scored_ratios[policy][prompt.prompt_id] = (forced[policy]["logprob"] - forced[logging_policy]["logprob"]
+                        scored_ratios[policy][prompt.prompt_id] = (scored(forced[policy]) - scored(forced[logging_policy])
                                                                    if both else None)
                     if base is not None and target is not None and policy in clones:
                         # one distribution scored twice by one computation: its ratio is exactly what was scored
@@ -277,6 +293,9 @@ def build(config: ExperimentConfig, workspace: Workspace) -> dict:
                 fresh_draws[policy] += 1
                 validation_labels[policy] += oracle is not None
 
+    zero = {p: dict(Counter(r["zero_probability"].partition(":")[0] for r in records["teacher_force"].values()
+                            if r["policy"] == p and r.get("zero_probability")))
+            for p in targets}
     certified = {p: _certified_widths([r for r in records["teacher_force"].values() if r["policy"] == p], nulled[p])
                  for p in config.policy_names}
     if any(c["rows"] for c in certified.values()):
@@ -313,6 +332,8 @@ def build(config: ExperimentConfig, workspace: Workspace) -> dict:
         # per policy, its log-probs certified from temperature-1 alternatives: widths (nats), rows nulled as too wide
         "certified": {p: c for p, c in certified.items() if c["rows"]},
         "max_certified_width": config.max_certified_width,
+        # per target, P0's responses it cannot give (its max_tokens), by rule: weight exactly 0 (LOG_ZERO in the files)
+        "zero_probability": {p: counts for p, counts in zero.items() if counts},
         # teacher-forced minus sampled log-probs of the logging policy's own responses, where they were sampled with some
         "self_check": self_check,
         "config": config.model_dump(),
@@ -346,6 +367,8 @@ def _logged_row(config, prompt, response, text, judgement, score_field, forced, 
             "teacher_forcing_methods": {p: forced[p]["method"] for p in config.policy_names if forced[p] is not None},
             "certified_logprob_intervals": {p: list(bounds(forced[p])) for p in config.policy_names
                                             if forced[p] is not None and forced[p].get("logprob_low") is not None},
+            "zero_probability_reasons": {p: forced[p]["zero_probability"] for p in config.policy_names
+                                         if forced[p] is not None and forced[p].get("zero_probability")},
             "null_logprob_reasons": nulls,
         },
     }
@@ -393,6 +416,9 @@ def summary_table(info: dict) -> str:
         lines.append(f"  {policy:<17}{d['n']:>5}{d['null_logprobs']:>7}{median:>11}{ess:>8}{top:>11}{d['extreme_weights']:>9}  {d['clone_check'] or ''}")
         lines += [f"      ERROR {e}" for e in d["clone_errors"]]
     lines += certified_lines(info)
+    for policy, counts in info.get("zero_probability", {}).items():
+        lines.append(f"  {policy}: weight exactly 0 for " + ", ".join(f"{n} responses {rule}" for rule, n in counts.items())
+                     + f" (its max_tokens; reasons in each row's metadata)")
     lines += ["", f"Phase 2: {info['logged_rows']} logged rows, fresh draws {info['fresh_draws']}, "
               f"oracle labels {info['oracle_labels']['calibration']} calibration / {sum(info['oracle_labels']['validation'].values())} validation"]
     lines.append(f"Clone check (targets that sample exactly as {info['logging_policy']}, so every weight must be 1): "

@@ -92,6 +92,10 @@ def _work(config: ExperimentConfig, name: str, prompt: Prompt, logged: Response,
             difference = sampled_difference(result, sampled)
             tolerance = 0.0 if exact else ARITHMETIC_NATS_PER_TOKEN * result.n_tokens
             self_check.record(difference, tolerance)
+        impossible = zero_probability(config, name, logged, result.n_tokens)
+        if impossible:
+            return to_dict(TeacherForced(prompt.prompt_id, name, None, result.n_tokens, result.method, difference, tolerance,
+                                         zero_probability=impossible))
         interval = result.interval
         return to_dict(TeacherForced(prompt.prompt_id, name, result.logprob, result.n_tokens, result.method,
                                      difference, tolerance, None if interval is None else interval.low,
@@ -99,6 +103,25 @@ def _work(config: ExperimentConfig, name: str, prompt: Prompt, logged: Response,
                                      result.top_k, result.temperature_one_logprob))
 
     return work
+
+
+def zero_probability(config: ExperimentConfig, name: str, logged: Response, scored_tokens: int) -> str | None:
+    """Why policy `name` cannot give the logged response, by its max_tokens; None where it can. A policy stops after
+    max_tokens tokens without sampling its end of turn: a response that ended its turn has fewer tokens than its
+    max_tokens, and one cut by max_tokens exactly as many, counted in the policy's own tokens: as sampled where it
+    shares the logging policy's model (an echo may tokenize a sampled text otherwise), else as teacher forcing scored
+    them."""
+    cap = config.policies[name].max_tokens
+    ended = logged.finish_reason == "stop"
+    same_model = config.policies[name].model == config.policies[config.logging_policy].model
+    tokens = logged.n_tokens if same_model and logged.n_tokens is not None else scored_tokens - ended  # less its end of turn
+    if ended and tokens >= cap:
+        return (f"longer than max_tokens: {tokens} tokens under {name}, whose max_tokens {cap} stops it before it can end "
+                "its turn after them")
+    if not ended and tokens != cap:
+        return (f"cut at another max_tokens: the response was cut by {config.logging_policy}'s max_tokens, at {tokens} "
+                f"tokens under {name}, which stops at {cap}: it never gives exactly this cut text")
+    return None
 
 
 def _fingerprint(config: ExperimentConfig, policy: str) -> dict:
