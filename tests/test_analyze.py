@@ -5,13 +5,14 @@ import json
 
 import pytest
 import yaml
-from conftest import OWN_CONFIG
+from conftest import OWN_CONFIG, PROJECT_ROOT
 
 from arena10k import pipeline, providers
 from arena10k import status as status_module
 from arena10k.config import load_config
 from arena10k.checkpoint import dumps
-from arena10k.stages.analyze import _inputs, clone_agreement, findings
+from arena10k.stages import registry
+from arena10k.stages.analyze import MIN_CALIBRATION_LABELS, _inputs, clone_agreement, findings
 from arena10k.errors import ItemError
 from arena10k.testing.fake_provider import FakeModels, FakeProvider
 from arena10k.workspace import Workspace
@@ -153,3 +154,14 @@ def test_estimates_of_older_phase2_files_are_removed_when_phase2_is_rebuilt(tmp_
         assert pipeline.main(["--config", str(tmp_path / "config.yaml"), "--data-dir", str(tmp_path / "run"), "--only", "phase2"]) == 0
     assert not stale.exists()
     assert "Estimates: none of a finished analysis of these Phase 2 files" in status_module.describe(status_module.collect(Workspace(tmp_path / "run"), config))
+
+
+@pytest.mark.parametrize("config_name, prompts", [("local.yaml", 4), ("arena_10k.yaml", 3), ("arena_10k.yaml", 4),
+                                                  ("arena_10k.yaml", 8)])
+def test_runs_as_small_as_the_quick_checks_users_make_cannot_claim_a_ranking(config_name, prompts):
+    """`run_phase1_pipeline.py 4` and dry runs of the flagship config at 3, 4 and 8 prompts: their calibration slices
+    hold fewer labels than the gate needs, so whatever cje says, the verdict cannot rank the policies."""
+    config = load_config(PROJECT_ROOT / "configs" / config_name)
+    labels = len(registry.SPEC["oracle_calibration"].prompts(config, [f"p{i}" for i in range(prompts)]))
+    verdict, _ = findings(estimates({"direct": SEPARATED}, labels=labels), "p0")
+    assert labels < MIN_CALIBRATION_LABELS and verdict.startswith("These estimates cannot rank the policies; gates not passed: oracle labels")
