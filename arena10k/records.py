@@ -52,7 +52,6 @@ class TeacherForced:
     prompt_id: str
     policy: str  # the policy whose log-prob of the P0 response this is
     logprob: float | None  # log pi(response | prompt), <= 0, at the policy's sampling temperature; None: probability 0
-
     n_tokens: int  # scored tokens, including the end-of-turn token when the response stopped
     method: str  # how the number was produced, see arena10k.teacher_forcing
     # The logging policy only, where its response's sampled log-probs are known: logprob minus their sum (0 when

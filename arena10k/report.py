@@ -28,8 +28,7 @@ from arena10k.config import ExperimentConfig
 from arena10k.errors import Arena10kError
 from arena10k.estimate import LARGE_FIELDS, Usage, usage, usage_table
 from arena10k.judging import ONE_SCORE_SHARE
-from arena10k.stages.analyze import certified_range
-from arena10k.stages.phase2 import (CLONE_ERROR_NATS, LOG_ZERO, VARIANTS, WeightDiagnostics, certified_lines, clone_check,
+from arena10k.stages.phase2 import (CLONE_ERROR_NATS, LOG_ZERO, VARIANTS, WeightDiagnostics, certified_table, clone_check,
                                    scored_log_ratio, weight_diagnostics)
 from arena10k.workspace import Workspace
 
@@ -424,7 +423,7 @@ def _estimates_section(estimates: dict, figure_dir: Path) -> list[str]:
             for policy, row in rows["policies"].items():
                 lines.append(f"| {policy} | {estimator} | {row['estimate']:.3f} | {row['standard_error']:.3f} "
                              f"| [{row['ci_low']:.3f}, {row['ci_high']:.3f}] | {_pct(row['ess_fraction'])} "
-                             f"| {row['status'] or rows['status'] or '-'} | {_range(certified_range(result, estimator, policy))} |")
+                             f"| {row['status'] or rows['status'] or '-'} | {_range(row.get('certified_range'))} |")
         warned = sorted({w for rows in result["estimators"].values() for w in rows.get("warnings", [])})
         if warned:
             lines += ["", "<details><summary>cje's warnings</summary>", ""] + [f"- {w}" for w in warned] + ["", "</details>"]
@@ -463,13 +462,12 @@ def _weights_section(report: ReportInput, weights: dict[str, PolicyWeights], fig
                   "How much of the total weight the heaviest responses carry; equal weights give the diagonal, and a curve "
                   "hugging the top-left corner means a few responses decide the estimate.", "",
                   "![weight concentration](figures/weight_concentration.png)"]
-    certified = certified_lines(report.run.info) if report.run is not None else []
-    if certified:
+    if report.run is not None and report.run.info.get("certified"):
         lines += ["", "### Certified log-probs", "",
                   "These policies sample at a temperature below 1 on an endpoint that reports temperature-1 log-probs only: "
                   "each log-prob is a certified interval computed from the top-k alternatives, and the weights use its "
                   "midpoint. The Estimates give each off-policy estimate at the ends of the intervals too.", "",
-                  "```", *(line for line in certified[2:]), "```"]
+                  "```", *certified_table(report.run.info), "```"]
     lines += ["", "### Nulls by reason", ""] + _nulls(report, weights)
     return lines + [""]
 
@@ -597,7 +595,7 @@ def _responses(count: int) -> str:
     return f"{count} response" + ("" if count == 1 else "s")
 
 
-def _range(ends: tuple[float, float] | None) -> str:
+def _range(ends: list[float] | None) -> str:
     return "-" if ends is None else f"[{ends[0]:.3f}, {ends[1]:.3f}]"
 
 

@@ -68,6 +68,15 @@ class TeacherForced:
     top_k: int | None = None  # alternatives per token the interval was computed from
     temperature_one_logprob: float | None = None  # the echoed temperature-1 log-prob the interval was computed from
 
+    def difference_from(self, sampled: float) -> float:
+        """This log-prob minus the sampled one. For a certified interval, the distance from the interval (0 inside it),
+        or from the echoed temperature-1 log-prob where that is nearer: an endpoint that reports temperature-1 echo
+        log-probs may report its sampled ones at temperature 1 too (llama-cpp-python's and vLLM's do by default)."""
+        if self.interval is None:
+            return self.logprob - sampled
+        inside = min(max(sampled, self.interval.low), self.interval.high)
+        return min(inside - sampled, self.temperature_one_logprob - sampled, key=abs)
+
 
 class Provider(Protocol):
     capabilities: frozenset[str]

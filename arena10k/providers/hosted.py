@@ -97,14 +97,14 @@ class HostedProvider:
             shared = alone.shared_start(full)
             scored, subtracted, method = full.tokens_from(shared), alone.tokens_from(shared), "api_echo_difference"
         n_tokens = len(scored.logprobs) - (len(subtracted.logprobs) if subtracted else 0)
+        echoed = scored.total() - (subtracted.total() if subtracted else 0.0)  # at `temperature`
         if not top_k:
-            return TeacherForced(scored.total() - (subtracted.total() if subtracted else 0.0), n_tokens, method)
+            return TeacherForced(echoed, n_tokens, method)
         interval = scored.certified(top_k, request.temperature)
         if subtracted:
             other = subtracted.certified(top_k, request.temperature)
             interval = Interval(interval.low - other.high, interval.high - other.low)
-        return TeacherForced(interval.midpoint, n_tokens, f"{method}:certified_from_temperature_1", interval, top_k,
-                             scored.total() - (subtracted.total() if subtracted else 0.0))
+        return TeacherForced(interval.midpoint, n_tokens, f"{method}:certified_from_temperature_1", interval, top_k, echoed)
 
     def alternatives(self, messages: tuple[dict, ...] | None, text: str, asked: int) -> Echo:
         """The echo of `text` with `asked` temperature-1 alternatives per token: as a response in the context of
@@ -147,7 +147,7 @@ class HostedProvider:
         if not sampled or any(value is None for value in sampled):
             raise ItemError("the completions endpoint returned no log-probs for the tokens it sampled", retryable=False)
         sampled_tokens = list(_field(_field(choice, "logprobs"), "tokens") or [])
-        self._echo(PROBE_OTHER_TEXT, 1.0)  # so that a server that caches the sampled logits (llama-cpp-python's) recomputes them
+        self.evict_cache()  # so that a server that caches the sampled logits (llama-cpp-python's) recomputes them
         echo = self._echo(text + choice.text, 1.0)
         inside = [i for i, offset in enumerate(echo.offsets) if offset >= len(text)]
         if len(inside) != len(sampled):

@@ -39,7 +39,6 @@ from arena10k.errors import ConfigError, ItemError
 from arena10k.providers import get_provider
 from arena10k.providers.base import GenerationRequest, TeacherForceRequest
 from arena10k.providers.certified import listed_top, response_interval, truncated
-from arena10k.providers.hosted import PROBE_OTHER_TEXT
 from arena10k.workspace import Workspace
 
 PROBE_TEXT = "The quick brown fox jumps over the lazy dog. Water boils at 100 degrees Celsius at sea level."
@@ -340,16 +339,6 @@ def _template(provider, model: str, name: str, policy, noise: float, dry_run: bo
                    "completions with the configured template")
 
 
-def sampled_difference(forced, sampled: float) -> float:
-    """Teacher-forced minus sampled log-prob. For a certified interval, the distance from the interval (0 inside it),
-    or from the echoed temperature-1 log-prob where that is nearer: an endpoint that reports temperature-1 echo
-    log-probs may report its sampled ones at temperature 1 too (llama-cpp-python's and vLLM's do by default)."""
-    if forced.interval is None:
-        return forced.logprob - sampled
-    inside = min(max(sampled, forced.interval.low), forced.interval.high)
-    return min(inside - sampled, forced.temperature_one_logprob - sampled, key=abs)
-
-
 def _probe_judge(config: ExperimentConfig, role: str, judge: JudgeConfig) -> list[Finding]:
     from arena10k.stages.judge import grade
 
@@ -380,10 +369,10 @@ def _context(config: ExperimentConfig, provider, model: str, name: str, toleranc
     if not sampled.token_logprobs:
         return Finding(model, f"context {name}", "unchecked",
                        "the chat endpoint returned no token log-probs, so the chat template could not be checked")
-    provider.score_text(PROBE_OTHER_TEXT, 1.0)  # as in the run, the response is not scored from the server's cache
+    provider.evict_cache()  # as in the run, the response is not scored from the server's cache
     forced = provider.teacher_force(TeacherForceRequest(messages, policy.temperature, sampled.text, sampled.tokenizer,
                                                         (), None, ended_turn=False, certify_from_top_k=top_k))
-    difference = sampled_difference(forced, sum(sampled.token_logprobs))
+    difference = forced.difference_from(sum(sampled.token_logprobs))
     if abs(difference) > tolerance and dry_run:
         return Finding(model, f"context {name}", "unchecked",
                        f"differs by {difference:+.3f} nats, as expected in a dry run: the loopback server samples in its "

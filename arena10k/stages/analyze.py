@@ -165,7 +165,7 @@ def clone_agreement(variant: dict, clone: str) -> dict | None:
             "margin_95": margin, "agrees": abs(difference) <= margin}
 
 
-def certified_range(variant: dict, estimator: str, policy: str) -> tuple[float, float] | None:
+def _certified_range(variant: dict, estimator: str, policy: str) -> list[float] | None:
     """The span of the estimate at the point values and at both ends of the certified log-prob intervals, where it
     was computed at all three. The ends are the ones that move an importance-weighted mean furthest (phase2.
     write_certified_ends); an estimator that calibrates and cross-fits the weights (stacked DR) need not move
@@ -174,7 +174,7 @@ def certified_range(variant: dict, estimator: str, policy: str) -> tuple[float, 
     point = variant["estimators"].get(estimator, {})
     values = [e["policies"][policy]["estimate"] for e in (point, *ends) if policy in e.get("policies", {})]
     values = [v for v in values if not math.isnan(v)]
-    return (min(values), max(values)) if len(values) == 1 + len(phase2.CERTIFIED_ENDS) else None
+    return [min(values), max(values)] if len(values) == 1 + len(phase2.CERTIFIED_ENDS) else None
 
 
 def holds_over_certified_range(variant: dict, estimator: str, pairs: list[tuple[str, str]]) -> bool | None:
@@ -267,6 +267,9 @@ def analyse(config: ExperimentConfig, workspace: Workspace, scores: dict[str, li
         variants[variant] = {"judge": judge_spread(scores[variant]), "estimators": result["estimators"]}
         if at_ends:
             variants[variant]["certified_ends"] = {end: r[variant]["estimators"] for end, r in at_ends.items()}
+            for estimator, made in result["estimators"].items():  # the table, the report and estimates.json read it
+                for policy, row in made.get("policies", {}).items():
+                    row["certified_range"] = _certified_range(variants[variant], estimator, policy)
         variants[variant]["clones"] = {clone: clone_agreement(variants[variant], clone) for clone in config.clones()}
     info = json.loads((workspace.phase2_dir / "dataset_info.json").read_text())
     estimates = {"analysed": True, "cje_version": next(iter(results.values()))["cje_version"],
@@ -292,7 +295,7 @@ def table(estimates: dict) -> str:
             for policy, row in result["policies"].items():
                 ess = "-" if row["ess_fraction"] is None else f"{row['ess_fraction']:.0%}"
                 interval = f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
-                ends = certified_range(variant, estimator, policy)
+                ends = row.get("certified_range")
                 lines.append(f"    {policy:<17}{estimator:<16}{row['estimate']:>9.3f}{row['standard_error']:>8.3f}"
                              f"{interval:>19}{ess:>7}  {row['status'] or result['status'] or ''}"
                              + ("" if ends is None else f"  certified range [{ends[0]:.3f}, {ends[1]:.3f}]"))

@@ -293,11 +293,12 @@ def build(config: ExperimentConfig, workspace: Workspace) -> dict:
                 fresh_draws[policy] += 1
                 validation_labels[policy] += oracle is not None
 
-    zero = {p: dict(Counter(r["zero_probability"].partition(":")[0] for r in records["teacher_force"].values()
-                            if r["policy"] == p and r.get("zero_probability")))
+    forced_by_policy: dict[str, list[dict]] = {p: [] for p in config.policy_names}
+    for record in records["teacher_force"].values():
+        forced_by_policy[record["policy"]].append(record)
+    zero = {p: dict(Counter(r["zero_probability"].partition(":")[0] for r in forced_by_policy[p] if r.get("zero_probability")))
             for p in targets}
-    certified = {p: _certified_widths([r for r in records["teacher_force"].values() if r["policy"] == p], nulled[p])
-                 for p in config.policy_names}
+    certified = {p: _certified_widths(forced_by_policy[p], nulled[p]) for p in config.policy_names}
     if any(c["rows"] for c in certified.values()):
         for variant in VARIANTS:
             write_certified_ends(workspace.phase2_dir / variant, ratio_bounds)
@@ -415,7 +416,9 @@ def summary_table(info: dict) -> str:
         top = "-" if d["max_log_weight"] is None else f"{d['max_log_weight']:.2f}"
         lines.append(f"  {policy:<17}{d['n']:>5}{d['null_logprobs']:>7}{median:>11}{ess:>8}{top:>11}{d['extreme_weights']:>9}  {d['clone_check'] or ''}")
         lines += [f"      ERROR {e}" for e in d["clone_errors"]]
-    lines += certified_lines(info)
+    if info.get("certified"):
+        lines += ["", f"Certified log-probs (from temperature-1 top-k alternatives; rows wider than "
+                      f"{info['max_certified_width']:g} nats are null)", *certified_table(info)]
     for policy, counts in info.get("zero_probability", {}).items():
         lines.append(f"  {policy}: weight exactly 0 for " + ", ".join(f"{n} responses {rule}" for rule, n in counts.items())
                      + f" (its max_tokens; reasons in each row's metadata)")
@@ -438,12 +441,9 @@ def summary_table(info: dict) -> str:
     return "\n".join(lines)
 
 
-def certified_lines(info: dict) -> list[str]:
+def certified_table(info: dict) -> list[str]:
     """Per policy teacher-forced as certified intervals (temperature-1 endpoints): their widths and the rows nulled."""
-    if not info.get("certified"):
-        return []
-    lines = ["", f"Certified log-probs (from temperature-1 top-k alternatives; rows wider than {info['max_certified_width']:g} "
-                 "nats are null)", f"  {'policy':<17}{'top-k':>7}{'rows':>6}{'median width':>14}{'max width':>11}{'nulled':>8}"]
+    lines = [f"  {'policy':<17}{'top-k':>7}{'rows':>6}{'median width':>14}{'max width':>11}{'nulled':>8}"]
     for policy, c in info["certified"].items():
         lines.append(f"  {policy:<17}{','.join(map(str, c['top_k'])):>7}{c['rows']:>6}{c['median_width']:>14.3g}"
                      f"{c['max_width']:>11.3g}{c['nulled']:>8}")

@@ -9,7 +9,7 @@ from arena10k.config import ExperimentConfig
 from arena10k.errors import SelfCheckError
 from arena10k.providers import get_provider
 from arena10k.providers.base import TeacherForceRequest
-from arena10k.providers.preflight import ARITHMETIC_NATS_PER_TOKEN, certify_from_top_k, sampled_difference
+from arena10k.providers.preflight import ARITHMETIC_NATS_PER_TOKEN, certify_from_top_k
 from arena10k.records import Prompt, Response, TeacherForced, to_dict
 from arena10k.runner import run_items
 from arena10k.stages.base import CheckpointSpec, Stage
@@ -26,15 +26,15 @@ def run(config: ExperimentConfig, workspace: Workspace, samples: int | str | Non
     with workspace.open_checkpoint(CHECKPOINT, config) as checkpoint:
         logged = responses(workspace, {_logged_key(config, key) for key in checkpoint.todo(keys, config.max_attempts)})
         self_check = _SelfCheck(stops=not workspace.is_dry_run)  # a dry run's server samples in its own template
+        # Per policy, from the preflight's findings (read once, not per item): None where its log-probs are exact.
+        top_k = {name: certify_from_top_k(workspace, p.model, p.temperature) for name, p in config.policies.items()}
 
         def make_work(key: str):
             response = logged.get(_logged_key(config, key))
             if response is None:
                 return f"no {config.logging_policy} response"
             name = key.rpartition("|")[2]
-            policy = config.policies[name]
-            top_k = certify_from_top_k(workspace, policy.model, policy.temperature)
-            return _work(config, name, prompts[response.prompt_id], response, self_check, top_k)
+            return _work(config, name, prompts[response.prompt_id], response, self_check, top_k[name])
 
         return run_items("teacher_force", checkpoint, keys, make_work, config.max_attempts,
                          *policy_lanes(config)).describe()
@@ -77,22 +77,28 @@ def _sampled_logprob(response: Response) -> float | None:
 def _work(config: ExperimentConfig, name: str, prompt: Prompt, logged: Response, self_check: _SelfCheck,
           top_k: int | None):
     policy = config.policies[name]
+    ended = logged.finish_reason == "stop"
+
+    # The response's length in the policy's own tokens as sampled, where it shares the logging policy's model (an echo
+    # may tokenize a sampled text otherwise); else as teacher forcing scores it.
+    sampled_length = logged.n_tokens if policy.model == config.policies[config.logging_policy].model else None
 
     def work() -> dict:
         request = TeacherForceRequest(
             messages=policy_messages(policy, prompt.prompt), temperature=policy.temperature,
             response_text=logged.text, response_tokenizer=logged.tokenizer, response_token_ids=tuple(logged.token_ids),
-            stop_token_id=logged.stop_token_id, ended_turn=logged.finish_reason == "stop", certify_from_top_k=top_k,
+            stop_token_id=logged.stop_token_id, ended_turn=ended, certify_from_top_k=top_k,
         )
         result = get_provider(config, policy.model).teacher_force(request)
         sampled = _sampled_logprob(logged) if name == config.logging_policy else None
         difference = tolerance = None
         if sampled is not None:
             exact = config.models[policy.model].provider == "local"  # the embedded models reproduce sampling bit for bit
-            difference = sampled_difference(result, sampled)
+            difference = result.difference_from(sampled)
             tolerance = 0.0 if exact else ARITHMETIC_NATS_PER_TOKEN * result.n_tokens
             self_check.record(difference, tolerance)
-        impossible = zero_probability(config, name, logged, result.n_tokens)
+        length = result.n_tokens - ended if sampled_length is None else sampled_length  # less its end of turn
+        impossible = zero_probability(config, name, logged, length)
         if impossible:
             return to_dict(TeacherForced(prompt.prompt_id, name, None, result.n_tokens, result.method, difference, tolerance,
                                          zero_probability=impossible))
@@ -105,16 +111,12 @@ def _work(config: ExperimentConfig, name: str, prompt: Prompt, logged: Response,
     return work
 
 
-def zero_probability(config: ExperimentConfig, name: str, logged: Response, scored_tokens: int) -> str | None:
-    """Why policy `name` cannot give the logged response, by its max_tokens; None where it can. A policy stops after
-    max_tokens tokens without sampling its end of turn: a response that ended its turn has fewer tokens than its
-    max_tokens, and one cut by max_tokens exactly as many, counted in the policy's own tokens: as sampled where it
-    shares the logging policy's model (an echo may tokenize a sampled text otherwise), else as teacher forcing scored
-    them."""
+def zero_probability(config: ExperimentConfig, name: str, logged: Response, tokens: int) -> str | None:
+    """Why policy `name` cannot give the logged response, `tokens` long in its own tokens (without the end of turn),
+    by its max_tokens; None where it can. A policy stops after max_tokens tokens without sampling its end of turn: a
+    response that ended its turn has fewer tokens than its max_tokens, and one cut by max_tokens exactly as many."""
     cap = config.policies[name].max_tokens
     ended = logged.finish_reason == "stop"
-    same_model = config.policies[name].model == config.policies[config.logging_policy].model
-    tokens = logged.n_tokens if same_model and logged.n_tokens is not None else scored_tokens - ended  # less its end of turn
     if ended and tokens >= cap:
         return (f"longer than max_tokens: {tokens} tokens under {name}, whose max_tokens {cap} stops it before it can end "
                 "its turn after them")
