@@ -6,13 +6,16 @@ Why it is built this way:
 - A configuration fingerprint per policy is stored beside the file; resuming under a configuration that
   changed a policy's fingerprint stops with the difference (arena10k.stages.registry), instead of mixing
   results of two configurations, and a policy that is new just adds its items.
-- Failed attempts are lines too, so retries are bounded across runs and visible in the summary.
+- Failed attempts are lines too, so retries are bounded across runs and visible in the summary. An item out of
+  attempts, or whose error was permanent, has failed for good (final): the answer is made without its prompt, until
+  `--retry-failed` appends a reset line that gives it its attempts back (its failures stay in the file).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -127,7 +130,7 @@ class Checkpoint:
             entry |= {"status": "ok", "record": record}
         else:
             entry |= {"status": "failed", "error": error, "retryable": retryable, "raw": raw}
-        self._file.write(dumps(entry) + "\n")
+        self._file.write(entry_line(entry))
         self._file.flush()
         os.fsync(self._file.fileno())
         _apply(self.items, entry)
@@ -154,7 +157,27 @@ def may_try(state: ItemState | None, max_attempts: int) -> bool:
     return state is None or (state.record is None and not state.gave_up and state.attempts < max_attempts)
 
 
+def reset_failed(path: Path) -> int:
+    """Gives every failed item of a checkpoint its attempts back (--retry-failed): appends a reset line for each, so
+    that its failures stay in the file. Returns how many."""
+    failed = [key for key, state in scan_states(path)[0].items() if state.record is None and state.attempts]
+    if failed:
+        with open(path, "a", encoding="utf-8") as f:
+            f.writelines(entry_line({"schema": SCHEMA_VERSION, "key": key, "status": "reset"}) for key in failed)
+            f.flush()
+            os.fsync(f.fileno())
+    return len(failed)
+
+
+def failed_for_good(state: ItemState | None, max_attempts: int) -> bool:
+    """Not done and never tried again: a permanent error, or its attempts used up."""
+    return state is not None and state.record is None and not may_try(state, max_attempts)
+
+
 def _apply(items: dict[str, ItemState], entry: dict, offset: int | None = None) -> None:
+    if entry["status"] == "reset":
+        items[entry["key"]] = ItemState()
+        return
     state = items.setdefault(entry["key"], ItemState())
     state.attempts += 1
     if entry["status"] == "ok":
@@ -185,6 +208,8 @@ def load_states(path: Path, strict: bool = False, keys: set[str] | None = None,
             if keys is not None and _key_of_bytes(line) not in keys:
                 continue
             try:
+                if not _sum_matches(line):
+                    raise KeyError("sum")
                 entry = json.loads(line)
                 for name in drop:
                     entry.get("record", {}).pop(name, None)
@@ -215,11 +240,37 @@ def _key_of_bytes(line: bytes) -> str | None:
 
 
 # Checkpoint lines are canonical JSON (sorted keys): a finished item's line starts with its key and ends with
-# its status. Reading a line at a time and comparing
-# these few bytes, rather than parsing records, keeps deciding what is done fast at any size: status takes
-# under a second on a 10,000-prompt run, and a stage with nothing to do decides so without decoding a record.
+# its status and the CRC-32 of the line without it ("sum", last in sorted order). Reading a line at a time, checking
+# the sum and comparing these few bytes, rather than parsing records, keeps deciding what is done fast at any size:
+# status takes under a second on a 10,000-prompt run, and a stage with nothing to do decides so without decoding a
+# record, while a line damaged anywhere (not only at its ends) is found. Lines without a sum (written before it
+# was added, or by hand) are parsed instead.
 _OK_START = b'{"key": "'
 _OK_END = b', "schema": %d, "status": "ok"}' % SCHEMA_VERSION
+_SUM_SUFFIX = len(b', "sum": "00000000"}\n')
+
+
+def entry_line(entry: dict) -> str:
+    """A checkpoint line: the entry as canonical JSON with the CRC-32 of that JSON as its last field."""
+    text = dumps(entry)
+    return f'{text[:-1]}, "sum": "{zlib.crc32(text.encode()):08x}"}}\n'
+
+
+def _has_sum(line: bytes) -> bool:
+    return line[-_SUM_SUFFIX:-_SUM_SUFFIX + 10] == b', "sum": "' and line.endswith(b'"}\n')
+
+
+def _sum_matches(line: bytes) -> bool:
+    """False for a complete line whose sum is not the CRC-32 of the rest of it; True for one without a sum."""
+    return not _has_sum(line) or line[-11:-3] == b"%08x" % zlib.crc32(line[:-_SUM_SUFFIX] + b"}")
+
+
+def _intact_ok_line(line: bytes) -> bool:
+    """A finished item's complete line, its sum matching: taken as done without decoding its record."""
+    return (line.startswith(_OK_START) and _has_sum(line) and (line[:-_SUM_SUFFIX] + b"}").endswith(_OK_END)
+            and _sum_matches(line))
+
+
 _NOT_DECODED: dict = {}  # the record of every item found done by scan_states; never filled in
 
 
@@ -238,17 +289,21 @@ def scan_states(path: Path, strict: bool = False) -> tuple[dict[str, ItemState],
             if not line.endswith(b"\n"):
                 break
             complete += len(line)
-            if line.startswith(_OK_START) and line.endswith(_OK_END + b"\n"):
+            if _intact_ok_line(line):
                 key = line[len(_OK_START): line.find(b'"', len(_OK_START))]
                 if b"\\" not in key:
                     previous = states.get(key.decode())
                     states[key.decode()] = ItemState(record=_NOT_DECODED, attempts=(previous.attempts if previous else 0) + 1)
                     continue
             try:
+                if not _sum_matches(line):
+                    raise KeyError("sum")
                 entry = json.loads(line)
                 previous = states.get(entry["key"])
                 if entry["status"] == "ok":
                     states[entry["key"]] = ItemState(record=_NOT_DECODED, attempts=(previous.attempts if previous else 0) + 1)
+                elif entry["status"] == "reset":
+                    states[entry["key"]] = ItemState()
                 elif previous is None or previous.record is None:  # a success ends an item's attempts
                     states[entry["key"]] = ItemState(last_error=entry["error"], gave_up=not entry["retryable"],
                                                      attempts=(previous.attempts if previous else 0) + 1)
@@ -270,7 +325,7 @@ def quarantine_damaged_lines(path: Path, quarantine: Path) -> list[str]:
     with open(path, "rb") as f:
         for number, line in enumerate(f, start=1):
             whole = line.endswith(b"\n")
-            if whole and not (line.startswith(_OK_START) and line.endswith(_OK_END + b"\n")) and not _valid_entry(line):
+            if whole and not _intact_ok_line(line) and not _valid_entry(line):
                 damaged.append((number, line))
     if not damaged:
         return []
@@ -290,10 +345,13 @@ def quarantine_damaged_lines(path: Path, quarantine: Path) -> list[str]:
 
 
 def _valid_entry(line: bytes | str) -> bool:
+    """A line that parses as a checkpoint entry, and whose sum (where it has one) is that of the rest of it."""
     try:
         entry = json.loads(line)
-        return isinstance(entry, dict) and isinstance(entry["key"], str) and entry["status"] in ("ok", "failed") and (
-            isinstance(entry.get("record"), dict) if entry["status"] == "ok" else "error" in entry)
+        if not _sum_matches(line if isinstance(line, bytes) else line.encode()):
+            return False
+        return isinstance(entry, dict) and isinstance(entry["key"], str) and entry["status"] in ("ok", "failed", "reset") and (
+            isinstance(entry.get("record"), dict) if entry["status"] == "ok" else entry["status"] == "reset" or "error" in entry)
     except (json.JSONDecodeError, KeyError, TypeError):
         return False
 

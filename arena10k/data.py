@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ class FilterReport:
     duplicate: int = 0
     no_letters: int = 0  # emoji, symbols or numbers only: in no language
     non_english: int = 0
+    too_long: int = 0  # of the prompts drawn, those longer than an embedded policy's context leaves room for
     sampled_out: int = 0
     kept: int = 0
 
@@ -68,8 +70,10 @@ def first_user_turn(row: dict) -> str:
     return ""
 
 
-def prepare_prompts(rows, samples: int | str, seed: int, source: str = "the dataset") -> tuple[list[Prompt], FilterReport]:
-    """Refuses, with the expected row shape, inputs that yield no prompt or fewer than `samples`."""
+def prepare_prompts(rows, samples: int | str, seed: int, source: str = "the dataset",
+                    too_long: Callable[[str], bool] = lambda text: False) -> tuple[list[Prompt], FilterReport]:
+    """Refuses, with the expected row shape, inputs that yield no prompt or fewer than `samples`. Prompts are drawn in
+    a seeded order and each drawn prompt that is `too_long` is passed over, so a larger N is a superset of a smaller."""
     report = FilterReport()
     seen: set[str] = set()
     candidates: list[Prompt] = []
@@ -104,7 +108,19 @@ def prepare_prompts(rows, samples: int | str, seed: int, source: str = "the data
                           f"({report.rows} rows: {report.empty} empty, {report.duplicate} duplicate, {report.no_letters} without "
                           f"letters, {report.non_english} not English). Ask for at most {len(candidates)}, or 'all'.")
     random.Random(seed).shuffle(candidates)
-    chosen = candidates if samples == "all" else candidates[: int(samples)]
-    report.sampled_out = len(candidates) - len(chosen)
+    wanted = len(candidates) if samples == "all" else int(samples)
+    chosen = []
+    for drawn, prompt in enumerate(candidates, start=1):
+        if too_long(prompt.prompt):
+            report.too_long += 1
+        else:
+            chosen.append(prompt)
+        if len(chosen) == wanted:
+            break
+    if samples != "all" and len(chosen) < wanted:
+        raise ConfigError(f"The run asks for {samples} prompts, but {source} yields {len(chosen)} that fit every "
+                          f"embedded policy's context ({report.too_long} are too long). Ask for at most {len(chosen)}, "
+                          "or raise n_ctx in the model config.")
+    report.sampled_out = len(candidates) - drawn
     report.kept = len(chosen)
     return chosen, report

@@ -34,12 +34,15 @@ class SelfCheckError(Arena10kError):
 
 class ItemError(Arena10kError):
     """One work item failed. `retryable` tells whether trying again could help;
-    `raw` keeps what the model said when its reply could not be used."""
+    `raw` keeps what the model said when its reply could not be used. An item whose endpoint could not be reached
+    or would not serve it (`unreachable`: connection errors, timeouts, gateway errors, rate limits to the end of its
+    retries) did not fail: it is not recorded, uses none of its max_attempts, and a rerun tries it."""
 
-    def __init__(self, message: str, *, retryable: bool, raw: str | None = None):
+    def __init__(self, message: str, *, retryable: bool, raw: str | None = None, unreachable: bool = False):
         super().__init__(message)
         self.retryable = retryable
         self.raw = raw
+        self.unreachable = unreachable
 
 
 class RunInProgressError(Arena10kError):

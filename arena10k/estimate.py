@@ -13,7 +13,6 @@ The same accounting, applied to the items that were tried, gives the tokens a ru
 from __future__ import annotations
 
 import functools
-import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -186,26 +185,10 @@ class _Accounting:
 def token_counter(model: ModelConfig) -> Callable[[str], int]:
     if model.provider != "local":
         return lambda text: math.ceil(len(text) / CHARS_PER_TOKEN)
-    import llama_cpp
+    from arena10k.providers.local import chat_format
 
-    # Through the C API with vocab_only, so that no weights and no context are loaded. The loader logs quirks of
-    # some vocabularies (Gemma's) at error level; they do not matter for counting.
-    logger = logging.getLogger("llama-cpp-python")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        params = llama_cpp.llama_model_default_params()
-        params.vocab_only = True
-        vocab = llama_cpp.llama_model_get_vocab(llama_cpp.llama_model_load_from_file(str(gguf_path(model.model)).encode(), params))
-    finally:
-        logger.setLevel(level)
-
-    def count(text: str) -> int:
-        encoded = text.encode("utf-8")
-        # With no output buffer, llama_tokenize returns minus the number of tokens it would write.
-        return -llama_cpp.llama_tokenize(vocab, encoded, len(encoded), None, 0, False, False) if encoded else 0
-
-    return count
+    tokenizer = chat_format(model.model)  # its vocabulary only: no weights, no context
+    return lambda text: len(tokenizer.tokenize(text, special=False)) if text else 0
 
 
 # ---------------------------------------------------------------- text

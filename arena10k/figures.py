@@ -147,18 +147,29 @@ def judge_vs_oracle(path: Path, pairs: dict[str, dict[str, tuple[np.ndarray, np.
 
 
 def estimates(path: Path, variants: dict[str, dict[str, dict]]) -> Path:
-    """A panel per judge variant: each policy's estimate and 95% interval under each estimator."""
+    """A panel per judge variant: each policy's estimate and 95% interval under each estimator, drawn as cje returned
+    them: an estimate outside its own interval is a red cross (the verdict's notes say what it means), a missing end
+    or estimate (NaN) is left out."""
     figure, axes = _grid(len(variants), width=5.2, height=3.8)
     for ax, (variant, by_estimator) in zip(axes, variants.items()):
         policies = list(dict.fromkeys(p for rows in by_estimator.values() for p in rows))
         width = 0.7 / max(len(by_estimator), 1)
+        flagged = False
         for index, (estimator, rows) in enumerate(by_estimator.items()):
             offset = (index - (len(by_estimator) - 1) / 2) * width
-            x = [policies.index(p) + offset for p in rows]
-            values = np.array([rows[p]["estimate"] for p in rows])
-            below = values - np.array([rows[p]["ci_low"] for p in rows])
-            above = np.array([rows[p]["ci_high"] for p in rows]) - values
-            ax.errorbar(x, values, yerr=[below, above], fmt="o", capsize=3, color=COLORS[index % len(COLORS)], label=estimator)
+            color = COLORS[index % len(COLORS)]
+            for number, (policy, row) in enumerate(rows.items()):
+                x, value, low, high = policies.index(policy) + offset, row["estimate"], row["ci_low"], row["ci_high"]
+                if math.isfinite(low) and math.isfinite(high):
+                    ax.vlines(x, low, high, color=color)
+                    ax.hlines([low, high], x - 0.04, x + 0.04, color=color)
+                if math.isfinite(value):
+                    outside = not (low <= value <= high)
+                    flagged |= outside
+                    ax.plot(x, value, "X" if outside else "o", color="tab:red" if outside else color,
+                            label=estimator if number == 0 else None)
+        if flagged:
+            ax.plot([], [], "X", color="tab:red", label="estimate outside its own interval")
         ax.set_xticks(range(len(policies)), policies, fontsize=8, rotation=20)
         ax.set_ylim(-0.05, 1.05)
         ax.set_ylabel("estimated value (0-1)")

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -15,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from arena10k import estimate, liveness
-from arena10k.checkpoint import dumps, write_atomic
+from arena10k.checkpoint import dumps, reset_failed, write_atomic
 from arena10k.config import STAGE_NAMES, ExperimentConfig, load_config
 from arena10k.errors import Arena10kError
 from arena10k.providers import check_config, preflight
@@ -25,6 +26,7 @@ from arena10k.workspace import Workspace
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "local.yaml"
 log = logging.getLogger("arena10k.pipeline")
+PARTIAL = 4  # the exit status of a run whose answer leaves out prompts or labels that failed for good
 FORCE_HELP = ("recompute NAME: a stage (all its items), a policy (its items in every stage) or STAGE:POLICY, "
               "each with what is computed from it; repeatable. 'prepare' recomputes everything")
 
@@ -68,6 +70,8 @@ def run_parser(description: str, stage: str | None = None) -> argparse.ArgumentP
         parser.add_argument("--from", dest="start", choices=STAGE_NAMES, help="start at this stage")
         parser.add_argument("--only", choices=STAGE_NAMES, help="run only this stage")
         parser.add_argument("--fresh", action="store_true", help="delete this run's files (and nothing else) and start over")
+        parser.add_argument("--retry-failed", action="store_true",
+                            help="give every item that failed (for good or not) its max_attempts again, and run")
         parser.add_argument("--dry-run", action="store_true",
                             help="mark the directory as a dry run's (scripts/dry_run.py sets it): a real run refuses it")
     parser.add_argument("--force", action="append", default=[], metavar="NAME", help=FORCE_HELP)
@@ -126,6 +130,10 @@ def _run(args: argparse.Namespace, stage: str | None, command: str) -> int:
             print(line)
         if "prepare" in args.force:
             workspace.forget_prompts()
+        if getattr(args, "retry_failed", False):
+            for name in registry.CHECKPOINTS:
+                if count := reset_failed(workspace.checkpoint_path(name)):
+                    print(f"--retry-failed: {name}: {count} failed items get their attempts again")
         if workspace.prompts_path.exists():
             registry.check_changes(config, workspace, selected[-1].name, forced)
         _recompute(workspace, forced)
@@ -143,11 +151,19 @@ def _run(args: argparse.Namespace, stage: str | None, command: str) -> int:
             print(each.run(config, workspace, samples), flush=True)
             timings.append(f"{each.name} {time.monotonic() - started:.1f}s")
         print("stage times: " + ", ".join(timings))
+    continue_with = command.replace(" --fresh", "").replace(" --retry-failed", "")
     if selected[-1].name in (phase2.STAGE.name, analyze.STAGE.name):
         incomplete = phase2.incomplete(workspace)
         if incomplete:
-            print(f"error: {incomplete} Continue with: {command.replace(' --fresh', '')}", file=sys.stderr)
+            print(f"error: {incomplete} Continue with: {continue_with}", file=sys.stderr)
             return 3
+        answer_leaves_out = phase2.partial(json.loads((workspace.phase2_dir / "dataset_info.json").read_text()))
+        if answer_leaves_out:
+            print(f"partial: {answer_leaves_out} Retry with: {continue_with} --retry-failed", file=sys.stderr)
+            return PARTIAL
+    elif left := registry.still_to_do(config, workspace, selected):
+        print(f"error: {left} Continue with: {continue_with}", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -29,7 +29,7 @@ from arena10k.errors import Arena10kError
 from arena10k.estimate import LARGE_FIELDS, Usage, usage, usage_table
 from arena10k.judging import ONE_SCORE_SHARE
 from arena10k.stages.phase2 import (CLONE_ERROR_NATS, LOG_ZERO, VARIANTS, WeightDiagnostics, certified_table, clone_check,
-                                   scored_log_ratio, weight_diagnostics)
+                                   partial, scored_log_ratio, weight_diagnostics)
 from arena10k.workspace import Workspace
 
 ESS_GOOD, ESS_WARNING = 0.30, 0.10  # cje-eval's gates (cje.diagnostics.gates)
@@ -389,16 +389,14 @@ def _judge_findings(report: ReportInput, analysis: Analysis) -> list[str]:
 def _run_findings(run: RunFacts | None) -> list[str]:
     if run is None:
         return []
-    findings = []
+    findings = [line] if (line := partial(run.info)) else []
     for name, c in run.info["coverage"].items():
         failed, retryable = sum(c["failed"].values()), run.retryable.get(name, 0)
         if failed > retryable:
             findings.append(f"{name}: {failed - retryable} items failed for good (permanent errors or attempts used up; see Run).")
-        if retryable:
-            findings.append(f"{name}: {retryable} failed items are tried again when the pipeline resumes.")
-        if c["missing"]:
-            findings.append(f"{name}: {c['missing']} items were never tried: the response they need is missing, "
-                            "or the stage did not finish.")
+        if still := run.info["pending"].get(name):
+            findings.append(f"{name}: {still} items are still to do ({retryable} of them failed and are tried again): "
+                            "the pipeline does them when it resumes.")
     return findings
 
 
@@ -423,7 +421,8 @@ def _estimates_section(estimates: dict, figure_dir: Path) -> list[str]:
             for policy, row in rows["policies"].items():
                 lines.append(f"| {policy} | {estimator} | {row['estimate']:.3f} | {row['standard_error']:.3f} "
                              f"| [{row['ci_low']:.3f}, {row['ci_high']:.3f}] | {_pct(row['ess_fraction'])} "
-                             f"| {row['status'] or rows['status'] or '-'} | {_range(row.get('certified_range'))} |")
+                             f"| {' '.join([row['status'] or rows['status'] or '-', *(f'**{f}**' for f in row.get('flags', []))])} "
+                             f"| {_range(row.get('certified_range'))} |")
         warned = sorted({w for rows in result["estimators"].values() for w in rows.get("warnings", [])})
         if warned:
             lines += ["", "<details><summary>cje's warnings</summary>", ""] + [f"- {w}" for w in warned] + ["", "</details>"]
@@ -488,6 +487,13 @@ def _nulls(report: ReportInput, weights: dict[str, PolicyWeights]) -> list[str]:
     if report.run and report.run.info["excluded"]:
         lines += ["", f"Left out of Phase 2 ({len(report.run.info['excluded'])} rows, no judge score or no response):", ""]
         lines += [f"- {what}: {why}" for what, why in report.run.info["excluded"].items()]
+    if report.run and report.run.info["excluded_prompts"]:
+        lines += ["", f"Prompts left out of every file ({len(report.run.info['excluded_prompts'])}), items of theirs failed "
+                      "for good (`--retry-failed` tries them again):", ""]
+        lines += [f"- {prompt_id}: {'; '.join(why)}" for prompt_id, why in report.run.info["excluded_prompts"].items()]
+    if report.run and report.run.info["unlabelled"]:
+        lines += ["", f"Oracle labels that failed for good ({len(report.run.info['unlabelled'])}), their responses unlabelled:", ""]
+        lines += [f"- {key}: {why}" for key, why in report.run.info["unlabelled"].items()]
     check = report.run.info.get("self_check") if report.run else None
     if check and check["compared"]:
         beyond = check["beyond_tolerance"]

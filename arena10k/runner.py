@@ -33,6 +33,7 @@ class StageReport:
     done: int = 0
     failed: Counter = field(default_factory=Counter)  # reason -> items that stay failed
     blocked: Counter = field(default_factory=Counter)  # reason -> items whose input is missing
+    unreached: Counter = field(default_factory=Counter)  # reason -> items whose endpoint did not serve them (not recorded)
     attempted: int = 0  # items tried in this run
     seconds: float = 0.0
 
@@ -49,6 +50,9 @@ class StageReport:
                 f"{self.attempted} tried in this run ({self.seconds:.1f}s)")
         for reason, count in list(self.failed.items()) + [(f"blocked, {r}", n) for r, n in self.blocked.items()]:
             text += f"\n    {count} x {reason}"
+        for reason, count in self.unreached.items():
+            text += (f"\n    {count} x not reached, the endpoint did not serve them ({reason}): not failed, none of their "
+                     "attempts used; a rerun tries them")
         return text
 
 
@@ -96,6 +100,11 @@ def run_items(stage: str, checkpoint: Checkpoint, keys: list[str], make_work: Ma
                     try:
                         checkpoint.append(key, record=future.result())
                     except ItemError as error:
+                        if error.unreachable:  # not the item's failure: nothing recorded, a rerun tries it
+                            log.warning("%s %s not reached: %s", stage, key, error)
+                            report.unreached[str(error)] += 1
+                            bar.update(1)
+                            continue
                         checkpoint.append(key, error=str(error), retryable=error.retryable, raw=error.raw)
                         log.warning("%s %s attempt %d failed: %s", stage, key, checkpoint.items[key].attempts, error)
                         if may_try(checkpoint.items.get(key), max_attempts):

@@ -302,10 +302,13 @@ def test_killed_api_runs_resume_to_the_clean_result_without_duplicates(clean_api
 
 
 def test_an_outage_stops_the_run_naming_the_endpoint_and_a_rerun_completes(clean_api_run, tmp_path, key):
+    """With one attempt per item and few retries per call, the calls in flight when the server goes give up on it:
+    an outage uses none of their attempts, so the rerun completes with nothing failed."""
     data_dir = tmp_path / "data"
     generate = data_dir / "checkpoints" / "generate.jsonl"
     server = run_in_thread(ServerConfig("synthetic", api_key=KEY, faults=FaultConfig(latency_ms=100)))
-    config = write_loopback_config(tmp_path / "config.yaml", server.base_url, samples=12, outage_seconds=3)
+    config = write_loopback_config(tmp_path / "config.yaml", server.base_url, samples=12, outage_seconds=3, max_retries=1,
+                                   max_attempts=1)
     process = subprocess.Popen(pipeline_command(data_dir, config=config), cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
@@ -319,9 +322,15 @@ def test_an_outage_stops_the_run_naming_the_endpoint_and_a_rerun_completes(clean
     assert f"{server.base_url} (synthetic-" in error and error.count("is not answering") == 1  # small or big: generate calls both
     assert '"status": "failed"' not in generate.read_text()  # the outage is charged to no item
     with run_in_thread(ServerConfig("synthetic", api_key=KEY)) as back:  # back, on another port
-        result = run_pipeline(data_dir, config=write_loopback_config(tmp_path / "config.yaml", back.base_url, samples=12))
+        result = run_pipeline(data_dir, config=write_loopback_config(tmp_path / "config.yaml", back.base_url, samples=12,
+                                                                     max_retries=1, max_attempts=1))
     assert result.returncode == 0, result.stderr[-2000:]
-    assert phase2_bytes(data_dir) == phase2_bytes(clean_api_run[0])
+    info = json.loads((data_dir / "phase2" / "dataset_info.json").read_text())
+    assert not info["excluded_prompts"] and all(not c["failed"] for c in info["coverage"].values())
+    clean = json.loads((clean_api_run[0] / "phase2" / "dataset_info.json").read_text())
+    assert {**info, "config": None} == {**clean, "config": None}  # the configs differ in max_retries and max_attempts
+    assert {k: v for k, v in phase2_bytes(data_dir).items() if k.endswith(".jsonl")} == {
+        k: v for k, v in phase2_bytes(clean_api_run[0]).items() if k.endswith(".jsonl")}
 
 
 def test_invalid_key_stops_the_stage_at_the_first_401_and_writes_no_scores(tmp_path, monkeypatch):
@@ -367,3 +376,45 @@ def test_arena_10k_config_dry_runs_through_the_loopback_server(tmp_path):
     assert estimates["dry_run"] and "DRY RUN: synthetic responses from the loopback server, not a result" in result.stdout
     # 6 prompts give 2 calibration labels: no ranking can be claimed, whatever the intervals say
     assert estimates["verdict"].startswith("These estimates cannot rank the policies; gates not passed: oracle labels: 2 ")
+
+
+def test_a_prompt_longer_than_the_context_leaves_the_answer_partial_and_the_rest_estimated(tmp_path, key):
+    """The loopback server refuses a 50,000-character prompt (HTTP 400, longer than its context) at its first call: the
+    prompt is left out for good, the other prompts are estimated, the exit status and message say the answer is
+    partial, and --retry-failed tries it again."""
+    rows = (PROJECT_ROOT / "data" / "prompts" / "arena10k_prompts.jsonl").read_text().splitlines()[:12]  # 11 unique
+    long_prompt = "Summarise this text. " + "The quick brown fox jumps over the lazy dog again. " * 980
+    assert len(long_prompt) > 50_000
+    rows.append(json.dumps({"question_id": "long", "conversation_a": [{"role": "user", "content": long_prompt}]}))
+    dataset = tmp_path / "prompts.jsonl"
+    dataset.write_text("\n".join(rows) + "\n")
+    with run_in_thread(ServerConfig("synthetic", api_key=KEY)) as server:
+        path = write_loopback_config(tmp_path / "config.yaml", server.base_url, samples=12, dataset=str(dataset))
+        path.write_text(path.read_text().replace('"enabled": false', '"enabled": true'))  # the analysis too
+        result = run_pipeline(tmp_path / "data", config=path)
+        first = server.stats()["completions"]
+        retried = run_pipeline(tmp_path / "data", "--retry-failed", config=path)
+        again = server.stats()["completions"] - first
+    assert result.returncode == 4, result.stderr[-2000:]
+    assert "partial: The answer is partial: 1 of 12 prompts are left out of every file" in result.stderr
+    assert "maximum context length" in result.stderr and "Retry with: python" in result.stderr and "--retry-failed" in result.stderr
+    info = json.loads((tmp_path / "data" / "phase2" / "dataset_info.json").read_text())
+    (left_out, reasons), = info["excluded_prompts"].items()
+    assert len(reasons) == 5 and all("HTTP 400" in reason for reason in reasons)  # one generation per policy, each refused once
+    assert info["logged_rows"] == 11 and info["pending"] == {}
+    estimates = json.loads((tmp_path / "data" / "analysis" / "estimates.json").read_text())
+    assert estimates["analysed"] and "Estimates (cje-eval" in result.stdout
+    assert f"{left_out}: generate p0: HTTP 400" in (tmp_path / "data" / "phase2" / "summary.txt").read_text()
+    assert retried.returncode == 4 and "generate: 5 failed items get their attempts again" in retried.stdout
+    assert again == 5  # the five refused generations, tried once more; nothing else
+
+
+@pytest.mark.parametrize("samples", ["3", "4"])
+def test_the_smallest_dry_runs_of_the_flagship_end_with_estimates(tmp_path, samples):
+    result = subprocess.run([sys.executable, str(PROJECT_ROOT / "scripts" / "dry_run.py"), "--config",
+                             str(PROJECT_ROOT / "configs" / "arena_10k.yaml"), "--samples", samples, "--dataset",
+                             str(PROJECT_ROOT / "data" / "prompts" / "arena10k_prompts.jsonl"), "--data-dir", str(tmp_path / "dry")],
+                            capture_output=True, text=True, cwd=PROJECT_ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "Estimates (cje-eval" in result.stdout
+    assert "## Estimates" in (tmp_path / "dry" / "phase2" / "report.md").read_text()

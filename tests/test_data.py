@@ -83,3 +83,22 @@ def test_missing_hub_dataset_offline_names_the_flag(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ConfigError, match="--dataset"):
         data.load_conversations("agie-ai/lmsys-chatbot_arena_conversations")
+
+
+def test_a_prompt_too_long_for_an_embedded_policys_context_is_passed_over_at_stage_1_and_counted():
+    """Its generation could only fail: the embedded models' own tokenizers count it in each policy's context (its
+    system prompt and chat template included), and the next prompt drawn takes its place."""
+    from arena10k.config import load_config
+    from arena10k.stages.prompts import too_long_for_context
+
+    config = load_config(PROJECT_ROOT / "configs" / "local.yaml")
+    too_long = too_long_for_context(config)
+    long_prompt = "Summarise this text. " + "The quick brown fox jumps over the lazy dog again. " * 980
+    near_limit = "word " * 3700  # more bytes than the contexts: tokenized, 3,700 tokens, and it fits
+    assert too_long(long_prompt) and not too_long("Can rats get drunk?") and not too_long(near_limit)
+    rows = [{"conversation_a": [{"role": "user", "content": text}]} for text in [long_prompt, *SHORT_ENGLISH]]
+    prompts, report = data.prepare_prompts(rows, 5, seed=0, too_long=too_long)
+    assert len(prompts) == 5 and long_prompt not in [p.prompt for p in prompts] and report.too_long == 1
+    with pytest.raises(ConfigError, match="yields 5 that fit every embedded policy's context"):
+        data.prepare_prompts(rows + [{"conversation_a": [{"role": "user", "content": long_prompt + "!"}]}], 6, seed=0,
+                             too_long=too_long)

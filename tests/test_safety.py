@@ -266,12 +266,38 @@ def test_a_run_whose_phase2_is_incomplete_exits_non_zero_saying_what_is_missing(
     assert run(data_dir, "3")[0] == 0
     path = data_dir / "checkpoints" / "judge.jsonl"
     lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:3] + lines[4:]))  # one judge item not done: a rerun would do it
+    capsys.readouterr()
+    code, fake = run(data_dir, "--only", "phase2")
+    error = capsys.readouterr().err
+    assert code == 3 and fake.calls == []
+    assert "Phase 2 is incomplete: judge 20/21 done, 1 still to do." in error and "Continue with: python" in error
+
+
+def test_an_item_failed_for_good_leaves_its_prompt_out_and_retry_failed_tries_it_again(tmp_path, capsys):
+    data_dir = tmp_path / "run"
+    assert run(data_dir, "3")[0] == 0
+    complete = phase2_bytes(data_dir)
+    path = data_dir / "checkpoints" / "judge.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
     key = json.loads(lines[3])["key"]
     failed = {"error": "the judge's reply contains no score digit", "key": key, "raw": "hm", "retryable": False,
               "schema": 1, "status": "failed"}
     path.write_text("".join(lines[:3] + lines[4:]) + json.dumps(failed, sort_keys=True) + "\n")
     capsys.readouterr()
     code, fake = run(data_dir)
-    error = capsys.readouterr().err
-    assert code == 3 and fake.calls == []
-    assert "Phase 2 is incomplete: judge 20/21 done (1 failed, 0 not run)" in error and "Continue with: python" in error
+    captured = capsys.readouterr()
+    assert code == pipeline.PARTIAL and fake.calls == []
+    prompt_id = key.rpartition("|")[0]
+    assert ("partial: The answer is partial: 1 of 3 prompts are left out of every file, items of theirs failed for good "
+            "(1 x the judge's reply contains no score digit)") in captured.err and "--retry-failed" in captured.err
+    info = json.loads((data_dir / "phase2" / "dataset_info.json").read_text())
+    assert info["excluded_prompts"] == {prompt_id: [f"judge {key.rpartition('|')[2]}: the judge's reply contains no score digit"]}
+    rows = [json.loads(line) for name, text in phase2_bytes(data_dir).items() if name.endswith(".jsonl")
+            for line in text.splitlines()]
+    assert len(rows) == 2 * (2 + 2 * 6) and all(row["prompt_id"] != prompt_id for row in rows)  # 2 variants, 6 targets
+    assert info["logged_rows"] == 2 and f"{prompt_id}: judge" in (data_dir / "phase2" / "summary.txt").read_text()
+    assert f"{prompt_id}: judge" in (data_dir / "phase2" / "report.md").read_text()
+    code, fake = run(data_dir, "--retry-failed")
+    assert code == 0 and len(fake.calls) == 1 and "judge: 1 failed items get their attempts again" in capsys.readouterr().out
+    assert phase2_bytes(data_dir) == complete

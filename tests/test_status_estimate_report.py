@@ -244,11 +244,13 @@ def test_report_on_a_phase2_directory_leaves_the_phase2_files_alone(tmp_path, co
     path = report.write_report(report.phase2_input(workspace.phase2_dir, config), workspace.phase2_dir)
     assert phase2_bytes(tmp_path) == before and not any(name in str(path) for name in PHASE2_FILES)
     text = path.read_text()
-    assert "**pi_clone fails the clone check**: 3 null log-probs. Its nulls leave those responses unchecked" in text
-    assert "| pi_clone | teacher_force: prompt is 5000 tokens; with 49 more it exceeds" in text
-    assert "generate: 13 items failed for good" in text and "judge: 13 items were never tried" in text
+    # a prompt with an item failed for good is left out of every file, so the clone is checked on the others
+    assert "The answer is partial: 13 of 24 prompts are left out of every file" in text
+    assert "Prompts left out of every file (13)" in text and "teacher_force pi_clone: prompt is 5000 tokens; with 49 more" in text
+    assert "**PASS: all 11 log-ratios of pi_clone to the logging policy are exactly 0**" in text
+    assert "generate: 13 items failed for good" in text and "never tried" not in text and "still to do" not in text
     assert "| teacher_force | 120 |" in text and "Failed items by their latest error:" in text
-    assert "Left out of Phase 2" in text and "### Judge uncertainty" in text and "## Versions" in text
+    assert "### Judge uncertainty" in text and "## Versions" in text
     assert (workspace.phase2_dir / "figures" / "judge_uncertainty.png").is_file()
 
 
@@ -266,3 +268,18 @@ def test_report_of_a_run_where_nothing_was_judged_says_so(tmp_path, config):
     phase2.build(config, workspace)
     text = report.write_report(report.phase2_input(workspace.phase2_dir, config), workspace.phase2_dir).read_text()
     assert "No response has a deterministic judge score: nothing can be estimated" in text
+
+
+def test_estimates_are_drawn_and_tabled_as_cje_returned_them_and_flagged(tmp_path):
+    """cje can return an interval that does not contain its estimate (seen at 4 prompts), one of zero width, or NaN:
+    the figure draws each as it is and the tables flag it, instead of the report failing."""
+    from arena10k import figures
+
+    rows = {"outside": {"estimate": 0.306, "ci_low": 0.286, "ci_high": 0.293},
+            "zero width": {"estimate": 0.313, "ci_low": 0.313, "ci_high": 0.313},
+            "not a number": {"estimate": math.nan, "ci_low": math.nan, "ci_high": math.nan},
+            "fine": {"estimate": 0.5, "ci_low": 0.4, "ci_high": 0.6}}
+    assert [analyze.estimate_flags(row) for row in rows.values()] == [
+        ["outside its interval"], ["zero-width interval"], ["not a number"], []]
+    path = figures.estimates(tmp_path / "estimates.png", {"deterministic": {"direct": rows}})
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -4,7 +4,8 @@ What is retryable is decided here, once: 429 (after Retry-After), 5xx, timeouts,
 malformed bodies are retried with exponential backoff and jitter; 400/404/422 fail the item at once with
 the provider's reason; 401/403 stop the stage (AuthenticationError). Failures of the second kind that go on
 with no call to the endpoint succeeding for `outage_seconds`, or that outlast an item's retries with none
-succeeding, are an outage: the stage stops (EndpointDownError) and no item is charged with it.
+succeeding, are an outage: the stage stops (EndpointDownError). An item whose retries ran out on the endpoint alone
+(unreachable, gateway errors, rate limits) is not charged with it either (ItemError.unreachable).
 
 Teacher forcing uses the completions endpoint with echo and log-probs on the policy's rendered chat
 template. The prompt/response boundary is found in the returned tokens' text offsets and verified: a
@@ -42,6 +43,7 @@ log = logging.getLogger("arena10k.providers")
 
 BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 30.0
+GATEWAY_ERRORS = (502, 503, 504)  # a proxy or load balancer with no server behind it: the endpoint, not the request
 PROBE_OTHER_TEXT = "A different text, scored between two requests so that no server answers the second from its cache."
 
 
@@ -198,6 +200,7 @@ class HostedProvider:
     def _call(self, send: Callable[[], Any], tokens: int) -> Any:
         sdk = self._sdk
         started = self._limiter.now()
+        unreachable = True  # every attempt so far failed for the endpoint, none for the request
         for attempt in range(self._max_retries + 1):
             self._limiter.acquire(tokens)
             try:
@@ -218,11 +221,12 @@ class HostedProvider:
                     sdk.APIResponseValidationError, json.JSONDecodeError) as error:
                 self._limiter.release()
                 reason = f"{type(error).__name__}: {_message(error)}"
+                unreachable &= isinstance(error, sdk.APIConnectionError) or getattr(error, "status_code", None) in GATEWAY_ERRORS
                 self._failed(reason, started=None)
             else:
                 self._limiter.release()
                 if not getattr(response, "choices", None):
-                    reason = "malformed response body"
+                    reason, unreachable = "malformed response body", False
                     self._failed(reason, started=None)
                 else:
                     self._limiter.record_outcome(succeeded=True)
@@ -233,7 +237,7 @@ class HostedProvider:
                 time.sleep(delay)
         if reason != "rate limited (HTTP 429)":
             self._failed(reason, started=started)  # no call succeeded while this one retried: an outage
-        raise ItemError(f"{reason} (gave up after {self._max_retries + 1} attempts)", retryable=True)
+        raise ItemError(f"{reason} (gave up after {self._max_retries + 1} attempts)", retryable=True, unreachable=unreachable)
 
     def _failed(self, reason: str, started: float | None) -> None:
         """Records a failure of the endpoint's kind and stops the stage when it is an outage: failures for

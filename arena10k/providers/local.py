@@ -32,7 +32,7 @@ import jinja2
 import numpy as np
 
 from arena10k.errors import ItemError
-from arena10k.models import LOCAL_MODELS, gguf_path, sequences_decoded_together
+from arena10k.models import LOCAL_MODELS, LocalModel, gguf_path, sequences_decoded_together
 from arena10k.providers.base import (
     GENERATE,
     TEACHER_FORCE,
@@ -171,6 +171,46 @@ class _Forcing:
         return target if self.scored < len(self._targets) else None
 
 
+class ChatFormat:
+    """A local model's tokenizer and chat template: how a policy's context becomes the tokens the model generates
+    after. `chat_format` loads it without the weights, for counting a prompt's tokens before any model runs."""
+
+    def __init__(self, model, registered: LocalModel | None):
+        self._model = model
+        template = (registered and registered.chat_template) or model.metadata()["tokenizer.chat_template"]
+        self._template = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(template)
+        self._bos, self._eos = self.piece(model.token_bos()), self.piece(model.token_eos())
+
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        return self._model.tokenize(text.encode(), add_bos=False, special=special)
+
+    def text(self, ids: list[int], special: bool = False) -> str:
+        return self._model.detokenize(ids, special=special).decode("utf-8", errors="replace")
+
+    def piece(self, token: int) -> str:
+        return self.text([token], special=True)
+
+    def render(self, messages: tuple[dict, ...], add_generation_prompt: bool = True) -> str:
+        return self._template.render(messages=list(messages), add_generation_prompt=add_generation_prompt,
+                                     bos_token=self._bos, eos_token=self._eos)
+
+    def prompt_tokens(self, messages: tuple[dict, ...]) -> int:
+        return len(self.tokenize(self.render(messages)))
+
+
+def chat_format(model: str) -> ChatFormat:
+    """A registered model's or GGUF file's chat format, its vocabulary loaded without its weights (a second at most)."""
+    import llama_cpp
+    from llama_cpp import _internals, _logger
+
+    _logger.set_verbose(False)
+    llama_cpp.llama_backend_init()
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    return ChatFormat(_internals.LlamaModel(path_model=str(gguf_path(model)), params=params, verbose=False),
+                      LOCAL_MODELS.get(model))
+
+
 class LocalProvider:
     capabilities = frozenset({GENERATE, TEACHER_FORCE, TOP_LOGPROBS})
 
@@ -219,28 +259,13 @@ class LocalProvider:
         self.decode_steps = self.decoded_tokens = 0  # steps decoding sampled tokens, and the tokens they decoded
         self.placeholder_tokens = 0  # decoded in those steps to keep their sequences' ids consecutive (_step)
         self.tokenizer = f"{path.name}:{_file_digest(path)}"
-        template = (registered and registered.chat_template) or self._model.metadata()["tokenizer.chat_template"]
-        self._template = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(template)
-        self._bos = self._piece(self._model.token_bos())
+        self._format = ChatFormat(self._model, registered)
         # The token that ends an assistant turn is what the template puts right after a message.
-        closing = self._render(({"role": "user", "content": "x"},), add_generation_prompt=False)
-        self._end_of_turn = self._tokenize(closing)[-2 if closing.endswith("\n") else -1]
-
-    def _tokenize(self, text: str, special: bool = True) -> list[int]:
-        return self._model.tokenize(text.encode(), add_bos=False, special=special)
-
-    def _text(self, ids: list[int], special: bool = False) -> str:
-        return self._model.detokenize(ids, special=special).decode("utf-8", errors="replace")
-
-    def _piece(self, token: int) -> str:
-        return self._text([token], special=True)
-
-    def _render(self, messages: tuple[dict, ...], add_generation_prompt: bool = True) -> str:
-        return self._template.render(messages=list(messages), add_generation_prompt=add_generation_prompt,
-                                     bos_token=self._bos, eos_token=self._piece(self._model.token_eos()))
+        closing = self._format.render(({"role": "user", "content": "x"},), add_generation_prompt=False)
+        self._end_of_turn = self._format.tokenize(closing)[-2 if closing.endswith("\n") else -1]
 
     def _prompt_ids(self, messages: tuple[dict, ...], room: int) -> list[int]:
-        ids = self._tokenize(self._render(messages))
+        ids = self._format.tokenize(self._format.render(messages))
         self._check_room(ids, room)
         return ids
 
@@ -415,7 +440,7 @@ class LocalProvider:
                     dist = Distribution(logits, scale)
                     logprobs.append(dist.logprob(ids[position]))
                     if top:
-                        tops.append({self._piece(t): logprob for t, logprob in dist.top(top)})
+                        tops.append({self._format.piece(t): logprob for t, logprob in dist.top(top)})
         sequence.cached = self._reusable(ids)
         return logits.copy()
 
@@ -463,12 +488,12 @@ class LocalProvider:
     def _retokenize(self, request: TeacherForceRequest) -> tuple[list[int], str]:
         """Another model's response, in this model's tokens. The boundary is verified: the prompt's
         tokens must be a prefix of the tokens of prompt + response, or the pieces are tokenized apart."""
-        prompt_text = self._render(request.messages)
-        prompt = self._tokenize(prompt_text)
-        full = self._tokenize(prompt_text + request.response_text)
+        prompt_text = self._format.render(request.messages)
+        prompt = self._format.tokenize(prompt_text)
+        full = self._format.tokenize(prompt_text + request.response_text)
         if full[: len(prompt)] == prompt:
             return full[len(prompt):], "retokenized_boundary_verified"
-        return self._tokenize(request.response_text, special=False), "retokenized_separately"
+        return self._format.tokenize(request.response_text, special=False), "retokenized_separately"
 
     def complete(self, prompt: tuple[dict, ...] | str | list[int], max_tokens: int, temperature: float, seed: int,
                  top_logprobs: int = 0, echo: bool = False) -> tuple[Generation, Generation]:
@@ -482,13 +507,13 @@ class LocalProvider:
         this way gives back the response's sampled log-probs bit for bit, because both come from the same logits.
         """
         if isinstance(prompt, tuple):
-            prompt = self._render(prompt)
-        ids = self._tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+            prompt = self._format.render(prompt)
+        ids = self._format.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
         if not ids or not all(0 <= t < self.n_vocab for t in ids):
             raise ItemError(f"the prompt must be 1 or more token ids in [0, {self.n_vocab})", retryable=False)
         self._check_room(ids, max_tokens)
 
-        sampling = Sampling(temperature, seed, max_tokens, top_logprobs, self._is_end, self._piece)
+        sampling = Sampling(temperature, seed, max_tokens, top_logprobs, self._is_end, self._format.piece)
         prompt_logprobs: list[float] = []
         prompt_top: list[dict[str, float]] = []
         # Sampling holds the lock too: on a machine whose every core runs llama.cpp's threads, Python work beside them
@@ -510,13 +535,13 @@ class LocalProvider:
             finally:
                 self._release(sequence)
         prompt_generation = Generation(
-            text=self._text(ids, special=True), finish_reason="length", tokenizer=self.tokenizer, token_ids=ids,
-            token_texts=[self._piece(t) for t in ids], token_logprobs=prompt_logprobs if echo else None,
+            text=self._format.text(ids, special=True), finish_reason="length", tokenizer=self.tokenizer, token_ids=ids,
+            token_texts=[self._format.piece(t) for t in ids], token_logprobs=prompt_logprobs if echo else None,
             stop_token_id=None, stop_logprob=None, top_logprobs=prompt_top)
         sampled = sampling.tokens
         return prompt_generation, Generation(
-            text=self._text(sampled), finish_reason="length" if sampling.stop_token is None else "stop",
-            tokenizer=self.tokenizer, token_ids=sampled, token_texts=[self._piece(t) for t in sampled],
+            text=self._format.text(sampled), finish_reason="length" if sampling.stop_token is None else "stop",
+            tokenizer=self.tokenizer, token_ids=sampled, token_texts=[self._format.piece(t) for t in sampled],
             token_logprobs=sampling.logprobs, stop_token_id=sampling.stop_token, stop_logprob=sampling.stop_logprob,
             top_logprobs=sampling.top_logprobs)
 

@@ -107,6 +107,16 @@ def judge_spread(scores: list[float]) -> dict:
     return {"responses": len(scores), "distinct": len(counts), "commonest": value, "commonest_share": count / len(scores)}
 
 
+def estimate_flags(row: dict) -> list[str]:
+    """What is wrong with an estimate as cje returned it, for the tables and the figure (the verdict's gates say what
+    it means): no value, an interval that does not contain its estimate, or one of zero width."""
+    values = (row["estimate"], row["ci_low"], row["ci_high"])
+    if any(value is None or math.isnan(value) for value in values):
+        return ["not a number"]
+    flags = [] if row["ci_low"] <= row["estimate"] <= row["ci_high"] else ["outside its interval"]
+    return flags + (["zero-width interval"] if row["ci_high"] - row["ci_low"] <= DEGENERATE_SE else [])
+
+
 def _reliable(estimator: dict, policy: str) -> bool:
     """cje's diagnostics let this policy's estimate stand: ESS at its gate, not graded critical, inside its own
     interval, with a standard error that is not degenerate."""
@@ -270,6 +280,9 @@ def analyse(config: ExperimentConfig, workspace: Workspace, scores: dict[str, li
             for estimator, made in result["estimators"].items():  # the table, the report and estimates.json read it
                 for policy, row in made.get("policies", {}).items():
                     row["certified_range"] = _certified_range(variants[variant], estimator, policy)
+        for made in result["estimators"].values():
+            for row in made.get("policies", {}).values():
+                row["flags"] = estimate_flags(row)
         variants[variant]["clones"] = {clone: clone_agreement(variants[variant], clone) for clone in config.clones()}
     info = json.loads((workspace.phase2_dir / "dataset_info.json").read_text())
     estimates = {"analysed": True, "cje_version": next(iter(results.values()))["cje_version"],
@@ -298,7 +311,8 @@ def table(estimates: dict) -> str:
                 ends = row.get("certified_range")
                 lines.append(f"    {policy:<17}{estimator:<16}{row['estimate']:>9.3f}{row['standard_error']:>8.3f}"
                              f"{interval:>19}{ess:>7}  {row['status'] or result['status'] or ''}"
-                             + ("" if ends is None else f"  certified range [{ends[0]:.3f}, {ends[1]:.3f}]"))
+                             + ("" if ends is None else f"  certified range [{ends[0]:.3f}, {ends[1]:.3f}]")
+                             + "".join(f"  FLAG: {flag}" for flag in row.get("flags", [])))
     return "\n".join(lines + ["", f"Verdict: {estimates['verdict']}"] + [f"  - {note}" for note in estimates["notes"]])
 
 

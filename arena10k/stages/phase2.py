@@ -9,6 +9,12 @@ deterministic judge score and once with the mean of the judge's score distributi
 prompt (P0's in the logged file, a target's in its fresh draws) for two labels of one response. A value that is
 missing stays null with its reason in `metadata`; rows cje cannot use without a value (no judge score)
 are left out and listed in dataset_info.json, never filled in.
+
+A prompt with an item that failed for good (a permanent error such as a prompt longer than a model's context, or its
+max_attempts used up) is left out of every file, so that every policy is estimated on the same prompts; the answer
+is then partial (`excluded_prompts`, exit status 4) until `--retry-failed` gives those items their attempts back. An
+oracle label that failed for good leaves its response unlabelled. Items still to do (`pending`) make Phase 2 incomplete
+rather than partial: a rerun does them.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
-from arena10k.checkpoint import ItemState, RecordFields, atomic_writer, dumps, load_states, tally, write_atomic
+from arena10k.checkpoint import (ItemState, RecordFields, atomic_writer, dumps, failed_for_good, load_states, tally,
+                                 write_atomic)
 from arena10k.config import ExperimentConfig
 from arena10k.records import SCHEMA_VERSION
 from arena10k.stages.base import Stage
@@ -220,12 +227,31 @@ def _reason(states: dict[str, ItemState], key: str, stage: str) -> str:
     return f"{stage}: {state.last_error}"
 
 
+ANSWER_CHECKPOINTS = ("generate", "teacher_force", "judge")  # a prompt is in the answer only with all of their items
+
+
+def excluded_prompts(config: ExperimentConfig, expected: dict[str, list[str]], states: dict[str, dict[str, ItemState]]
+                     ) -> dict[str, list[str]]:
+    """Per prompt left out of the answer, its items that failed for good, each with its error."""
+    reasons: dict[str, list[str]] = {}
+    for name in ANSWER_CHECKPOINTS:
+        for key in expected[name]:
+            if failed_for_good(states[name].get(key), config.max_attempts):
+                prompt_id, _, policy = key.rpartition("|")
+                reasons.setdefault(prompt_id, []).append(f"{name} {policy}: {states[name][key].last_error}")
+    return reasons
+
+
 def build(config: ExperimentConfig, workspace: Workspace) -> dict:
     from arena10k.stages import registry  # the registry lists this stage too
 
     prompts = workspace.load_prompts()
     expected = registry.expected_keys(config, [p.prompt_id for p in prompts])
     states = {name: _states(workspace, name) for name in registry.CHECKPOINTS}
+    left_out = excluded_prompts(config, expected, states)
+    lost_labels = {key: states[name][key].last_error for name in ("oracle_calibration", "oracle_validation")
+                   for key in expected[name] if failed_for_good(states[name].get(key), config.max_attempts)
+                   and key.rpartition("|")[0] not in left_out}
     # Only the items the config asks for: a label of a prompt no longer in the oracle slice is not used.
     records = {name: {k: states[name][k].record for k in keys if k in states[name] and states[name][k].record is not None}
                for name, keys in expected.items()}
@@ -245,7 +271,7 @@ def build(config: ExperimentConfig, workspace: Workspace) -> dict:
     stale = remove_stale_fresh_draws(workspace.phase2_dir, targets)
     texts = RecordFields(workspace.checkpoint_path("generate"))
     with closing(texts), _phase2_files(workspace.phase2_dir, targets) as write:
-        for prompt in prompts:
+        for prompt in (p for p in prompts if p.prompt_id not in left_out):
             base_key = item_key(prompt.prompt_id, logging_policy)
             response = records["generate"].get(base_key)
             judgement = records["judge"].get(base_key)
@@ -325,7 +351,11 @@ def build(config: ExperimentConfig, workspace: Workspace) -> dict:
         "logged_rows": logged_rows,
         "fresh_draws": fresh_draws,
         "oracle_labels": {"calibration": calibration_labels, "validation": validation_labels},
-        "excluded": dict(sorted(excluded.items())),
+        "excluded": dict(sorted(excluded.items())),  # rows of items still to do
+        # prompts left out of every file, each with its items that failed for good (--retry-failed tries them again)
+        "excluded_prompts": dict(sorted(left_out.items())),
+        "unlabelled": dict(sorted(lost_labels.items())),  # oracle labels that failed for good: those rows have none
+        "pending": registry.pending(config, expected, states),  # per checkpoint, items a rerun would still do
         "removed_stale_files": stale,  # fresh draws of policies no longer in the config, removed when this was written
         "coverage": {name: {"expected": c.expected, "done": c.done, "failed": dict(c.failed), "missing": c.missing}
                      for name, c in coverage.items()},
@@ -436,8 +466,15 @@ def summary_table(info: dict) -> str:
         lines.append(f"Removed {len(info['removed_stale_files'])} fresh-draw files of policies no longer in the config "
                      f"(cje-eval would have estimated them): {', '.join(info['removed_stale_files'])}")
     if info["excluded"]:
-        lines.append(f"  excluded ({len(info['excluded'])}):")
+        lines.append(f"  rows still to do, left out ({len(info['excluded'])}):")
         lines += [f"    {what}: {why}" for what, why in info["excluded"].items()]
+    if info["excluded_prompts"]:
+        lines.append(f"Prompts left out of every file, items of theirs failed for good ({len(info['excluded_prompts'])}; "
+                     "--retry-failed tries them again):")
+        lines += [f"    {prompt_id}: {'; '.join(why)}" for prompt_id, why in info["excluded_prompts"].items()]
+    if info["unlabelled"]:
+        lines.append(f"Oracle labels that failed for good, their responses unlabelled ({len(info['unlabelled'])}):")
+        lines += [f"    {key}: {why}" for key, why in info["unlabelled"].items()]
     return "\n".join(lines)
 
 
@@ -453,12 +490,16 @@ def certified_table(info: dict) -> list[str]:
 def incomplete(workspace: Workspace) -> str | None:
     """One line on what keeps the Phase 2 files from being a usable dataset, or None when nothing does."""
     info = json.loads((workspace.phase2_dir / "dataset_info.json").read_text())
-    problems = [f"{name} {c['done']}/{c['expected']} done ({sum(c['failed'].values())} failed, {c['missing']} not run)"
-                for name, c in info["coverage"].items() if c["done"] < c["expected"]]
+    coverage = info["coverage"]
+    problems = [f"{name} {coverage[name]['done']}/{coverage[name]['expected']} done, {count} still to do"
+                for name, count in info["pending"].items()]
     failed_clones = [p for p in info["clones"] if info["weights"][p]["clone_check"] != "PASS"]
     disagreeing = [] if info["dry_run"] else info["self_check"]["beyond_tolerance"]
     if info["logged_rows"] == 0:
-        return "Phase 2 is empty: no logged response has a judge score" + (f" ({'; '.join(problems)})." if problems else ".")
+        left_out = len(info["excluded_prompts"])
+        return ("Phase 2 is empty: no logged response has a judge score" + (f" ({'; '.join(problems)})" if problems else "")
+                + (f"; all {left_out} prompts are left out, their items failed for good (phase2/summary.txt says why; "
+                   "--retry-failed tries them again)." if left_out else "."))
     if failed_clones:
         return (f"The clone check failed for {', '.join(failed_clones)}: the importance weights are not to be used "
                 "(see phase2/report.md).")
@@ -466,8 +507,23 @@ def incomplete(workspace: Workspace) -> str | None:
         return (f"The self-check failed: {len(disagreeing)} of the logging policy's responses score differently when "
                 "teacher-forced than they were sampled, so the importance weights are not to be used (see summary.txt).")
     if problems:
-        return f"Phase 2 is incomplete: {'; '.join(problems)}; failed items are retried up to max_attempts."
+        return f"Phase 2 is incomplete: {'; '.join(problems)}."
     return None
+
+
+def partial(info: dict) -> str | None:
+    """One line on what the answer leaves out for good (prompts, oracle labels), or None when it leaves out nothing."""
+    prompts, labels = info["excluded_prompts"], info["unlabelled"]
+    if not prompts and not labels:
+        return None
+    reasons = Counter(reason.partition(": ")[2] for why in prompts.values() for reason in why)
+    commonest = "; ".join(f"{n} x {reason}" for reason, n in reasons.most_common(3))
+    return ("The answer is partial: " + "; ".join(
+        ([f"{len(prompts)} of {info['prompts']} prompts are left out of every file, items of theirs failed for good "
+          f"({commonest})"] if prompts else [])
+        + ([f"{len(labels)} oracle labels failed for good"] if labels else []))
+        + ". The estimates are of the rest; the list with reasons is in phase2/summary.txt. --retry-failed tries "
+          "those items again.")
 
 
 def file_stamp(path: Path) -> list[int] | None:

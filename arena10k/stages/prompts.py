@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 
 from arena10k import data
 from arena10k.config import ExperimentConfig
 from arena10k.stages.base import Stage
+from arena10k.stages.generate import policy_messages
 from arena10k.workspace import Workspace
 
 LANGUAGE_FILTER_VERSION = 1  # bump when arena10k.language changes what it keeps
@@ -22,14 +25,37 @@ def run(config: ExperimentConfig, workspace: Workspace, samples: int | str | Non
     fingerprint = {"dataset": config.dataset, "seed": config.seed, "language_filter": LANGUAGE_FILTER_VERSION}
     if workspace.check_prepare_fingerprint(fingerprint) and samples == prepared:
         return f"prepare: {len(workspace.load_prompts())} prompts already prepared in {workspace.prompts_path}"
-    prompts, report = data.prepare_prompts(data.load_conversations(config.dataset), samples, config.seed, config.dataset)
+    prompts, report = data.prepare_prompts(data.load_conversations(config.dataset), samples, config.seed, config.dataset,
+                                           too_long_for_context(config))
     report_dict = {"dataset": config.dataset, "samples": samples, "seed": config.seed, **asdict(report)}
     resized = "" if prepared is None else (
         f"; the run {'grows' if len(prompts) > _count(workspace) else 'shrinks'} from {_count(workspace)} to "
         f"{len(prompts)} prompts (every finished item of the prompts it keeps is reused)")
     workspace.save_prompts(prompts, report_dict, fingerprint, samples)
-    counts = ", ".join(f"{k} {report_dict[k]}" for k in ("rows", "empty", "duplicate", "no_letters", "non_english", "sampled_out", "kept"))
+    counts = ", ".join(f"{k} {report_dict[k]}" for k in ("rows", "empty", "duplicate", "no_letters", "non_english", "too_long", "sampled_out", "kept"))
     return f"prepare: {counts} -> {workspace.prompts_path} ({time.monotonic() - started:.1f}s){resized}"
+
+
+# Chat-template markup and default system prompts are a few dozen tokens; a prompt of fewer bytes than its policy's room
+# less this many cannot be too long (a token is at least one byte), so only longer ones are tokenized.
+TEMPLATE_ALLOWANCE = 1024
+
+
+def too_long_for_context(config: ExperimentConfig) -> Callable[[str], bool]:
+    """Whether a prompt, in an embedded policy's context, leaves fewer tokens than its max_tokens in the model's n_ctx:
+    its generation could only fail. Hosted models' tokenizers are not known here; there the first refusal is final."""
+    from arena10k.providers.local import chat_format  # llama-cpp-python loads only for a prompt near the limit
+
+    local = [(policy, config.models[policy.model]) for policy in config.policies.values()
+             if config.models[policy.model].provider == "local"]
+    formats = functools.cache(chat_format)
+
+    def too_long(text: str) -> bool:
+        return any(len(text.encode()) + len((policy.system_prompt or "").encode()) + policy.max_tokens + TEMPLATE_ALLOWANCE
+                   > model.n_ctx and formats(model.model).prompt_tokens(policy_messages(policy, text)) + policy.max_tokens
+                   > model.n_ctx for policy, model in local)
+
+    return too_long
 
 
 def _count(workspace: Workspace) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from arena10k.checkpoint import describe_changes, read_fingerprints
+from arena10k.checkpoint import ItemState, describe_changes, failed_for_good, may_try, read_fingerprints, scan_states
 from arena10k.config import STAGE_NAMES, ExperimentConfig
 from arena10k.errors import CheckpointMismatchError, ConfigError
 from arena10k.stages import analyze, generate, judge, phase2, prompts, teacher_force
@@ -45,6 +45,34 @@ def response_needed(config: ExperimentConfig, name: str, key: str) -> str | None
     prompt_id, _, policy = key.rpartition("|")
     read = SPEC[name].reads(config, policy)
     return None if read is None else item_key(prompt_id, read)
+
+
+def pending(config: ExperimentConfig, expected: dict[str, list[str]], states: dict[str, dict[str, ItemState]]) -> dict[str, int]:
+    """Per checkpoint, the items a rerun would still try: not done, not failed for good, and not waiting for a response
+    that failed for good."""
+    counts = {name: sum(1 for key in keys if may_try(states[name].get(key), config.max_attempts) and not failed_for_good(
+                  states["generate"].get(response_needed(config, name, key) or ""), config.max_attempts))
+              for name, keys in expected.items()}
+    return {name: count for name, count in counts.items() if count}
+
+
+def still_to_do(config: ExperimentConfig, workspace: Workspace, stages: list[Stage]) -> str | None:
+    """After stage scripts ran: what their checkpoints still lack that a rerun (or an earlier stage) would do."""
+    names = [spec.name for s in stages for spec in s.checkpoints]
+    if not names or not workspace.prompts_path.exists():
+        return None
+    expected = expected_keys(config, [p.prompt_id for p in workspace.load_prompts()])
+    states = {name: scan_states(workspace.checkpoint_path(name))[0] for name in CHECKPOINTS}
+    left = {name: count for name, count in pending(config, expected, states).items() if name in names}
+    if not left:
+        return None
+    waiting = {name: sum(1 for key in expected[name] if may_try(states[name].get(key), config.max_attempts)
+                         and (needed := response_needed(config, name, key)) is not None
+                         and states["generate"].get(needed, ItemState()).record is None) for name in left}
+    return "; ".join(f"{name}: {count} items still to do" + (
+        f", {waiting[name]} of them waiting for responses stage 2 (generate) has not made: run "
+        "scripts/02_generate_responses.py (or the runner) first" if waiting[name] else "")
+        for name, count in left.items()) + "."
 
 
 def units(config: ExperimentConfig, checkpoints: tuple[CheckpointSpec, ...] = CHECKPOINT_SPECS) -> set[Unit]:

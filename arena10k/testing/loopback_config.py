@@ -14,13 +14,13 @@ KEY_ENV = "ARENA10K_LOOPBACK_KEY"
 def write_loopback_config(path: Path, base_url: str, *, samples: int, dataset: str = "data/prompts/arena10k_prompts.jsonl",
                           concurrency: int = 8, requests_per_minute: int | None = None, request_timeout: float = 1.5,
                           calibration_fraction: float = 1.0, validation_fraction: float = 0.25,
-                          outage_seconds: float = 60.0) -> Path:
+                          outage_seconds: float = 60.0, max_retries: int = 10, max_attempts: int = 3) -> Path:
     model = {"provider": "openai", "base_url": base_url, "api_key_env": KEY_ENV, "chat_template": CHAT_TEMPLATE,
-             "end_of_turn": "<|end|>", "concurrency": concurrency, "request_timeout": request_timeout, "max_retries": 10,
+             "end_of_turn": "<|end|>", "concurrency": concurrency, "request_timeout": request_timeout, "max_retries": max_retries,
              "requests_per_minute": requests_per_minute, "outage_seconds": outage_seconds}
     policy = {"model": "small", "system_prompt": "You are a helpful assistant.", "temperature": 0.7, "max_tokens": 24}
     config = {
-        "name": "loopback", "seed": 42, "samples": samples, "dataset": dataset, "max_attempts": 3, "logging_policy": "p0",
+        "name": "loopback", "seed": 42, "samples": samples, "dataset": dataset, "max_attempts": max_attempts, "logging_policy": "p0",
         # Each synthetic model id is a different model; requests to all of them share the server's limits.
         "models": {"small": {**model, "model": "synthetic-small"}, "big": {**model, "model": "synthetic-big"},
                    "oracle": {**model, "model": "synthetic-oracle"}},

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from arena10k import judging
-from arena10k.checkpoint import dumps
+from arena10k.checkpoint import entry_line
 from arena10k.config import ExperimentConfig, JudgeConfig
 from arena10k.stages.registry import SPEC, expected_keys, response_needed
 from arena10k.data import prompt_id_for
@@ -107,11 +107,11 @@ def _prompt(index: int, rng: np.random.Generator) -> Prompt:
 
 
 def _ok_line(key: str, record: dict) -> str:
-    return dumps({"schema": SCHEMA_VERSION, "key": key, "status": "ok", "record": record}) + "\n"
+    return entry_line({"schema": SCHEMA_VERSION, "key": key, "status": "ok", "record": record})
 
 
 def _failed_line(key: str, error: str, retryable: bool) -> str:
-    return dumps({"schema": SCHEMA_VERSION, "key": key, "status": "failed", "error": error, "retryable": retryable, "raw": None}) + "\n"
+    return entry_line({"schema": SCHEMA_VERSION, "key": key, "status": "failed", "error": error, "retryable": retryable, "raw": None})
 
 
 def shape(config: ExperimentConfig, policy: str) -> tuple[float, float, float]:
