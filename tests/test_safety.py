@@ -301,3 +301,33 @@ def test_an_item_failed_for_good_leaves_its_prompt_out_and_retry_failed_tries_it
     code, fake = run(data_dir, "--retry-failed")
     assert code == 0 and len(fake.calls) == 1 and "judge: 1 failed items get their attempts again" in capsys.readouterr().out
     assert phase2_bytes(data_dir) == complete
+
+
+def test_a_line_damaged_in_its_middle_with_intact_ends_is_quarantined(tmp_path, capsys):
+    """A finished item's line is taken as done from its first and last bytes; its CRC-32 catches a change anywhere."""
+    data_dir = tmp_path / "run"
+    assert run(data_dir, "3")[0] == 0
+    before = phase2_bytes(data_dir)
+    path = data_dir / "checkpoints" / "generate.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    middle = len(lines[4]) // 2
+    digit = next(i for i in range(middle, len(lines[4])) if lines[4][i].isdigit())
+    lines[4] = lines[4][:digit] + str((int(lines[4][digit]) + 1) % 10) + lines[4][digit + 1:]  # still valid JSON
+    json.loads(lines[4])
+    path.write_text("".join(lines))
+    capsys.readouterr()
+    code, fake = run(data_dir)
+    out = capsys.readouterr().out
+    assert code == 0 and "line 5 of" in out and "quarantine" in out
+    assert len(fake.calls) >= 1 and phase2_bytes(data_dir) == before
+
+
+def test_a_stage_script_run_before_the_stage_it_needs_says_which_to_run_first(tmp_path, capsys):
+    data_dir = tmp_path / "run"
+    with providers.substituted(FakeModels()):
+        assert pipeline.main(["3", "--config", str(OWN_CONFIG), "--data-dir", str(data_dir)], stage="prepare") == 0
+        code = pipeline.main(["--config", str(OWN_CONFIG), "--data-dir", str(data_dir)], stage="judge")
+    error = capsys.readouterr().err
+    assert code == 3
+    assert ("judge: 21 items still to do, 21 of them waiting for responses stage 2 (generate) has not made: run "
+            "scripts/02_generate_responses.py (or the runner) first") in error
