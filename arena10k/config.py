@@ -12,7 +12,7 @@ from typing import Literal
 import re
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from arena10k.errors import ConfigError
 
@@ -107,13 +107,22 @@ class PolicyConfig(_Strict):
     system_prompt: str | None = Field(
         description="System message; null means none (the model's chat template then applies its own default)."
     )
-    temperature: float = Field(gt=0, le=2, description="Sampling temperature; log-probs are taken at this temperature.")
+    temperature: float = Field(ge=0, le=2, description="Sampling temperature (above 0); log-probs are taken at this temperature.")
     top_p: float = Field(
         1.0,
         description="Must be 1.0: importance weights need the full sampling distribution, "
         "and nucleus truncation would give target policies zero probability for some P0 tokens.",
     )
     max_tokens: int = Field(gt=0, description="Responses longer than this are cut and recorded with finish_reason=length.")
+
+    @field_validator("temperature")
+    @classmethod
+    def _has_a_density(cls, temperature: float) -> float:
+        if temperature == 0:
+            raise ValueError("temperature 0 (greedy decoding) gives every response but one probability 0, so no importance "
+                             "weight exists for it; give the policy a small temperature instead (0.1 is close to greedy and "
+                             "has weights)")
+        return temperature
 
     @model_validator(mode="after")
     def _full_distribution(self) -> PolicyConfig:
@@ -246,13 +255,30 @@ class ExperimentConfig(_Strict):
         return {name: self.models[name] for name in sorted(names)}
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML as safe_load reads it, except that a key given twice in one mapping (two policies of one name) is an error,
+    not the second silently replacing the first."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"the key '{key}' appears twice in one mapping; "
+                                                        "give each its own name", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_config(path: str | Path) -> ExperimentConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Config file {path} does not exist (pass --config PATH).")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeys)
         config = ExperimentConfig.model_validate(raw)
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {error.start}): save it as UTF-8.") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path} is not valid YAML: {error}") from None
     except ValidationError as error:

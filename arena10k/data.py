@@ -70,6 +70,22 @@ def first_user_turn(row: dict) -> str:
     return ""
 
 
+def _readable(rows, source: str):
+    """The rows, or an error naming the one that is not UTF-8 (the loader decodes a row's text as it is read)."""
+    rows = iter(rows)
+    number = 0
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"{source}: row {number + 1} is not UTF-8 text ({error.reason} at byte {error.start} of a "
+                              "value): save the file as UTF-8.") from None
+        number += 1
+        yield row
+
+
 def prepare_prompts(rows, samples: int | str, seed: int, source: str = "the dataset",
                     too_long: Callable[[str], bool] = lambda text: False) -> tuple[list[Prompt], FilterReport]:
     """Refuses, with the expected row shape, inputs that yield no prompt or fewer than `samples`. Prompts are drawn in
@@ -78,7 +94,7 @@ def prepare_prompts(rows, samples: int | str, seed: int, source: str = "the data
     seen: set[str] = set()
     candidates: list[Prompt] = []
     conversations = 0
-    for row in rows:
+    for row in _readable(rows, source):
         report.rows += 1
         conversations += bool(row.get("conversation_a"))
         text = first_user_turn(row)

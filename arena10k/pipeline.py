@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections import defaultdict
@@ -16,27 +17,37 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from arena10k import estimate, liveness
-from arena10k.checkpoint import dumps, reset_failed, write_atomic
+from arena10k.checkpoint import reset_failed
 from arena10k.config import STAGE_NAMES, ExperimentConfig, load_config
-from arena10k.errors import Arena10kError
+from arena10k.errors import Arena10kError, ConfigError
 from arena10k.providers import check_config, preflight
-from arena10k.stages import analyze, phase2, registry
+from arena10k.stages import analyze, phase2, prompts, registry
 from arena10k.workspace import Workspace
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "local.yaml"
 log = logging.getLogger("arena10k.pipeline")
+# A wrapper that runs the pipeline (scripts/dry_run.py) names itself here, so "Continue with" names a command that works.
+RESUME_COMMAND_ENV = "ARENA10K_RESUME_COMMAND"
 PARTIAL = 4  # the exit status of a run whose answer leaves out prompts or labels that failed for good
 FORCE_HELP = ("recompute NAME: a stage (all its items), a policy (its items in every stage) or STAGE:POLICY, "
               "each with what is computed from it; repeatable. 'prepare' recomputes everything")
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="experiment YAML (default: configs/local.yaml)")
+    parser.add_argument("--config", type=Path, help="experiment YAML (default: the one the run was made with; for a new "
+                                                    "run configs/local.yaml)")
     parser.add_argument("--data-dir", type=Path, help="this run's directory (default: data/runs/<experiment name>)")
 
 
 def open_run(args: argparse.Namespace) -> tuple[ExperimentConfig, Workspace]:
+    """The config and the run directory. Without --config, a run resumes with the config it was made with (its path is
+    recorded in the run), not the default one."""
+    made_with = Workspace(args.data_dir).made_with() if args.data_dir and not args.config else None
+    if made_with is not None and not made_with.is_file():
+        raise ConfigError(f"{args.data_dir} was made with --config {made_with}, which no longer exists; pass --config "
+                          "with the run's config (a copy of it is in config.json there).")
+    args.config = args.config or made_with or DEFAULT_CONFIG
     config = load_config(args.config)
     if getattr(args, "dataset", None):
         config = config.model_copy(update={"dataset": str(args.dataset)})
@@ -88,14 +99,22 @@ def main(argv: list[str] | None = None, stage: str | None = None, description: s
     """The runner (all stages, or --from/--only) or, with `stage`, one stage's script."""
     parser = run_parser(description, stage)
     args = parser.parse_args(argv)
+    command = os.environ.get(RESUME_COMMAND_ENV) or " ".join(["python", parser.prog, *(sys.argv[1:] if argv is None else argv)])
     try:
-        return _run(args, stage, " ".join(["python", parser.prog, *(sys.argv[1:] if argv is None else argv)]))
+        return _run(args, stage, command)
     except Arena10kError as error:
         report_error(error)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted: every finished item is saved; rerun the same command to resume.", file=sys.stderr)
+        print(f"\ninterrupted: every finished item is saved; resume with: {command.replace(' --fresh', '')}", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return stopped_reading()
+    except OSError as error:  # the disk, not the pipeline: full, gone, or not writable
+        log.exception("file system error")
+        print(f"error: {error.filename or 'a file'}: {error.strerror or error}. Every finished item is saved; fix this "
+              "and rerun the same command to resume.", file=sys.stderr)
+        return 2
 
 
 def _run(args: argparse.Namespace, stage: str | None, command: str) -> int:
@@ -119,38 +138,31 @@ def _run(args: argparse.Namespace, stage: str | None, command: str) -> int:
     if analyze.STAGE in selected:
         analyze.check_environment(config)
     workspace.refuse_foreign_directory()
-    workspace.root.mkdir(parents=True, exist_ok=True)
+    workspace.create()
     with liveness.claim(workspace):  # a second pipeline on the same directory is refused
-        workspace.mark_run(dry_run=getattr(args, "dry_run", False))
-        if getattr(args, "fresh", False):
-            workspace.delete_run_files()
-        log_path = workspace.start_log()
-        for line in workspace.quarantine_damaged(registry.CHECKPOINTS):
-            log.warning("%s", line)
-            print(line)
-        if "prepare" in args.force:
-            workspace.forget_prompts()
-        if getattr(args, "retry_failed", False):
-            for name in registry.CHECKPOINTS:
-                if count := reset_failed(workspace.checkpoint_path(name)):
-                    print(f"--retry-failed: {name}: {count} failed items get their attempts again")
-        if workspace.prompts_path.exists():
-            registry.check_changes(config, workspace, selected[-1].name, forced)
-        _recompute(workspace, forced)
-        if args.preflight or {"generate", "teacher_force"} & {s.name for s in selected}:
-            if preflight.models_probed(config):
-                check_config(config, preflight.models_probed(config))
-                print(preflight.describe(preflight.check_endpoints(config, workspace)))
-        if args.preflight:
-            return 0
-        write_atomic(workspace.config_path, dumps(config.model_dump()) + "\n")
-        print(f"arena10k: experiment '{config.name}', data in {workspace.root}, log {log_path}")
-        timings = []
-        for each in selected:
-            started = time.monotonic()
-            print(each.run(config, workspace, samples), flush=True)
-            timings.append(f"{each.name} {time.monotonic() - started:.1f}s")
-        print("stage times: " + ", ".join(timings))
+        new_run = not workspace.marker_path.exists()
+        try:
+            _open(args, config, workspace, selected, forced)
+            rest, timings = selected, []
+            if selected[0] is prompts.STAGE and not args.preflight:  # free, and it reads the dataset: before any paid call
+                started = time.monotonic()
+                print(prompts.STAGE.run(config, workspace, samples), flush=True)
+                rest, timings = selected[1:], [f"prepare {time.monotonic() - started:.1f}s"]
+            if args.preflight or {"generate", "teacher_force"} & {s.name for s in rest}:
+                if preflight.models_probed(config):
+                    check_config(config, preflight.models_probed(config))
+                    print(preflight.describe(preflight.check_endpoints(config, workspace)))
+            if args.preflight:
+                return 0
+            for each in rest:
+                started = time.monotonic()
+                print(each.run(config, workspace, samples), flush=True)
+                timings.append(f"{each.name} {time.monotonic() - started:.1f}s")
+            print("stage times: " + ", ".join(timings))
+        except Arena10kError:
+            if new_run and not workspace.prompts_path.exists():
+                workspace.unmark()  # a start refused before it had prompts leaves no run behind
+            raise
     continue_with = command.replace(" --fresh", "").replace(" --retry-failed", "")
     if selected[-1].name in (phase2.STAGE.name, analyze.STAGE.name):
         incomplete = phase2.incomplete(workspace)
@@ -165,6 +177,32 @@ def _run(args: argparse.Namespace, stage: str | None, command: str) -> int:
         print(f"error: {left} Continue with: {continue_with}", file=sys.stderr)
         return 3
     return 0
+
+
+def _open(args: argparse.Namespace, config: ExperimentConfig, workspace: Workspace, selected: list, forced: set) -> None:
+    """Under the lock, before any model is called: marks the run, applies --fresh, --force and --retry-failed, refuses a
+    changed configuration and records the config the run is made with."""
+    workspace.mark_run(dry_run=getattr(args, "dry_run", False))
+    if getattr(args, "fresh", False):
+        workspace.delete_run_files()
+    log_path = workspace.start_log()
+    for line in workspace.quarantine_damaged(registry.CHECKPOINTS):
+        log.warning("%s", line)
+        print(line)
+    if "prepare" in args.force:
+        workspace.forget_prompts()
+    if getattr(args, "retry_failed", False):
+        for name in registry.CHECKPOINTS:
+            if count := reset_failed(workspace.checkpoint_path(name)):
+                print(f"--retry-failed: {name}: {count} failed items get their attempts again")
+    if workspace.prompts_path.exists():
+        registry.check_changes(config, workspace, selected[-1].name, forced)
+        for line in registry.renamed_policies(config, workspace):
+            log.warning("%s", line)
+            print(f"warning: {line}")
+    _recompute(workspace, forced)
+    workspace.save_config(config, args.config or DEFAULT_CONFIG)
+    print(f"arena10k: experiment '{config.name}', data in {workspace.root}, log {log_path}")
 
 
 def _recompute(workspace: Workspace, units: set[registry.Unit]) -> None:
@@ -182,11 +220,21 @@ def report_error(error: Arena10kError) -> None:
     print(f"error: {error}", file=sys.stderr)
 
 
+def stopped_reading() -> int:
+    """The reader of the output went away (`| head`): not an error. Later writes go nowhere, so exiting is quiet."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """An Arena10kError is printed as its message, not a traceback, and exits with status 2."""
+    """An Arena10kError is printed as its message, not a traceback, and exits with status 2; a reader that stops
+    reading (`| head`) ends the command quietly."""
     try:
         yield
+        sys.stdout.flush()
     except Arena10kError as error:
         report_error(error)
         sys.exit(2)
+    except BrokenPipeError:
+        sys.exit(stopped_reading())

@@ -53,11 +53,12 @@ class TeacherForced:
     policy: str  # the policy whose log-prob of the P0 response this is
     logprob: float | None  # log pi(response | prompt), <= 0, at the policy's sampling temperature; None: probability 0
     n_tokens: int  # scored tokens, including the end-of-turn token when the response stopped
-    method: str  # how the number was produced, see arena10k.teacher_forcing
+    method: str  # how the number was produced: api_echo_* (providers/hosted.py) or the embedded models' (providers/local.py)
     # The logging policy only, where its response's sampled log-probs are known: logprob minus their sum (0 when
     # scoring reproduces sampling), and the difference allowed (0 on the embedded models, rounding on an API).
     sampled_difference: float | None = None
     sampled_tolerance: float | None = None
+    not_compared: str | None = None  # the logging policy only: why its sampled log-probs could not be compared
     # Certified rather than exact (an endpoint that reports temperature-1 log-probs only; providers/certified.py): the
     # bounds of the log-prob at the policy's temperature, of which `logprob` is the midpoint, and the alternatives per
     # token they were computed from. None for an exact log-prob.

@@ -108,16 +108,34 @@ def _read_rows(path: Path) -> list[dict]:
     """The rows of a CJE dataset file without their texts, which no number here needs (memory stays flat)."""
     rows = []
     with open(path, encoding="utf-8") as f:
-        for line in f:
+        for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
-            row = json.loads(line)
+            row = _cje_row(path, number, line)
             row.pop("prompt", None)
             row.pop("response", None)
             for name in ("judge_score", "oracle_label"):
                 row.setdefault(name, row.get("metadata", {}).get(name))
             rows.append(row)
     return rows
+
+
+CJE_LOGGED_FIELDS = ("prompt_id", "base_policy_logprob", "target_policy_logprobs")
+CJE_FRESH_FIELDS = ("prompt_id",)
+
+
+def _cje_row(path: Path, number: int, line: str) -> dict:
+    """A row of a CJE dataset file, or an error naming the line and what it lacks."""
+    expected = CJE_FRESH_FIELDS if path.parent.name == "fresh_draws" else CJE_LOGGED_FIELDS
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise Arena10kError(f"{path} line {number} is not JSON ({error.msg}): a CJE dataset has one JSON object a line.") from None
+    missing = [name for name in expected if not isinstance(row, dict) or name not in row]
+    if missing:
+        raise Arena10kError(f"{path} line {number} is not a CJE dataset row: it has no {', '.join(missing)} (a logged row "
+                            f"has {', '.join(CJE_LOGGED_FIELDS)}, and judge_score at the top or in metadata).")
+    return row
 
 
 def cje_dataset_input(path: Path, clones: tuple[str, ...] = ()) -> ReportInput:

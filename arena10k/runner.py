@@ -11,6 +11,7 @@ calls in flight as its model serves at once: a lane never waits behind another m
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -115,10 +116,14 @@ def run_items(stage: str, checkpoint: Checkpoint, keys: list[str], make_work: Ma
                     liveness.record_finished(checkpoint, key)
                     bar.set_postfix(done=done, failed=failed, remaining=runnable - done - failed, refresh=False)
                     bar.update(1)
-        except BaseException:
+        except BaseException as error:
             # Authentication failures, Ctrl-C: start nothing new; what finished is already on disk.
             for future in in_flight:
                 future.cancel()
+            if isinstance(error, KeyboardInterrupt):  # said at once: the calls in flight may take a while to return
+                bar.close()
+                print(f"\nstopping: {sum(not f.done() for f in in_flight)} calls in flight are left to return, their "
+                      "results not kept; nothing new starts, every finished item is saved", file=sys.stderr, flush=True)
             raise
     report.attempted = len(tried)
     for key in keys:

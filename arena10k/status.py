@@ -21,6 +21,8 @@ from arena10k.stages.registry import CHECKPOINTS, expected_keys
 from arena10k.workspace import Workspace, policy_of
 
 RECENT_SECONDS = 600  # the rate is measured over the last ten minutes of finished items
+# An ETA from fewer items is mostly the start's own pace (a model loading, a burst of calls finishing together).
+ETA_AFTER_ITEMS = 10
 
 @dataclass
 class Progress:
@@ -28,6 +30,7 @@ class Progress:
     last_finished: float | None = None  # seconds since the epoch
     rate_per_minute: float | None = None  # items settled per minute, recently
     eta_seconds: float | None = None  # only while the pipeline works on this stage
+    measuring: bool = False  # working on it, but too few items have finished for an ETA
 
 
 @dataclass
@@ -91,7 +94,8 @@ def _progress(keys: list[str], states: dict[str, ItemState], times: list[float],
     progress = Progress(tally(keys, states, max_attempts), last_finished=times[-1] if times else None)
     working = working and progress.coverage.missing > 0
     progress.rate_per_minute = _rate(times, working, now)
-    if working and progress.rate_per_minute:
+    progress.measuring = working and len(times) < ETA_AFTER_ITEMS
+    if working and progress.rate_per_minute and not progress.measuring:
         progress.eta_seconds = 60 * progress.coverage.missing / progress.rate_per_minute
     return progress
 
@@ -157,7 +161,7 @@ def _row(name: str, progress: Progress, now: float, indent: str) -> str:
     c = progress.coverage
     done = f"{c.done}/{c.expected}"
     rate = "-" if progress.rate_per_minute is None else f"{progress.rate_per_minute:.3g}"
-    eta = "-" if progress.eta_seconds is None else _duration(progress.eta_seconds)
+    eta = "measuring" if progress.measuring else "-" if progress.eta_seconds is None else _duration(progress.eta_seconds)
     last = "-" if progress.last_finished is None else _when(progress.last_finished, now)
     return (f"  {indent + name:<22}{done:>15}{sum(c.failed.values()) - c.retrying:>8}{c.retrying:>10}{c.missing:>11}"
             f"{rate:>10}{eta:>13}   {last}")

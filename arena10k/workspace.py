@@ -38,7 +38,7 @@ def policy_of(key: str) -> str:
 
 RUN_MARKER = ".arena10k-run"
 # Everything a run writes; --fresh deletes these and nothing else (the lock and marker stay, the run goes on).
-RUN_FILES = ("prompts.jsonl", "filter_report.json", "prepare.meta.json", "config.json", "pipeline.pid",
+RUN_FILES = ("prompts.jsonl", "filter_report.json", "prepare.meta.json", "config.json", "config_source.txt", "pipeline.pid",
              "checkpoints", "progress", "logs", "phase2", "analysis", "quarantine")
 
 
@@ -59,6 +59,24 @@ class Workspace:
             return  # new, a run, a run starting, or a run from before the marker
         raise ConfigError(f"{self.root} is not empty and holds no arena10k run (no {RUN_MARKER} file); nothing was "
                           "written or deleted there. Pass a new or empty --data-dir.")
+
+    def create(self) -> None:
+        """The run directory, made if it is new and checked writable, before anything is written or any model called."""
+        if self.root.exists() and not self.root.is_dir():
+            raise ConfigError(f"--data-dir {self.root} is a file, not a directory: pass a directory (a new one is made).")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / ".arena10k-write-check"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as error:
+            raise ConfigError(f"The run directory {self.root} cannot be written ({error.strerror}): pass a --data-dir "
+                              "where you can create files.") from None
+
+    def unmark(self) -> None:
+        """Undoes a start that was refused before its prompts were prepared: the directory is no run's."""
+        self.delete_run_files()
+        self.marker_path.unlink(missing_ok=True)
 
     def mark_run(self, dry_run: bool) -> None:
         """Makes the directory this run's (under the pipeline's lock), and keeps a dry run's synthetic results
@@ -133,6 +151,16 @@ class Workspace:
     def config_path(self) -> Path:
         """The configuration of the latest run, so that readers (status) follow its policies."""
         return self.root / "config.json"
+
+    def save_config(self, config: ExperimentConfig, source: Path) -> None:
+        """The config in use, in its own order of policies (status lists them so), and the file it was read from."""
+        write_atomic(self.config_path, json.dumps(config.model_dump(), indent=2, ensure_ascii=False) + "\n")
+        write_atomic(self.root / "config_source.txt", str(Path(source).resolve()) + "\n")
+
+    def made_with(self) -> Path | None:
+        """The config file the run was last made with, if it recorded one."""
+        path = self.root / "config_source.txt"
+        return Path(path.read_text().strip()) if path.is_file() else None
 
     def saved_config(self) -> ExperimentConfig | None:
         from arena10k.config import ExperimentConfig

@@ -14,6 +14,11 @@ PHASE2_FILES = ("deterministic", "uncertainty", "dataset_info.json")
 # The tests that run an embedded model (in process or in a pipeline they start).
 EMBEDDED_MODEL_TESTS = ("tests/test_pipeline.py", "tests/test_local_model.py", "tests/test_third_party_server.py",
                         "tests/test_server.py::test_the_local_model_serves")
+# The slow tier (`-m slow`, which .ci/run runs after the default one): the embedded models, whole pipelines through the
+# loopback server, and tests that start many processes. The default tier is what a change is checked with in minutes.
+SLOW_TESTS = (*EMBEDDED_MODEL_TESTS, "tests/test_api_path.py",
+              "tests/test_safety.py::test_two_pipelines_started_together_run_one_in_each_of_20_rounds",
+              "tests/test_messages.py::test_ctrl_c_in_a_dry_run_stops_it_cleanly_and_names_the_dry_run_to_resume")
 
 
 def pipeline_command(data_dir: Path, *args: str, config: Path = TINY_CONFIG) -> list[str]:
@@ -53,6 +58,12 @@ def shared_arena() -> Path:
     if not SHARED_ARENA.is_dir():
         pytest.skip(f"shared ChatBot Arena data not found at {SHARED_ARENA} (it lives beside the project root)")
     return SHARED_ARENA
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.nodeid.startswith(SLOW_TESTS):
+            item.add_marker(pytest.mark.slow)
 
 
 def pytest_xdist_make_scheduler(config, log):

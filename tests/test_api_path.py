@@ -182,6 +182,7 @@ def test_an_endpoint_that_refuses_echo_is_refused_before_any_generation(tmp_path
         result = run_pipeline(tmp_path / "data", config=api_config(tmp_path / "config.yaml", server.base_url))
     assert result.returncode == 2
     assert "models.small (echo): HTTP 400" in result.stderr and "teacher forcing needs the text's log-probs echoed" in result.stderr
+    assert "Serve the model where /v1/completions echoes prompt log-probs (echo with logprobs): vLLM" in result.stderr
     assert not (tmp_path / "data" / "checkpoints" / "generate.jsonl").exists()
 
 
@@ -372,10 +373,17 @@ def test_arena_10k_config_dry_runs_through_the_loopback_server(tmp_path):
     # by the judge and by the oracle
     assert "dry run: 129 requests" in result.stdout
     assert "unchecked  differs by" in result.stdout  # the loopback server samples in its own chat template
+    assert "  llama4_maverick  echo  " in result.stdout  # the preflight's columns apart, whatever the names' lengths
+    assert "expected to score apart under the config's; not a gate here" in result.stdout
     estimates = json.loads((data_dir / "analysis" / "estimates.json").read_text())
     assert estimates["dry_run"] and "DRY RUN: synthetic responses from the loopback server, not a result" in result.stdout
     # 6 prompts give 2 calibration labels: no ranking can be claimed, whatever the intervals say
     assert estimates["verdict"].startswith("These estimates cannot rank the policies; gates not passed: oracle labels: 2 ")
+
+
+def analysed(config_path, enabled: bool) -> None:
+    """Turns the analyze stage of a loopback config on or off."""
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "analysis": {"enabled": enabled}}))
 
 
 def test_a_prompt_longer_than_the_context_leaves_the_answer_partial_and_the_rest_estimated(tmp_path, key):
@@ -390,9 +398,10 @@ def test_a_prompt_longer_than_the_context_leaves_the_answer_partial_and_the_rest
     dataset.write_text("\n".join(rows) + "\n")
     with run_in_thread(ServerConfig("synthetic", api_key=KEY)) as server:
         path = write_loopback_config(tmp_path / "config.yaml", server.base_url, samples=12, dataset=str(dataset))
-        path.write_text(path.read_text().replace('"enabled": false', '"enabled": true'))  # the analysis too
+        analysed(path, True)
         result = run_pipeline(tmp_path / "data", config=path)
         first = server.stats()["completions"]
+        analysed(path, False)  # estimated once is enough
         retried = run_pipeline(tmp_path / "data", "--retry-failed", config=path)
         again = server.stats()["completions"] - first
     assert result.returncode == 4, result.stderr[-2000:]
@@ -409,12 +418,23 @@ def test_a_prompt_longer_than_the_context_leaves_the_answer_partial_and_the_rest
     assert again == 5  # the five refused generations, tried once more; nothing else
 
 
-@pytest.mark.parametrize("samples", ["3", "4"])
-def test_the_smallest_dry_runs_of_the_flagship_end_with_estimates(tmp_path, samples):
+def test_the_smallest_dry_runs_of_the_flagship_end_with_estimates(tmp_path):
+    """At 3 prompts, then grown to 4 (which reuses the first 3): cje's intervals need not contain their estimates."""
+    for samples in ("3", "4"):
+        result = subprocess.run([sys.executable, str(PROJECT_ROOT / "scripts" / "dry_run.py"), "--config",
+                                 str(PROJECT_ROOT / "configs" / "arena_10k.yaml"), "--samples", samples, "--dataset",
+                                 str(PROJECT_ROOT / "data" / "prompts" / "arena10k_prompts.jsonl"), "--data-dir",
+                                 str(tmp_path / "dry")], capture_output=True, text=True, cwd=PROJECT_ROOT)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "Traceback" not in result.stderr and "Estimates (cje-eval" in result.stdout
+        assert "## Estimates" in (tmp_path / "dry" / "phase2" / "report.md").read_text()
+        assert json.loads((tmp_path / "dry" / "phase2" / "dataset_info.json").read_text())["prompts"] == int(samples)
+
+
+def test_a_dry_run_with_a_missing_dataset_stops_before_any_request(tmp_path):
     result = subprocess.run([sys.executable, str(PROJECT_ROOT / "scripts" / "dry_run.py"), "--config",
-                             str(PROJECT_ROOT / "configs" / "arena_10k.yaml"), "--samples", samples, "--dataset",
-                             str(PROJECT_ROOT / "data" / "prompts" / "arena10k_prompts.jsonl"), "--data-dir", str(tmp_path / "dry")],
+                             str(PROJECT_ROOT / "configs" / "arena_10k.yaml"), "--samples", "3", "--dataset",
+                             str(tmp_path / "absent.jsonl"), "--data-dir", str(tmp_path / "dry")],
                             capture_output=True, text=True, cwd=PROJECT_ROOT)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr and "Estimates (cje-eval" in result.stdout
-    assert "## Estimates" in (tmp_path / "dry" / "phase2" / "report.md").read_text()
+    assert result.returncode == 2 and "absent.jsonl does not exist" in result.stderr and "Traceback" not in result.stderr
+    assert "dry run: 0 requests to the loopback server" in result.stdout

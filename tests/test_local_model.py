@@ -116,7 +116,7 @@ def test_prompt_beyond_the_context_fails_the_item_permanently(smollm):
 
 
 def test_gemma_context_carries_the_system_prompt(gemma):
-    rendered = gemma._render(messages("hi", system="SYSTEM TEXT"))
+    rendered = gemma._format.render(messages("hi", system="SYSTEM TEXT"))
     assert rendered == "<bos><start_of_turn>user\nSYSTEM TEXT\n\nhi<end_of_turn>\n<start_of_turn>model\n"
 
 

@@ -173,20 +173,33 @@ def test_a_dry_runs_directory_is_refused_by_a_real_run(tmp_path, capsys):
 # ---------------------------------------------------------------- 8. a damaged checkpoint loses only what is damaged
 
 
-def test_a_corrupt_line_is_quarantined_and_only_its_item_redone(tmp_path, capsys):
+def _cut_in_half(line):
+    return line[: len(line) // 2] + "\n"
+
+
+def _one_digit_changed(line):
+    """A finished item's line with its first and last bytes intact and still valid JSON: only its CRC-32 tells."""
+    digit = next(i for i in range(len(line) // 2, len(line)) if line[i].isdigit())
+    changed = line[:digit] + str((int(line[digit]) + 1) % 10) + line[digit + 1:]
+    json.loads(changed)
+    return changed
+
+
+@pytest.mark.parametrize("checkpoint, damage", [("judge", _cut_in_half), ("generate", _one_digit_changed)])
+def test_a_corrupt_line_is_quarantined_and_only_its_item_redone(tmp_path, capsys, checkpoint, damage):
     data_dir = tmp_path / "run"
     assert run(data_dir, "4")[0] == 0
     before = phase2_bytes(data_dir)
-    path = data_dir / "checkpoints" / "judge.jsonl"
+    path = data_dir / "checkpoints" / f"{checkpoint}.jsonl"
     lines = path.read_text().splitlines(keepends=True)
-    lines[5] = lines[5][: len(lines[5]) // 2] + "\n"  # damaged in the middle of the file
+    lines[5] = damage(lines[5])  # damaged in the middle of the file
     path.write_text("".join(lines))
     capsys.readouterr()
     code, fake = run(data_dir)
     out = capsys.readouterr().out
-    assert code == 0 and len(fake.calls) == 1
+    assert code == 0 and len(fake.calls) == 1  # only its item
     assert out.count("line 6 of") == 1 and "quarantine" in out
-    assert (data_dir / "quarantine" / "judge.jsonl").exists()
+    assert (data_dir / "quarantine" / f"{checkpoint}.jsonl").exists()
     assert phase2_bytes(data_dir) == before
 
 
@@ -230,7 +243,8 @@ def test_ctrl_c_stops_without_a_traceback_and_says_how_to_resume(tmp_path):
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=30)
     assert process.returncode == 130 and "Traceback" not in err
-    assert "interrupted" in err and "rerun the same command to resume" in err
+    assert "interrupted: every finished item is saved; resume with: python" in err
+    assert "stopping: " in err and "calls in flight are left to return" in err  # said at once, before they return
 
 
 def test_status_of_a_missing_directory_says_so(tmp_path):
@@ -301,25 +315,6 @@ def test_an_item_failed_for_good_leaves_its_prompt_out_and_retry_failed_tries_it
     code, fake = run(data_dir, "--retry-failed")
     assert code == 0 and len(fake.calls) == 1 and "judge: 1 failed items get their attempts again" in capsys.readouterr().out
     assert phase2_bytes(data_dir) == complete
-
-
-def test_a_line_damaged_in_its_middle_with_intact_ends_is_quarantined(tmp_path, capsys):
-    """A finished item's line is taken as done from its first and last bytes; its CRC-32 catches a change anywhere."""
-    data_dir = tmp_path / "run"
-    assert run(data_dir, "3")[0] == 0
-    before = phase2_bytes(data_dir)
-    path = data_dir / "checkpoints" / "generate.jsonl"
-    lines = path.read_text().splitlines(keepends=True)
-    middle = len(lines[4]) // 2
-    digit = next(i for i in range(middle, len(lines[4])) if lines[4][i].isdigit())
-    lines[4] = lines[4][:digit] + str((int(lines[4][digit]) + 1) % 10) + lines[4][digit + 1:]  # still valid JSON
-    json.loads(lines[4])
-    path.write_text("".join(lines))
-    capsys.readouterr()
-    code, fake = run(data_dir)
-    out = capsys.readouterr().out
-    assert code == 0 and "line 5 of" in out and "quarantine" in out
-    assert len(fake.calls) >= 1 and phase2_bytes(data_dir) == before
 
 
 def test_a_stage_script_run_before_the_stage_it_needs_says_which_to_run_first(tmp_path, capsys):

@@ -100,6 +100,18 @@ def test_status_of_a_run_in_progress_counts_failures_and_measures_rate(tmp_path,
     assert "generate: 8 x prompt is 5000 tokens" in text and "(p0 2, pi_clone 2, pi_cot 1, pi_bigger_model 2, pi_bad 1)" in text
 
 
+def test_status_gives_no_eta_from_the_first_few_items(tmp_path, config):
+    synthetic_run.write_run(tmp_path, config, 12, last_finished=LAST_FINISHED,
+                            settled={"judge": 0.1, "oracle_calibration": 0, "oracle_validation": 0})
+    workspace = Workspace(tmp_path)
+    with liveness.claim(workspace):
+        run = status.collect(workspace, config, now=LAST_FINISHED + 2)
+        text = status.describe(run)
+    judge = next(stage for stage in run.stages if stage.name == "judge").total
+    assert len(liveness.finish_times(workspace, "judge")) < status.ETA_AFTER_ITEMS
+    assert judge.measuring and judge.eta_seconds is None and "measuring" in text
+
+
 def test_status_of_a_finished_run_and_of_a_killed_pipeline(tmp_path, config):
     synthetic_run.write_run(tmp_path, config, 6, last_finished=LAST_FINISHED)
     workspace = Workspace(tmp_path)

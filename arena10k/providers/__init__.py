@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 from arena10k.config import ExperimentConfig, ModelConfig
 from arena10k.errors import ConfigError
-from arena10k.models import sequences_decoded_together
+from arena10k.models import check_local_model, sequences_decoded_together
 from arena10k.providers.base import GENERATE, TEACHER_FORCE, TOP_LOGPROBS, Provider
 from arena10k.ratelimit import RateLimiter
 
@@ -118,7 +118,12 @@ def check_config(config: ExperimentConfig, model_names: set[str] | None = None) 
                 why = "teacher forcing renders the policy's context with the model's chat_template, and none is configured"
             problems.append(f"policies.{name}: model '{policy.model}' cannot teacher-force: {why}.")
     for name, model in config.used_models().items():
-        if model.provider != "local" and name in model_names:
+        if model.provider == "local":  # every one, whether called now or by a later stage: it costs nothing
+            try:
+                check_local_model(model.model)
+            except ConfigError as error:
+                problems.append(f"models.{name}.model: {error}")
+        elif name in model_names:
             try:
                 _api_key(model)
             except ConfigError as error:

@@ -181,9 +181,11 @@ def measured_noise(workspace: Workspace, model: str) -> float:
 
 
 def describe(findings: list[Finding]) -> str:
-    width = max([len(f.model) for f in findings] + [13]) + 1
-    lines = ["Preflight of the endpoints that teacher-force", f"  {'model':<{width}}{'check':<28}{'verdict':<11}detail"]
-    lines += [f"  {f.model:<{width}}{f.check:<28}{f.verdict:<11}{f.detail}" for f in findings]
+    model, check, verdict = (max(len(v) for v in [title, *values]) + 2 for title, values in
+                             (("model", [f.model for f in findings]), ("check", [f.check for f in findings]),
+                              ("verdict", [f.verdict for f in findings])))
+    lines = ["Preflight of the endpoints that teacher-force", f"  {'model':<{model}}{'check':<{check}}{'verdict':<{verdict}}detail"]
+    lines += [f"  {f.model:<{model}}{f.check:<{check}}{f.verdict:<{verdict}}{f.detail}" for f in findings]
     return "\n".join(lines)
 
 
@@ -194,7 +196,10 @@ def _measure(config: ExperimentConfig, model: str, dry_run: bool) -> list[Findin
     try:
         base = provider.score_text(PROBE_TEXT, 1.0)
     except ItemError as error:
-        return [Finding(model, "echo", "refused", f"{error}; teacher forcing needs the text's log-probs echoed")]
+        return [Finding(model, "echo", "refused", f"{error}; teacher forcing needs the text's log-probs echoed. Serve the "
+                        "model where /v1/completions echoes prompt log-probs (echo with logprobs): vLLM, SGLang, "
+                        "llama-cpp-python's server and Fireworks do; OpenAI's API and llama.cpp's llama-server do not "
+                        "(README, 'Any temperature')")]
     findings = [Finding(model, "echo", "ok", f"{len(base)} token log-probs for the {len(PROBE_TEXT)}-character probe")]
     again = provider.score_text(PROBE_TEXT, 1.0)
     noise = max((abs(a - b) for a, b in zip(base, again)), default=0.0) if len(again) == len(base) else float("inf")

@@ -110,8 +110,9 @@ def run_in_thread(config: ServerConfig = ServerConfig()) -> RunningServer:
 
 def run_subprocess(config: ServerConfig = ServerConfig()) -> RunningServer:
     """Serves from a child process (its log goes to this process's stderr) until stop(), which terminates it."""
+    # A session of its own: a Ctrl-C meant for the run that uses the server does not stop the server under it.
     process = subprocess.Popen([sys.executable, "-m", "arena10k.server", *to_argv(config)], stdout=subprocess.PIPE,
-                               text=True)
+                               text=True, start_new_session=True)
     assert process.stdout is not None
     line = process.stdout.readline()  # the server prints its URL once it listens
     if not line:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from arena10k.checkpoint import dumps, write_atomic
 from arena10k.config import ExperimentConfig
-from arena10k.errors import AnalysisError, ConfigError
+from arena10k.errors import AnalysisError, Arena10kError, ConfigError
 from arena10k.judging import ONE_SCORE_SHARE
 from arena10k.stages import phase2
 from arena10k.stages.base import Stage
@@ -320,6 +320,9 @@ def run(config: ExperimentConfig, workspace: Workspace, samples: int | str | Non
     if not config.analysis.enabled:
         return "analyze: skipped (analysis.enabled is false)"
     estimates_path, inputs_path = workspace.analysis_dir / "estimates.json", workspace.analysis_dir / "inputs.json"
+    if not (workspace.phase2_dir / "dataset_info.json").is_file():
+        raise Arena10kError(f"No Phase 2 files in {workspace.phase2_dir}: run stage 6 first "
+                            "(scripts/06_validate_and_write_phase2.py, or the runner).")
     unusable = phase2.incomplete(workspace)
     if unusable:
         estimates = {"analysed": False, "reason": unusable}

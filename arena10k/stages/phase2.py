@@ -336,6 +336,7 @@ def build(config: ExperimentConfig, workspace: Workspace) -> dict:
         clone_check(diagnostics[policy], scored_ratios[policy], clone_tolerance(workspace, config, policy, records["teacher_force"]))
     checked = [r for r in records["teacher_force"].values() if r.get("sampled_difference") is not None]
     self_check = {"compared": len(checked),
+                  "not_compared": dict(Counter(r["not_compared"] for r in records["teacher_force"].values() if r.get("not_compared"))),
                   "median_difference": float(np.median([abs(r["sampled_difference"]) for r in checked])) if checked else None,
                   "largest_difference": max((abs(r["sampled_difference"]) for r in checked), default=None),
                   "beyond_tolerance": sorted(r["prompt_id"] for r in checked if abs(r["sampled_difference"]) > r["sampled_tolerance"])}
@@ -460,8 +461,11 @@ def summary_table(info: dict) -> str:
     lines.append(f"Self-check (teacher-forced vs sampled log-probs of {info['logging_policy']}'s responses): "
                  + (f"{check['compared']} compared, |difference| median {check['median_difference']:.3g}, "
                     f"largest {check['largest_difference']:.3g} nats, "
-                    f"{len(check['beyond_tolerance'])} beyond tolerance" if check["compared"] else
-                    "none compared (no sampled log-probs, or responses whose end of turn has no sampled log-prob)"))
+                    f"{len(check['beyond_tolerance'])} beyond tolerance" if check["compared"] else "none compared")
+                 + "".join(f"; {n} not compared: {why}" for why, n in check.get("not_compared", {}).items())
+                 + (" (a dry run: the loopback server samples in a chat template of its own, so its responses are "
+                    "expected to score apart under the config's; not a gate here)" if info["dry_run"] and check["compared"]
+                    and check["beyond_tolerance"] else ""))
     if info["removed_stale_files"]:
         lines.append(f"Removed {len(info['removed_stale_files'])} fresh-draw files of policies no longer in the config "
                      f"(cje-eval would have estimated them): {', '.join(info['removed_stale_files'])}")

@@ -161,5 +161,23 @@ def check_changes(config: ExperimentConfig, workspace: Workspace, up_to: str, fo
     )
 
 
+def renamed_policies(config: ExperimentConfig, workspace: Workspace) -> list[str]:
+    """Policies new to this run whose responses would be exactly those of a policy it no longer has: a rename, which
+    computes everything again under the new name. Said, not refused: a copy under a new name may be meant."""
+    stored = read_fingerprints(workspace.checkpoint_meta_path(generate.CHECKPOINT.name))
+    gone = {old: fingerprint for old, fingerprint in stored.items() if old not in config.policies}
+    lines = []
+    for new in config.policies:
+        if new in stored:
+            continue
+        mine = generate.CHECKPOINT.fingerprint(config, new)
+        for old, fingerprint in gone.items():
+            if fingerprint.get("seed") == mine["seed"] and fingerprint.get("policies", {}).get(old) == mine["policies"][new]:
+                lines.append(f"policy '{new}' is configured exactly as '{old}' was in this run: a policy's name is part of "
+                             f"its items' keys, so '{new}' is a new policy and all its items are computed again (those of "
+                             f"'{old}' stay on disk, unused); name it '{old}' again to reuse them.")
+    return lines
+
+
 def models_called(config: ExperimentConfig, stages: list[Stage]) -> set[str]:
     return set().union(*(s.models(config) for s in stages))

@@ -65,13 +65,16 @@ class _SelfCheck:
                     "its calls; check models.*.chat_template and end_of_turn, and the preflight's findings.")
 
 
-def _sampled_logprob(response: Response) -> float | None:
-    """The response's log-prob as sampled, comparable with teacher forcing (which scores the end of turn too)."""
+def _sampled_logprob(response: Response) -> tuple[float | None, str | None]:
+    """The response's log-prob as sampled, comparable with teacher forcing (which scores the end of turn too), or None
+    and why not."""
     if response.token_logprobs is None:
-        return None
+        return None, "the endpoint returned no log-probs of the tokens it sampled"
     if response.finish_reason == "stop":
-        return None if response.stop_logprob is None else sum(response.token_logprobs) + response.stop_logprob
-    return sum(response.token_logprobs)
+        if response.stop_logprob is None:
+            return None, "the endpoint returned no log-prob of the end of turn it sampled"
+        return sum(response.token_logprobs) + response.stop_logprob, None
+    return sum(response.token_logprobs), None
 
 
 def _work(config: ExperimentConfig, name: str, prompt: Prompt, logged: Response, self_check: _SelfCheck,
@@ -90,7 +93,7 @@ def _work(config: ExperimentConfig, name: str, prompt: Prompt, logged: Response,
             stop_token_id=logged.stop_token_id, ended_turn=ended, certify_from_top_k=top_k,
         )
         result = get_provider(config, policy.model).teacher_force(request)
-        sampled = _sampled_logprob(logged) if name == config.logging_policy else None
+        sampled, not_compared = _sampled_logprob(logged) if name == config.logging_policy else (None, None)
         difference = tolerance = None
         if sampled is not None:
             exact = config.models[policy.model].provider == "local"  # the embedded models reproduce sampling bit for bit
@@ -101,10 +104,10 @@ def _work(config: ExperimentConfig, name: str, prompt: Prompt, logged: Response,
         impossible = zero_probability(config, name, logged, length)
         if impossible:
             return to_dict(TeacherForced(prompt.prompt_id, name, None, result.n_tokens, result.method, difference, tolerance,
-                                         zero_probability=impossible))
+                                         not_compared, zero_probability=impossible))
         interval = result.interval
         return to_dict(TeacherForced(prompt.prompt_id, name, result.logprob, result.n_tokens, result.method,
-                                     difference, tolerance, None if interval is None else interval.low,
+                                     difference, tolerance, not_compared, None if interval is None else interval.low,
                                      None if interval is None else interval.high,
                                      result.top_k, result.temperature_one_logprob))
 
