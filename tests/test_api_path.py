@@ -396,24 +396,25 @@ def test_a_prompt_longer_than_the_context_leaves_the_answer_partial_and_the_rest
     rows.append(json.dumps({"question_id": "long", "conversation_a": [{"role": "user", "content": long_prompt}]}))
     dataset = tmp_path / "prompts.jsonl"
     dataset.write_text("\n".join(rows) + "\n")
+    data_dir = tmp_path / "data"
     with run_in_thread(ServerConfig("synthetic", api_key=KEY)) as server:
         path = write_loopback_config(tmp_path / "config.yaml", server.base_url, samples=12, dataset=str(dataset))
         analysed(path, True)
-        result = run_pipeline(tmp_path / "data", config=path)
+        result = run_pipeline(data_dir, config=path)
+        assert result.returncode == 4, result.stderr[-2000:]
+        assert "partial: The answer is partial: 1 of 12 prompts are left out of every file" in result.stderr
+        assert "maximum context length" in result.stderr and "Retry with: python" in result.stderr and "--retry-failed" in result.stderr
+        info = json.loads((data_dir / "phase2" / "dataset_info.json").read_text())
+        (left_out, reasons), = info["excluded_prompts"].items()
+        assert len(reasons) == 5 and all("HTTP 400" in reason for reason in reasons)  # a generation per policy, refused once
+        assert info["logged_rows"] == 11 and info["pending"] == {}
+        assert json.loads((data_dir / "analysis" / "estimates.json").read_text())["analysed"]
+        assert "Estimates (cje-eval" in result.stdout
+        assert f"{left_out}: generate p0: HTTP 400" in (data_dir / "phase2" / "summary.txt").read_text()
         first = server.stats()["completions"]
         analysed(path, False)  # estimated once is enough
-        retried = run_pipeline(tmp_path / "data", "--retry-failed", config=path)
+        retried = run_pipeline(data_dir, "--retry-failed", config=path)
         again = server.stats()["completions"] - first
-    assert result.returncode == 4, result.stderr[-2000:]
-    assert "partial: The answer is partial: 1 of 12 prompts are left out of every file" in result.stderr
-    assert "maximum context length" in result.stderr and "Retry with: python" in result.stderr and "--retry-failed" in result.stderr
-    info = json.loads((tmp_path / "data" / "phase2" / "dataset_info.json").read_text())
-    (left_out, reasons), = info["excluded_prompts"].items()
-    assert len(reasons) == 5 and all("HTTP 400" in reason for reason in reasons)  # one generation per policy, each refused once
-    assert info["logged_rows"] == 11 and info["pending"] == {}
-    estimates = json.loads((tmp_path / "data" / "analysis" / "estimates.json").read_text())
-    assert estimates["analysed"] and "Estimates (cje-eval" in result.stdout
-    assert f"{left_out}: generate p0: HTTP 400" in (tmp_path / "data" / "phase2" / "summary.txt").read_text()
     assert retried.returncode == 4 and "generate: 5 failed items get their attempts again" in retried.stdout
     assert again == 5  # the five refused generations, tried once more; nothing else
 

@@ -97,6 +97,8 @@ def test_ctrl_c_in_a_dry_run_stops_it_cleanly_and_names_the_dry_run_to_resume(tm
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130 and "Traceback" not in err
     assert "stopping: " in err and "dry run interrupted; resume with: python scripts/dry_run.py --config" in err
+    # the pipeline's own line names the dry run too, not the temporary config the dry run made for it
+    assert "interrupted: every finished item is saved; resume with: python scripts/dry_run.py --config" in err
 
 
 def test_a_dry_run_whose_server_died_keeps_the_pipelines_exit_status(monkeypatch, capsys):

@@ -288,20 +288,26 @@ def test_a_run_whose_phase2_is_incomplete_exits_non_zero_saying_what_is_missing(
     assert "Phase 2 is incomplete: judge 20/21 done, 1 still to do." in error and "Continue with: python" in error
 
 
-def test_an_item_failed_for_good_leaves_its_prompt_out_and_retry_failed_tries_it_again(tmp_path, capsys):
+def test_an_item_out_of_attempts_leaves_its_prompt_out_and_retry_failed_tries_it_again(tmp_path, capsys):
+    """The estimates are made on the other prompts; the exit status and message say the answer is partial."""
+    config = tmp_path / "analysed.yaml"
+    config.write_text(OWN_CONFIG.read_text().replace("analysis:\n  enabled: false", "analysis:\n  enabled: true"))
     data_dir = tmp_path / "run"
-    assert run(data_dir, "3")[0] == 0
+    assert run(data_dir, "3", config=config)[0] == 0
     complete = phase2_bytes(data_dir)
     path = data_dir / "checkpoints" / "judge.jsonl"
     lines = path.read_text().splitlines(keepends=True)
     key = json.loads(lines[3])["key"]
-    failed = {"error": "the judge's reply contains no score digit", "key": key, "raw": "hm", "retryable": False,
+    failed = {"error": "the judge's reply contains no score digit", "key": key, "raw": "hm", "retryable": True,
               "schema": 1, "status": "failed"}
-    path.write_text("".join(lines[:3] + lines[4:]) + json.dumps(failed, sort_keys=True) + "\n")
+    attempts = load_config(config).max_attempts
+    path.write_text("".join(lines[:3] + lines[4:]) + (json.dumps(failed, sort_keys=True) + "\n") * attempts)
     capsys.readouterr()
-    code, fake = run(data_dir)
+    code, fake = run(data_dir, config=config)
     captured = capsys.readouterr()
     assert code == pipeline.PARTIAL and fake.calls == []
+    assert json.loads((data_dir / "analysis" / "estimates.json").read_text())["analysed"]
+    assert "Estimates (cje-eval" in captured.out
     prompt_id = key.rpartition("|")[0]
     assert ("partial: The answer is partial: 1 of 3 prompts are left out of every file, items of theirs failed for good "
             "(1 x the judge's reply contains no score digit)") in captured.err and "--retry-failed" in captured.err
@@ -312,9 +318,10 @@ def test_an_item_failed_for_good_leaves_its_prompt_out_and_retry_failed_tries_it
     assert len(rows) == 2 * (2 + 2 * 6) and all(row["prompt_id"] != prompt_id for row in rows)  # 2 variants, 6 targets
     assert info["logged_rows"] == 2 and f"{prompt_id}: judge" in (data_dir / "phase2" / "summary.txt").read_text()
     assert f"{prompt_id}: judge" in (data_dir / "phase2" / "report.md").read_text()
-    code, fake = run(data_dir, "--retry-failed")
+    code, fake = run(data_dir, "--retry-failed")  # the same config, but for the analysis: estimated once is enough
     assert code == 0 and len(fake.calls) == 1 and "judge: 1 failed items get their attempts again" in capsys.readouterr().out
-    assert phase2_bytes(data_dir) == complete
+    rows = {name: text for name, text in phase2_bytes(data_dir).items() if name.endswith(".jsonl")}
+    assert rows == {name: text for name, text in complete.items() if name.endswith(".jsonl")}
 
 
 def test_a_stage_script_run_before_the_stage_it_needs_says_which_to_run_first(tmp_path, capsys):
