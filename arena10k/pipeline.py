@@ -100,13 +100,14 @@ def main(argv: list[str] | None = None, stage: str | None = None, description: s
     parser = run_parser(description, stage)
     args = parser.parse_args(argv)
     command = os.environ.get(RESUME_COMMAND_ENV) or " ".join(["python", parser.prog, *(sys.argv[1:] if argv is None else argv)])
+    command = command.replace(" --fresh", "").replace(" --retry-failed", "")  # what continues the run, not what restarts it
     try:
         return _run(args, stage, command)
     except Arena10kError as error:
         report_error(error)
         return 2
     except KeyboardInterrupt:
-        print(f"\ninterrupted: every finished item is saved; resume with: {command.replace(' --fresh', '')}", file=sys.stderr)
+        print(f"\ninterrupted: every finished item is saved; resume with: {command}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return stopped_reading()
@@ -163,18 +164,17 @@ def _run(args: argparse.Namespace, stage: str | None, command: str) -> int:
             if new_run and not workspace.prompts_path.exists():
                 workspace.unmark()  # a start refused before it had prompts leaves no run behind
             raise
-    continue_with = command.replace(" --fresh", "").replace(" --retry-failed", "")
     if selected[-1].name in (phase2.STAGE.name, analyze.STAGE.name):
         incomplete = phase2.incomplete(workspace)
         if incomplete:
-            print(f"error: {incomplete} Continue with: {continue_with}", file=sys.stderr)
+            print(f"error: {incomplete} Continue with: {command}", file=sys.stderr)
             return 3
         answer_leaves_out = phase2.partial(json.loads((workspace.phase2_dir / "dataset_info.json").read_text()))
         if answer_leaves_out:
-            print(f"partial: {answer_leaves_out} Retry with: {continue_with} --retry-failed", file=sys.stderr)
+            print(f"partial: {answer_leaves_out} Retry with: {command} --retry-failed", file=sys.stderr)
             return PARTIAL
     elif left := registry.still_to_do(config, workspace, selected):
-        print(f"error: {left} Continue with: {continue_with}", file=sys.stderr)
+        print(f"error: {left} Continue with: {command}", file=sys.stderr)
         return 3
     return 0
 
