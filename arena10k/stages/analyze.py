@@ -300,7 +300,7 @@ def table(estimates: dict) -> str:
     lines = [f"Estimates (cje-eval {estimates['cje_version']}; 95% intervals)"
              + ("  DRY RUN: synthetic responses from the loopback server, not a result" if estimates["dry_run"] else "")]
     for name, variant in estimates["variants"].items():
-        lines += [f"  {name} judge score", f"    {'policy':<17}{'estimator':<16}{'estimate':>9}{'SE':>8}{'95% interval':>19}{'ESS':>7}  cje"]
+        lines += [f"  {name} judge score", f"    {'policy':<17}{'estimator':<16}{'estimate':>9}{'SE':>8} {'95% interval':>20}{'ESS':>7}  cje"]
         for estimator, result in variant["estimators"].items():
             if "error" in result:
                 lines.append(f"    {'':<17}{estimator:<16}  failed: {result['error']}")
@@ -310,7 +310,7 @@ def table(estimates: dict) -> str:
                 interval = f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
                 ends = row.get("certified_range")
                 lines.append(f"    {policy:<17}{estimator:<16}{row['estimate']:>9.3f}{row['standard_error']:>8.3f}"
-                             f"{interval:>19}{ess:>7}  {row['status'] or result['status'] or ''}"
+                             f" {interval:>20}{ess:>7}  {row['status'] or result['status'] or ''}"
                              + ("" if ends is None else f"  certified range [{ends[0]:.3f}, {ends[1]:.3f}]")
                              + "".join(f"  FLAG: {flag}" for flag in row.get("flags", [])))
     return "\n".join(lines + ["", f"Verdict: {estimates['verdict']}"] + [f"  - {note}" for note in estimates["notes"]])
