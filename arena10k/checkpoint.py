@@ -267,8 +267,7 @@ def _sum_matches(line: bytes) -> bool:
 
 def _intact_ok_line(line: bytes) -> bool:
     """A finished item's complete line, its sum matching: taken as done without decoding its record."""
-    return (line.startswith(_OK_START) and _has_sum(line) and (line[:-_SUM_SUFFIX] + b"}").endswith(_OK_END)
-            and _sum_matches(line))
+    return line.startswith(_OK_START) and _has_sum(line) and line[:-_SUM_SUFFIX].endswith(_OK_END[:-1]) and _sum_matches(line)
 
 
 _NOT_DECODED: dict = {}  # the record of every item found done by scan_states; never filled in

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from arena10k.errors import ConfigError
-from arena10k.language import is_english
+from arena10k.language import has_letters, is_english
 from arena10k.records import Prompt
 
 HUB_DATASET = "agie-ai/lmsys-chatbot_arena_conversations"
@@ -104,7 +104,7 @@ def prepare_prompts(rows, samples: int | str, seed: int, source: str = "the data
             report.duplicate += 1
         else:
             seen.add(text)
-            if not any(character.isalpha() for character in text):
+            if not has_letters(text):
                 report.no_letters += 1
             elif not is_english(text):
                 report.non_english += 1

@@ -17,14 +17,14 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from arena10k import data, judging
-from arena10k.checkpoint import ItemState, load_states, may_try
+from arena10k import judging
+from arena10k.checkpoint import ItemState, load_states
 from arena10k.config import ExperimentConfig, JudgeConfig, ModelConfig
-from arena10k.models import gguf_path
 from arena10k.records import Prompt
 from arena10k.stages.generate import policy_messages
 from arena10k.stages.judge import calls_per_grading, rubric
-from arena10k.stages.registry import expected_keys, response_needed
+from arena10k.stages import prompts
+from arena10k.stages.registry import expected_keys, will_run
 from arena10k.workspace import Workspace, item_key, policy_of
 
 CHARS_PER_TOKEN = 4  # the usual rule of thumb for English text with GPT-style tokenizers
@@ -90,11 +90,11 @@ def estimate_run(config: ExperimentConfig, workspace: Workspace, samples: int | 
     accounting = _Accounting(config, {p.prompt_id: p for p in prompts}, states["generate"])
     for name, names_keys in keys.items():
         for key in names_keys:
-            if _will_run(config, states, name, key):
+            if will_run(config, states, name, key):
                 accounting.add(estimate.usage, name, key, calls=1, output_known=False)
     for name, policy in config.policies.items():
         top_k = certify_from_top_k(workspace, policy.model, policy.temperature)
-        left = [key for key in keys["teacher_force"] if policy_of(key) == name and _will_run(config, states, "teacher_force", key)]
+        left = [key for key in keys["teacher_force"] if policy_of(key) == name and will_run(config, states, "teacher_force", key)]
         if top_k and left:
             tokens = sum(accounting.response_tokens(item_key(key.partition("|")[0], config.logging_policy)) for key in left)
             estimate.alternatives[name] = (top_k, top_k * tokens)
@@ -120,21 +120,11 @@ def _prompts(config: ExperimentConfig, workspace: Workspace, samples: int | str 
         prepared = workspace.load_prompts()
         if samples is None or (samples != "all" and int(samples) == len(prepared)):
             return prepared
-    rows = data.load_conversations(config.dataset)
-    return data.prepare_prompts(rows, config.samples if samples is None else samples, config.seed)[0]
+    return prompts.sample(config, config.samples if samples is None else samples)[0]
 
 
 def _done(state: ItemState | None) -> bool:
     return state is not None and state.record is not None
-
-
-def _will_run(config: ExperimentConfig, states: dict[str, dict[str, ItemState]], name: str, key: str) -> bool:
-    """Whether finishing the run tries this item: it is not done, may be tried again, and the response
-    it needs exists or may still be generated."""
-    max_attempts = config.max_attempts
-    needed = response_needed(config, name, key)
-    return may_try(states[name].get(key), max_attempts) and (
-        needed is None or _done(states["generate"].get(needed)) or may_try(states["generate"].get(needed), max_attempts))
 
 
 class _Accounting:

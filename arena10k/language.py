@@ -90,11 +90,16 @@ def _function_word_scores(latin_words: list[str]) -> tuple[float, float]:
     return english, foreign
 
 
+def has_letters(text: str) -> bool:
+    """False for emoji, symbols or numbers only: a text in no language."""
+    return any(character.isalpha() for character in text)
+
+
 def is_english(text: str) -> bool:
     """True when the natural-language part of a prompt is English."""
     text = text.strip()
-    if not any(character.isalpha() for character in text):
-        return False  # emoji, symbols or numbers only: in no language
+    if not has_letters(text):
+        return False
     if text.isupper():
         text = text.lower()  # a prompt typed in capitals is not a string of acronyms
     text = _URL.sub(" ", text)

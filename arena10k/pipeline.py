@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -21,7 +20,7 @@ from arena10k.checkpoint import reset_failed
 from arena10k.config import STAGE_NAMES, ExperimentConfig, load_config
 from arena10k.errors import Arena10kError, ConfigError
 from arena10k.providers import check_config, preflight
-from arena10k.stages import analyze, phase2, prompts, registry
+from arena10k.stages import analyze, phase2, registry
 from arena10k.workspace import Workspace
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -29,6 +28,7 @@ DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "local.yaml"
 log = logging.getLogger("arena10k.pipeline")
 # A wrapper that runs the pipeline (scripts/dry_run.py) names itself here, so "Continue with" names a command that works.
 RESUME_COMMAND_ENV = "ARENA10K_RESUME_COMMAND"
+PREFLIGHTED = ("generate", "teacher_force")  # the stages whose hosted endpoints' log-probs the preflight measures
 PARTIAL = 4  # the exit status of a run whose answer leaves out prompts or labels that failed for good
 FORCE_HELP = ("recompute NAME: a stage (all its items), a policy (its items in every stage) or STAGE:POLICY, "
               "each with what is computed from it; repeatable. 'prepare' recomputes everything")
@@ -132,7 +132,7 @@ def _run(args: argparse.Namespace, stage: str | None, command: str) -> int:
         print(estimate.describe(estimate.estimate_run(config, workspace, samples, forced)))
         return 0
     check_config(config, registry.models_called(config, selected))
-    if {"generate", "teacher_force"} & {s.name for s in selected}:
+    if set(PREFLIGHTED) & {s.name for s in selected}:
         for warning in config.max_tokens_warnings():
             log.warning("%s", warning)
             print(f"warning: {warning}")
@@ -144,18 +144,16 @@ def _run(args: argparse.Namespace, stage: str | None, command: str) -> int:
         new_run = not workspace.marker_path.exists()
         try:
             _open(args, config, workspace, selected, forced)
-            rest, timings = selected, []
-            if selected[0] is prompts.STAGE and not args.preflight:  # free, and it reads the dataset: before any paid call
-                started = time.monotonic()
-                print(prompts.STAGE.run(config, workspace, samples), flush=True)
-                rest, timings = selected[1:], [f"prepare {time.monotonic() - started:.1f}s"]
-            if args.preflight or {"generate", "teacher_force"} & {s.name for s in rest}:
-                if preflight.models_probed(config):
-                    check_config(config, preflight.models_probed(config))
-                    print(preflight.describe(preflight.check_endpoints(config, workspace)))
             if args.preflight:
+                _preflight(config, workspace)
                 return 0
-            for each in rest:
+            timings = []
+            # The preflight (paid calls) comes right before the first stage that needs it, after stage 1, which is free
+            # and reads the dataset.
+            first_preflighted = next((s for s in selected if s.name in PREFLIGHTED), None)
+            for each in selected:
+                if each is first_preflighted:
+                    _preflight(config, workspace)
                 started = time.monotonic()
                 print(each.run(config, workspace, samples), flush=True)
                 timings.append(f"{each.name} {time.monotonic() - started:.1f}s")
@@ -165,11 +163,12 @@ def _run(args: argparse.Namespace, stage: str | None, command: str) -> int:
                 workspace.unmark()  # a start refused before it had prompts leaves no run behind
             raise
     if selected[-1].name in (phase2.STAGE.name, analyze.STAGE.name):
-        incomplete = phase2.incomplete(workspace)
+        info = phase2.dataset_info(workspace)
+        incomplete = phase2.incomplete(info)
         if incomplete:
             print(f"error: {incomplete} Continue with: {command}", file=sys.stderr)
             return 3
-        answer_leaves_out = phase2.partial(json.loads((workspace.phase2_dir / "dataset_info.json").read_text()))
+        answer_leaves_out = phase2.partial(info)
         if answer_leaves_out:
             print(f"partial: {answer_leaves_out} Retry with: {command} --retry-failed", file=sys.stderr)
             return PARTIAL
@@ -177,6 +176,12 @@ def _run(args: argparse.Namespace, stage: str | None, command: str) -> int:
         print(f"error: {left} Continue with: {command}", file=sys.stderr)
         return 3
     return 0
+
+
+def _preflight(config: ExperimentConfig, workspace: Workspace) -> None:
+    if preflight.models_probed(config):
+        check_config(config, preflight.models_probed(config))
+        print(preflight.describe(preflight.check_endpoints(config, workspace)))
 
 
 def _open(args: argparse.Namespace, config: ExperimentConfig, workspace: Workspace, selected: list, forced: set) -> None:
@@ -201,7 +206,7 @@ def _open(args: argparse.Namespace, config: ExperimentConfig, workspace: Workspa
             log.warning("%s", line)
             print(f"warning: {line}")
     _recompute(workspace, forced)
-    workspace.save_config(config, args.config or DEFAULT_CONFIG)
+    workspace.save_config(config, args.config)
     print(f"arena10k: experiment '{config.name}', data in {workspace.root}, log {log_path}")
 
 

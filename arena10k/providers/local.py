@@ -194,17 +194,26 @@ class ChatFormat:
         return self._template.render(messages=list(messages), add_generation_prompt=add_generation_prompt,
                                      bos_token=self._bos, eos_token=self._eos)
 
-    def prompt_tokens(self, messages: tuple[dict, ...]) -> int:
-        return len(self.tokenize(self.render(messages)))
+    def prompt_ids(self, messages: tuple[dict, ...]) -> list[int]:
+        """The tokens of a policy's context, up to where the model starts its response."""
+        return self.tokenize(self.render(messages))
+
+
+def _llama_cpp():
+    """llama-cpp-python, quiet and with its backend initialised."""
+    import llama_cpp
+    from llama_cpp import _logger
+
+    _logger.set_verbose(False)
+    llama_cpp.llama_backend_init()
+    return llama_cpp
 
 
 def chat_format(model: str) -> ChatFormat:
     """A registered model's or GGUF file's chat format, its vocabulary loaded without its weights (a second at most)."""
-    import llama_cpp
-    from llama_cpp import _internals, _logger
+    from llama_cpp import _internals
 
-    _logger.set_verbose(False)
-    llama_cpp.llama_backend_init()
+    llama_cpp = _llama_cpp()
     params = llama_cpp.llama_model_default_params()
     params.vocab_only = True
     return ChatFormat(_internals.LlamaModel(path_model=str(gguf_path(model)), params=params, verbose=False),
@@ -215,11 +224,9 @@ class LocalProvider:
     capabilities = frozenset({GENERATE, TEACHER_FORCE, TOP_LOGPROBS})
 
     def __init__(self, model: str, n_ctx: int, reuse_prefix: bool = True, sequences: int = 1):
-        import llama_cpp
-        from llama_cpp import _internals, _logger
+        from llama_cpp import _internals
 
-        _logger.set_verbose(False)
-        llama_cpp.llama_backend_init()
+        llama_cpp = _llama_cpp()
         path = gguf_path(model)
         registered = LOCAL_MODELS.get(model)
         self.chunk_invariant = registered is not None
@@ -265,7 +272,7 @@ class LocalProvider:
         self._end_of_turn = self._format.tokenize(closing)[-2 if closing.endswith("\n") else -1]
 
     def _prompt_ids(self, messages: tuple[dict, ...], room: int) -> list[int]:
-        ids = self._format.tokenize(self._format.render(messages))
+        ids = self._format.prompt_ids(messages)
         self._check_room(ids, room)
         return ids
 

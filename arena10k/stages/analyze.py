@@ -19,7 +19,7 @@ from pathlib import Path
 
 from arena10k.checkpoint import dumps, write_atomic
 from arena10k.config import ExperimentConfig
-from arena10k.errors import AnalysisError, Arena10kError, ConfigError
+from arena10k.errors import AnalysisError, ConfigError
 from arena10k.judging import ONE_SCORE_SHARE
 from arena10k.stages import phase2
 from arena10k.stages.base import Stage
@@ -263,8 +263,9 @@ def findings(estimates: dict, logging_policy: str) -> tuple[str, list[str]]:
     return verdict, notes
 
 
-def analyse(config: ExperimentConfig, workspace: Workspace, scores: dict[str, list[float]]) -> dict:
-    """cje's estimates of each variant's files, whose judge scores (every response's) are `scores`, and the verdict."""
+def analyse(config: ExperimentConfig, workspace: Workspace, scores: dict[str, list[float]], info: dict) -> dict:
+    """cje's estimates of each variant's files, whose judge scores (every response's) are `scores` and whose
+    dataset_info is `info`, and the verdict."""
     folders = {variant: workspace.phase2_dir / variant for variant in phase2.VARIANTS}
     results = run_cje(cje_python(config), folders)
     certified = (folders["deterministic"] / "certified_ends").is_dir()
@@ -284,7 +285,6 @@ def analyse(config: ExperimentConfig, workspace: Workspace, scores: dict[str, li
             for row in made.get("policies", {}).values():
                 row["flags"] = estimate_flags(row)
         variants[variant]["clones"] = {clone: clone_agreement(variants[variant], clone) for clone in config.clones()}
-    info = json.loads((workspace.phase2_dir / "dataset_info.json").read_text())
     estimates = {"analysed": True, "cje_version": next(iter(results.values()))["cje_version"],
                  "dry_run": workspace.is_dry_run, "logging_policy": config.logging_policy, "variants": variants,
                  # what the run-level gates of the verdict read (run_gates)
@@ -320,10 +320,8 @@ def run(config: ExperimentConfig, workspace: Workspace, samples: int | str | Non
     if not config.analysis.enabled:
         return "analyze: skipped (analysis.enabled is false)"
     estimates_path, inputs_path = workspace.analysis_dir / "estimates.json", workspace.analysis_dir / "inputs.json"
-    if not (workspace.phase2_dir / "dataset_info.json").is_file():
-        raise Arena10kError(f"No Phase 2 files in {workspace.phase2_dir}: run stage 6 first "
-                            "(scripts/06_validate_and_write_phase2.py, or the runner).")
-    unusable = phase2.incomplete(workspace)
+    info = phase2.dataset_info(workspace)
+    unusable = phase2.incomplete(info)
     if unusable:
         estimates = {"analysed": False, "reason": unusable}
         write_atomic(estimates_path, json.dumps(estimates, indent=2) + "\n")
@@ -338,7 +336,7 @@ def run(config: ExperimentConfig, workspace: Workspace, samples: int | str | Non
     files = report.phase2_input(workspace.phase2_dir, config)  # read once, without the response texts
     scores = {variant: [row["judge_score"] for row in [*rows.logged, *(r for fresh in rows.fresh.values() for r in fresh)]]
               for variant, rows in files.variants.items()}
-    estimates = analyse(config, workspace, scores)
+    estimates = analyse(config, workspace, scores, info)
     write_atomic(estimates_path, json.dumps(estimates, indent=2) + "\n")
     report.write_report(files, workspace.phase2_dir, estimates)
     write_atomic(inputs_path, dumps(inputs) + "\n")

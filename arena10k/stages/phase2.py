@@ -35,6 +35,7 @@ import numpy as np
 from arena10k.checkpoint import (ItemState, RecordFields, atomic_writer, dumps, failed_for_good, load_states, tally,
                                  write_atomic)
 from arena10k.config import ExperimentConfig
+from arena10k.errors import Arena10kError
 from arena10k.records import SCHEMA_VERSION
 from arena10k.stages.base import Stage
 from arena10k.workspace import Workspace, item_key
@@ -491,9 +492,17 @@ def certified_table(info: dict) -> list[str]:
     return lines
 
 
-def incomplete(workspace: Workspace) -> str | None:
-    """One line on what keeps the Phase 2 files from being a usable dataset, or None when nothing does."""
-    info = json.loads((workspace.phase2_dir / "dataset_info.json").read_text())
+def dataset_info(workspace: Workspace) -> dict:
+    """What stage 6 wrote of the Phase 2 files (dataset_info.json), or an error saying to run it."""
+    path = workspace.phase2_dir / "dataset_info.json"
+    if not path.is_file():
+        raise Arena10kError(f"No Phase 2 files in {workspace.phase2_dir}: run stage 6 first "
+                            "(scripts/06_validate_and_write_phase2.py, or the runner).")
+    return json.loads(path.read_text())
+
+
+def incomplete(info: dict) -> str | None:
+    """One line on what keeps the Phase 2 files (their dataset_info) from being a usable dataset, or None."""
     coverage = info["coverage"]
     problems = [f"{name} {coverage[name]['done']}/{coverage[name]['expected']} done, {count} still to do"
                 for name, count in info["pending"].items()]

@@ -9,6 +9,7 @@ from dataclasses import asdict
 
 from arena10k import data
 from arena10k.config import ExperimentConfig
+from arena10k.records import Prompt
 from arena10k.stages.base import Stage
 from arena10k.stages.generate import policy_messages
 from arena10k.workspace import Workspace
@@ -25,8 +26,7 @@ def run(config: ExperimentConfig, workspace: Workspace, samples: int | str | Non
     fingerprint = {"dataset": config.dataset, "seed": config.seed, "language_filter": LANGUAGE_FILTER_VERSION}
     if workspace.check_prepare_fingerprint(fingerprint) and samples == prepared:
         return f"prepare: {len(workspace.load_prompts())} prompts already prepared in {workspace.prompts_path}"
-    prompts, report = data.prepare_prompts(data.load_conversations(config.dataset), samples, config.seed, config.dataset,
-                                           too_long_for_context(config))
+    prompts, report = sample(config, samples)
     report_dict = {"dataset": config.dataset, "samples": samples, "seed": config.seed, **asdict(report)}
     resized = "" if prepared is None else (
         f"; the run {'grows' if len(prompts) > _count(workspace) else 'shrinks'} from {_count(workspace)} to "
@@ -52,10 +52,16 @@ def too_long_for_context(config: ExperimentConfig) -> Callable[[str], bool]:
 
     def too_long(text: str) -> bool:
         return any(len(text.encode()) + len((policy.system_prompt or "").encode()) + policy.max_tokens + TEMPLATE_ALLOWANCE
-                   > model.n_ctx and formats(model.model).prompt_tokens(policy_messages(policy, text)) + policy.max_tokens
+                   > model.n_ctx and len(formats(model.model).prompt_ids(policy_messages(policy, text))) + policy.max_tokens
                    > model.n_ctx for policy, model in local)
 
     return too_long
+
+
+def sample(config: ExperimentConfig, samples: int | str) -> tuple[list[Prompt], data.FilterReport]:
+    """The prompts stage 1 prepares for `samples`, and what it filtered (the estimate prepares them the same way)."""
+    return data.prepare_prompts(data.load_conversations(config.dataset), samples, config.seed, config.dataset,
+                                too_long_for_context(config))
 
 
 def _count(workspace: Workspace) -> int:

@@ -47,12 +47,17 @@ def response_needed(config: ExperimentConfig, name: str, key: str) -> str | None
     return None if read is None else item_key(prompt_id, read)
 
 
+def will_run(config: ExperimentConfig, states: dict[str, dict[str, ItemState]], name: str, key: str) -> bool:
+    """Whether finishing the run tries this item: it is not done, may be tried again, and the response it needs exists
+    or may still be generated (not failed for good)."""
+    needed = response_needed(config, name, key)
+    return may_try(states[name].get(key), config.max_attempts) and (
+        needed is None or not failed_for_good(states["generate"].get(needed), config.max_attempts))
+
+
 def pending(config: ExperimentConfig, expected: dict[str, list[str]], states: dict[str, dict[str, ItemState]]) -> dict[str, int]:
-    """Per checkpoint, the items a rerun would still try: not done, not failed for good, and not waiting for a response
-    that failed for good."""
-    counts = {name: sum(1 for key in keys if may_try(states[name].get(key), config.max_attempts) and not failed_for_good(
-                  states["generate"].get(response_needed(config, name, key) or ""), config.max_attempts))
-              for name, keys in expected.items()}
+    """Per checkpoint, the items a rerun would still try (will_run)."""
+    counts = {name: sum(will_run(config, states, name, key) for key in keys) for name, keys in expected.items()}
     return {name: count for name, count in counts.items() if count}
 
 
@@ -66,7 +71,7 @@ def still_to_do(config: ExperimentConfig, workspace: Workspace, stages: list[Sta
     left = {name: count for name, count in pending(config, expected, states).items() if name in names}
     if not left:
         return None
-    waiting = {name: sum(1 for key in expected[name] if may_try(states[name].get(key), config.max_attempts)
+    waiting = {name: sum(1 for key in expected[name] if will_run(config, states, name, key)
                          and (needed := response_needed(config, name, key)) is not None
                          and states["generate"].get(needed, ItemState()).record is None) for name in left}
     return "; ".join(f"{name}: {count} items still to do" + (
