@@ -105,7 +105,7 @@ class Checkpoint:
         if not stored and self.path.exists() and self.path.stat().st_size:
             raise CheckpointMismatchError(f"{self.path} has no {self.meta_path.name}; recompute with --force {self.stage}.")
         changed = sorted(p for p, fingerprint in fingerprints.items() if p in stored and stored[p] != fingerprint)
-        if changed:  # the runner checks the whole run first (registry.check_changes); this is the last line of defence
+        if changed:  # the runner checks the whole run first (Plan.check_changes); this is the last line of defence
             raise CheckpointMismatchError(
                 f"Stage '{self.stage}' was run for {', '.join(changed)} with a different configuration; "
                 f"recompute with --force {changed[0]}."

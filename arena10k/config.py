@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import re
 
@@ -19,8 +20,6 @@ from arena10k.errors import ConfigError
 # Policy names become file names (fresh_draws/<name>_responses.jsonl) and item keys (<prompt id>|<name>).
 POLICY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 ENV_VAR_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
-# `--force NAME` takes a stage or a policy; a policy may not take a stage's name.
-STAGE_NAMES = ("prepare", "generate", "teacher_force", "judge", "oracle", "phase2", "analyze")
 
 
 class _Strict(BaseModel):
@@ -99,6 +98,15 @@ class ModelConfig(_Strict):
                              "e.g. OPENAI_API_KEY); what is there is not a name, and is not shown in case it is a key")
         return self
 
+    def endpoint(self) -> str:
+        """Where the model is served, without the port: a run that moved to another port of one server is one run."""
+        if self.provider == "local":
+            return "in-process (llama-cpp-python)"
+        if self.base_url is None:
+            return f"{self.provider}'s default API"
+        parts = urlsplit(self.base_url)
+        return urlunsplit((parts.scheme, parts.hostname or "", parts.path, "", ""))
+
 
 class PolicyConfig(_Strict):
     """A policy is a model plus the exact context and sampling distribution it generates with."""
@@ -129,6 +137,11 @@ class PolicyConfig(_Strict):
         if self.top_p != 1.0:
             raise ValueError("top_p must be 1.0 (log-probs and importance weights are under the untruncated distribution)")
         return self
+
+    def messages(self, prompt: str) -> tuple[dict, ...]:
+        """The exact context the policy generates in; teacher forcing, the preflight and the estimate reuse it."""
+        system = () if self.system_prompt is None else ({"role": "system", "content": self.system_prompt},)
+        return (*system, {"role": "user", "content": prompt})
 
 
 class JudgeConfig(_Strict):
@@ -207,8 +220,6 @@ class ExperimentConfig(_Strict):
         for name in self.policies:
             if not POLICY_NAME.fullmatch(name):
                 raise ValueError(f"policy name '{name}' must be 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit")
-            if name in STAGE_NAMES:
-                raise ValueError(f"policy name '{name}' is a stage's name; `--force {name}` would be ambiguous")
         if self.logging_policy not in self.policies:
             raise ValueError(f"logging_policy '{self.logging_policy}' is not a key of policies ({', '.join(self.policies)})")
         if len(self.policies) < 2:
@@ -233,6 +244,13 @@ class ExperimentConfig(_Strict):
         """Everything that decides what a policy samples: its model's settings, its context and its sampling."""
         policy = self.policies[name]
         return {**policy.model_dump(), "model": self.models[policy.model].model_dump()}
+
+    def responses_fingerprint(self, policy: str) -> dict:
+        """What a policy's responses depend on; every stage that reads them includes it in its own fingerprint."""
+        return {"seed": self.seed, "policies": {policy: self.policy_identity(policy)}}
+
+    def policy_models(self) -> set[str]:
+        return {p.model for p in self.policies.values()}
 
     def clones(self) -> tuple[str, ...]:
         """Targets that sample exactly as the logging policy does, whatever they are called: their importance

@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from arena10k import judging
 from arena10k.checkpoint import ItemState, load_states
 from arena10k.config import ExperimentConfig, JudgeConfig, ModelConfig
+from arena10k.preflight import PROBE_MAX_TOKENS, PROBE_TEXT, certify_from_top_k, planned_calls
+from arena10k.providers.local import chat_format
 from arena10k.records import Prompt
-from arena10k.stages.generate import policy_messages
-from arena10k.stages.judge import calls_per_grading, rubric
 from arena10k.stages import prompts
-from arena10k.stages.registry import expected_keys, will_run
+from arena10k.stages.base import Plan
+from arena10k.stages.registry import STAGES
 from arena10k.workspace import Workspace, item_key, policy_of
 
 CHARS_PER_TOKEN = 4  # the usual rule of thumb for English text with GPT-style tokenizers
@@ -68,12 +69,12 @@ class RunEstimate:
 
 
 def estimate_run(config: ExperimentConfig, workspace: Workspace, samples: int | str | None = None,
-                 recompute: set[tuple[str, str]] = frozenset()) -> RunEstimate:
+                 recompute: set[tuple[str, str]] = frozenset(), plan: Plan = STAGES) -> RunEstimate:
     """The calls and tokens still needed to finish the run in `workspace` with `samples` prompts
     (default: the prepared prompts, or the config's samples), counting the (checkpoint, policy) units in
     `recompute` as not done."""
     prompts = _prompts(config, workspace, samples)
-    keys = expected_keys(config, [p.prompt_id for p in prompts])
+    keys = plan.expected_keys(config, [p.prompt_id for p in prompts])
     states = {name: load_states(workspace.checkpoint_path(name), drop=LARGE_FIELDS)[0] for name in keys}
     for name, policy in recompute:
         states[name] = {key: state for key, state in states[name].items() if policy_of(key) != policy}
@@ -81,29 +82,27 @@ def estimate_run(config: ExperimentConfig, workspace: Workspace, samples: int | 
                            done=sum(_done(states[name].get(k)) for name, ks in keys.items() for k in ks),
                            recomputed=[f"{name}: {', '.join(p for p in config.policies if (name, p) in recompute)}"
                                        for name in keys if any((name, p) in recompute for p in config.policies)])
-    from arena10k.providers.preflight import (  # the preflight imports stages
-        PROBE_MAX_TOKENS, PROBE_TEXT, certify_from_top_k, planned_calls)
-
     for model, calls in planned_calls(config, workspace).items():
         estimate.usage.setdefault(("preflight", model), Usage()).add(
             calls, len(PROBE_TEXT) // CHARS_PER_TOKEN + TOKENS_PER_MESSAGE, calls * PROBE_MAX_TOKENS)
     accounting = _Accounting(config, {p.prompt_id: p for p in prompts}, states["generate"])
     for name, names_keys in keys.items():
         for key in names_keys:
-            if will_run(config, states, name, key):
+            if plan.will_run(config, states, name, key):
                 accounting.add(estimate.usage, name, key, calls=1, output_known=False)
     for name, policy in config.policies.items():
         top_k = certify_from_top_k(workspace, policy.model, policy.temperature)
-        left = [key for key in keys["teacher_force"] if policy_of(key) == name and will_run(config, states, "teacher_force", key)]
+        left = [key for key in keys["teacher_force"] if policy_of(key) == name and plan.will_run(config, states, "teacher_force", key)]
         if top_k and left:
             tokens = sum(accounting.response_tokens(item_key(key.partition("|")[0], config.logging_policy)) for key in left)
             estimate.alternatives[name] = (top_k, top_k * tokens)
     return estimate
 
 
-def usage(config: ExperimentConfig, prompts: list[Prompt], states: dict[str, dict[str, ItemState]]) -> dict[tuple[str, str], Usage]:
+def usage(config: ExperimentConfig, prompts: list[Prompt], states: dict[str, dict[str, ItemState]], plan: Plan = STAGES
+          ) -> dict[tuple[str, str], Usage]:
     """The calls and tokens a run made so far, failed attempts included, from its checkpoints' states."""
-    keys = expected_keys(config, [p.prompt_id for p in prompts])
+    keys = plan.expected_keys(config, [p.prompt_id for p in prompts])
     accounting = _Accounting(config, {p.prompt_id: p for p in prompts}, states["generate"])
     used: dict[tuple[str, str], Usage] = {}
     for name, names_keys in keys.items():
@@ -141,7 +140,7 @@ class _Accounting:
         prompt_id, policy = key.partition("|")[0], policy_of(key)
         if name in ("generate", "teacher_force"):
             settings = self.config.policies[policy]
-            context = self._messages(settings.model, policy_messages(settings, self.prompts[prompt_id].prompt))
+            context = self._messages(settings.model, settings.messages(self.prompts[prompt_id].prompt))
             if name == "generate":
                 output = self.response_tokens(key) if output_known else calls * settings.max_tokens
                 usage.setdefault((name, settings.model), Usage()).add(calls, context, output)
@@ -151,9 +150,9 @@ class _Accounting:
             return
         judge: JudgeConfig = self.config.judge if name == "judge" else self.config.oracle
         # The response is counted by its recorded length rather than tokenized again: one number per response.
-        context = (self._messages(judge.model, judging.judge_messages(rubric(judge), "", ""))
+        context = (self._messages(judge.model, judging.judge_messages(judging.rubric(judge), "", ""))
                    + self._tokens(judge.model, self.prompts[prompt_id].prompt) + self.response_tokens(key))
-        calls *= calls_per_grading(judge)
+        calls *= judging.calls_per_grading(judge)
         usage.setdefault((name, judge.model), Usage()).add(calls, context * calls, calls * judge.max_tokens)
 
     def response_tokens(self, key: str) -> int:
@@ -175,8 +174,6 @@ class _Accounting:
 def token_counter(model: ModelConfig) -> Callable[[str], int]:
     if model.provider != "local":
         return lambda text: math.ceil(len(text) / CHARS_PER_TOKEN)
-    from arena10k.providers.local import chat_format
-
     tokenizer = chat_format(model.model)  # its vocabulary only: no weights, no context
     return lambda text: len(tokenizer.tokenize(text, special=False)) if text else 0
 

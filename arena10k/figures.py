@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from arena10k.stages.phase2 import EXTREME_LOG_WEIGHT
+from arena10k.weights import EXTREME_LOG_WEIGHT
 
 PNG_METADATA = {"Software": None}
 DPI = 100

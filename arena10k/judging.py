@@ -13,8 +13,10 @@ from __future__ import annotations
 import math
 import re
 
+from arena10k.config import ExperimentConfig, JudgeConfig, OracleConfig
 from arena10k.errors import ItemError
-from arena10k.providers.base import Generation
+from arena10k.providers import get_provider
+from arena10k.providers.base import Generation, GenerationRequest
 
 SCALE = 9  # scores are digit / SCALE, in [0, 1]
 # A judge that gives one score to more than this share of responses cannot tell them apart (the report and the
@@ -115,3 +117,36 @@ def score_samples(greedy_reply: str, sampled_replies: list[str], temperature: fl
         "method": f"greedy_digit+sampled_digits(n={len(sampled_replies)},T={temperature:g})",
         "sampled_replies": sampled_replies,
     }
+
+
+# What a judge's score depends on besides its model and prompt; the oracle's slice settings choose items, they
+# change no label.
+JUDGE_SETTINGS = ("max_tokens", "top_logprobs")
+SAMPLED_SETTINGS = ("method", "samples", "temperature")
+
+
+def scoring_settings(judge: JudgeConfig) -> dict:
+    """The sampled method's settings are added only where it is used, so that runs judged before it existed stay valid."""
+    settings = {name: getattr(judge, name) for name in JUDGE_SETTINGS}
+    return settings if judge.method == "top_logprobs" else settings | {name: getattr(judge, name) for name in SAMPLED_SETTINGS}
+
+
+def rubric(judge: JudgeConfig) -> str:
+    return judge.rubric or (ORACLE_RUBRIC if isinstance(judge, OracleConfig) else JUDGE_RUBRIC)
+
+
+def calls_per_grading(judge: JudgeConfig) -> int:
+    return 1 if judge.method == "top_logprobs" else 1 + judge.samples
+
+
+def grade(config: ExperimentConfig, judge: JudgeConfig, prompt: str, response: str) -> tuple[str, dict]:
+    """One grading: the judge's (greedy) reply and its scores (ItemError when the reply holds no score)."""
+    messages = judge_messages(rubric(judge), prompt, response)
+    provider = get_provider(config, judge.model)
+    if judge.method == "top_logprobs":
+        reply = provider.generate(GenerationRequest(messages, 0, judge.max_tokens, seed=0, top_logprobs=judge.top_logprobs))
+        return reply.text, score_reply(reply)
+    greedy = provider.generate(GenerationRequest(messages, 0, judge.max_tokens, seed=0, logprobs=False))
+    sampled = [provider.generate(GenerationRequest(messages, judge.temperature, judge.max_tokens, seed, logprobs=False)).text
+               for seed in range(1, judge.samples + 1)]
+    return greedy.text, score_samples(greedy.text, sampled, judge.temperature)

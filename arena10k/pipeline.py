@@ -17,10 +17,13 @@ from pathlib import Path
 
 from arena10k import estimate, liveness
 from arena10k.checkpoint import reset_failed
-from arena10k.config import STAGE_NAMES, ExperimentConfig, load_config
+from arena10k.config import ExperimentConfig, load_config
 from arena10k.errors import Arena10kError, ConfigError
-from arena10k.providers import check_config, preflight
-from arena10k.stages import analyze, phase2, registry
+from arena10k import preflight
+from arena10k.providers import check_config
+from arena10k.stages import analyze, phase2
+from arena10k.stages.base import Plan, Stage, StageRun, Unit
+from arena10k.stages.registry import STAGES
 from arena10k.workspace import Workspace
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -28,7 +31,6 @@ DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "local.yaml"
 log = logging.getLogger("arena10k.pipeline")
 # A wrapper that runs the pipeline (scripts/dry_run.py) names itself here, so "Continue with" names a command that works.
 RESUME_COMMAND_ENV = "ARENA10K_RESUME_COMMAND"
-PREFLIGHTED = ("generate", "teacher_force")  # the stages whose hosted endpoints' log-probs the preflight measures
 PARTIAL = 4  # the exit status of a run whose answer leaves out prompts or labels that failed for good
 FORCE_HELP = ("recompute NAME: a stage (all its items), a policy (its items in every stage) or STAGE:POLICY, "
               "each with what is computed from it; repeatable. 'prepare' recomputes everything")
@@ -69,7 +71,7 @@ def samples_argument(value: str) -> int | str:
     return number
 
 
-def run_parser(description: str, stage: str | None = None) -> argparse.ArgumentParser:
+def run_parser(description: str, stage: str | None = None, plan: Plan = STAGES) -> argparse.ArgumentParser:
     """The runner's options; a stage script (`stage` given) has the same ones but --from and --only."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     if stage in (None, "prepare"):
@@ -78,8 +80,8 @@ def run_parser(description: str, stage: str | None = None) -> argparse.ArgumentP
         parser.add_argument("--dataset", help="a local JSON/JSONL/Parquet file or Hugging Face dataset id (overrides the config)")
     add_common_arguments(parser)
     if stage is None:
-        parser.add_argument("--from", dest="start", choices=STAGE_NAMES, help="start at this stage")
-        parser.add_argument("--only", choices=STAGE_NAMES, help="run only this stage")
+        parser.add_argument("--from", dest="start", choices=plan.names, help="start at this stage")
+        parser.add_argument("--only", choices=plan.names, help="run only this stage")
         parser.add_argument("--fresh", action="store_true", help="delete this run's files (and nothing else) and start over")
         parser.add_argument("--retry-failed", action="store_true",
                             help="give every item that failed (for good or not) its max_attempts again, and run")
@@ -95,14 +97,14 @@ def run_parser(description: str, stage: str | None = None) -> argparse.ArgumentP
     return parser
 
 
-def main(argv: list[str] | None = None, stage: str | None = None, description: str = __doc__) -> int:
+def main(argv: list[str] | None = None, stage: str | None = None, description: str = __doc__, plan: Plan = STAGES) -> int:
     """The runner (all stages, or --from/--only) or, with `stage`, one stage's script."""
-    parser = run_parser(description, stage)
+    parser = run_parser(description, stage, plan)
     args = parser.parse_args(argv)
     command = os.environ.get(RESUME_COMMAND_ENV) or " ".join(["python", parser.prog, *(sys.argv[1:] if argv is None else argv)])
     command = command.replace(" --fresh", "").replace(" --retry-failed", "")  # what continues the run, not what restarts it
     try:
-        return _run(args, stage, command)
+        return _run(args, stage, command, plan)
     except Arena10kError as error:
         report_error(error)
         return 2
@@ -118,21 +120,22 @@ def main(argv: list[str] | None = None, stage: str | None = None, description: s
         return 2
 
 
-def _run(args: argparse.Namespace, stage: str | None, command: str) -> int:
+def _run(args: argparse.Namespace, stage: str | None, command: str, plan: Plan) -> int:
     samples = getattr(args, "samples", None)
     config, workspace = open_run(args)
+    plan.check_policy_names(config)
     if stage is not None:
-        selected = [registry.stage(stage)]
+        selected = [plan.stage(stage)]
     elif args.only:
-        selected = [registry.stage(args.only)]
+        selected = [plan.stage(args.only)]
     else:
-        selected = registry.stages_from(args.start or STAGE_NAMES[0])
-    forced = registry.forced_units(config, [n for n in args.force if n != "prepare"])
+        selected = plan.stages_from(args.start or plan.names[0])
+    forced = plan.forced_units(config, [n for n in args.force if n != "prepare"])
     if args.estimate:
         print(estimate.describe(estimate.estimate_run(config, workspace, samples, forced)))
         return 0
-    check_config(config, registry.models_called(config, selected))
-    if set(PREFLIGHTED) & {s.name for s in selected}:
+    check_config(config, plan.models_called(config, selected))
+    if any(s.preflighted for s in selected):
         for warning in config.max_tokens_warnings():
             log.warning("%s", warning)
             print(f"warning: {warning}")
@@ -143,21 +146,25 @@ def _run(args: argparse.Namespace, stage: str | None, command: str) -> int:
     with liveness.claim(workspace):  # a second pipeline on the same directory is refused
         new_run = not workspace.marker_path.exists()
         try:
-            _open(args, config, workspace, selected, forced)
+            _open(args, config, workspace, selected, forced, plan)
             if args.preflight:
                 _preflight(config, workspace)
                 return 0
             timings = []
             # The preflight (paid calls) comes right before the first stage that needs it, after stage 1, which is free
             # and reads the dataset.
-            first_preflighted = next((s for s in selected if s.name in PREFLIGHTED), None)
+            first_preflighted = next((s for s in selected if s.preflighted), None)
             for each in selected:
                 if each is first_preflighted:
                     _preflight(config, workspace)
                 started = time.monotonic()
-                print(each.run(config, workspace, samples), flush=True)
+                print(each.run(StageRun(config, workspace, samples, plan)), flush=True)
                 timings.append(f"{each.name} {time.monotonic() - started:.1f}s")
             print("stage times: " + ", ".join(timings))
+            if phase2.STAGE in selected or analyze.STAGE in selected:
+                from arena10k import report  # matplotlib takes a second to import; only a run that writes the report needs it
+
+                print(f"Report: {report.write_for_run(config, workspace, plan)}")
         except Arena10kError:
             if new_run and not workspace.prompts_path.exists():
                 workspace.unmark()  # a start refused before it had prompts leaves no run behind
@@ -172,7 +179,7 @@ def _run(args: argparse.Namespace, stage: str | None, command: str) -> int:
         if answer_leaves_out:
             print(f"partial: {answer_leaves_out} Retry with: {command} --retry-failed", file=sys.stderr)
             return PARTIAL
-    elif left := registry.still_to_do(config, workspace, selected):
+    elif left := plan.still_to_do(config, workspace, selected):
         print(f"error: {left} Continue with: {command}", file=sys.stderr)
         return 3
     return 0
@@ -184,25 +191,26 @@ def _preflight(config: ExperimentConfig, workspace: Workspace) -> None:
         print(preflight.describe(preflight.check_endpoints(config, workspace)))
 
 
-def _open(args: argparse.Namespace, config: ExperimentConfig, workspace: Workspace, selected: list, forced: set) -> None:
+def _open(args: argparse.Namespace, config: ExperimentConfig, workspace: Workspace, selected: list[Stage], forced: set[Unit],
+          plan: Plan) -> None:
     """Under the lock, before any model is called: marks the run, applies --fresh, --force and --retry-failed, refuses a
     changed configuration and records the config the run is made with."""
     workspace.mark_run(dry_run=getattr(args, "dry_run", False))
     if getattr(args, "fresh", False):
         workspace.delete_run_files()
     log_path = workspace.start_log()
-    for line in workspace.quarantine_damaged(registry.CHECKPOINTS):
+    for line in workspace.quarantine_damaged(plan.checkpoints):
         log.warning("%s", line)
         print(line)
     if "prepare" in args.force:
         workspace.forget_prompts()
     if getattr(args, "retry_failed", False):
-        for name in registry.CHECKPOINTS:
+        for name in plan.checkpoints:
             if count := reset_failed(workspace.checkpoint_path(name)):
                 print(f"--retry-failed: {name}: {count} failed items get their attempts again")
     if workspace.prompts_path.exists():
-        registry.check_changes(config, workspace, selected[-1].name, forced)
-        for line in registry.renamed_policies(config, workspace):
+        plan.check_changes(config, workspace, selected[-1].name, forced)
+        for line in plan.renamed_policies(config, workspace):
             log.warning("%s", line)
             print(f"warning: {line}")
     _recompute(workspace, forced)
@@ -210,7 +218,7 @@ def _open(args: argparse.Namespace, config: ExperimentConfig, workspace: Workspa
     print(f"arena10k: experiment '{config.name}', data in {workspace.root}, log {log_path}")
 
 
-def _recompute(workspace: Workspace, units: set[registry.Unit]) -> None:
+def _recompute(workspace: Workspace, units: set[Unit]) -> None:
     by_checkpoint: dict[str, set[str]] = defaultdict(set)
     for checkpoint, policy in units:
         by_checkpoint[checkpoint].add(policy)

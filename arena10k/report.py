@@ -22,31 +22,28 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from arena10k import figures
-from arena10k.checkpoint import load_states, may_try
+from arena10k import cje_dataset, figures
+from arena10k.cje_dataset import Rows
+from arena10k.checkpoint import dumps, load_states, may_try, write_atomic
 from arena10k.config import ExperimentConfig
 from arena10k.errors import Arena10kError
 from arena10k.estimate import LARGE_FIELDS, Usage, usage, usage_table
 from arena10k.judging import ONE_SCORE_SHARE
-from arena10k.stages.phase2 import (CLONE_ERROR_NATS, LOG_ZERO, VARIANTS, WeightDiagnostics, certified_table, clone_check,
-                                   partial, scored_log_ratio, weight_diagnostics)
+from arena10k.providers.local import instruction_sets
+from arena10k.stages.analyze import current_estimates
+from arena10k.stages.base import Plan
+from arena10k.stages.phase2 import VARIANTS, certified_table, file_stamp, partial
+from arena10k.stages.registry import STAGES
+from arena10k.weights import (CLONE_ERROR_NATS, ESS_GOOD, ESS_WARNING, LOG_ZERO, WeightDiagnostics, clone_check,
+                              scored_log_ratio, weight_diagnostics)
 from arena10k.workspace import Workspace
 
-ESS_GOOD, ESS_WARNING = 0.30, 0.10  # cje-eval's gates (cje.diagnostics.gates)
 TOP_FRACTION = 0.01
 WEAK_CORRELATION = 0.5
 DISAGREEMENT = 0.1  # on the 0-1 judge scale, between reweighted P0 responses and the policy's own
 UNIFORM_SD = float(np.std(np.arange(10) / 9))  # the spread of a judge that guesses a digit uniformly
 FLAT_SHARE = 0.8  # distributions with a median spread above this share of UNIFORM_SD are close to guessing
 PACKAGES = ("arena10k", "matplotlib", "llama_cpp_python", "pydantic", "datasets")
-
-
-@dataclass
-class Rows:
-    """One CJE dataset: logged rows (P0's responses with every policy's log-prob) and fresh draws per policy."""
-
-    logged: list[dict]
-    fresh: dict[str, list[dict]] = field(default_factory=dict)
 
 
 @dataclass
@@ -85,86 +82,31 @@ class PolicyWeights:
 # ---------------------------------------------------------------- input
 
 
-def read_cje_dataset(logged_path: Path, order: tuple[str, ...] = ()) -> Rows:
-    """A CJE dataset file, with the fresh draws in `fresh_draws/` beside it when there are any. Judge scores
-    and oracle labels may sit at the top level (our Phase 2 files) or in `metadata` (the shared reference sample).
-    Target policies come in `order` (a run's config order) where given, else alphabetically, as the files list them."""
-    if not logged_path.is_file():
-        raise Arena10kError(f"{logged_path} does not exist.")
-    fresh_dir = logged_path.parent / "fresh_draws"
-    fresh = {path.name.removesuffix("_responses.jsonl"): _read_rows(path) for path in sorted(fresh_dir.glob("*_responses.jsonl"))}
-    logged = _read_rows(logged_path)
-    for row in logged:
-        row["target_policy_logprobs"] = _in_order(row["target_policy_logprobs"], order)
-    return Rows(logged, _in_order(fresh, order))
-
-
-def _in_order(by_policy: dict, order: tuple[str, ...]) -> dict:
-    rank = {policy: index for index, policy in enumerate(order)}
-    return dict(sorted(by_policy.items(), key=lambda item: rank.get(item[0], len(rank))))
-
-
-def _read_rows(path: Path) -> list[dict]:
-    """The rows of a CJE dataset file without their texts, which no number here needs (memory stays flat)."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            row = _cje_row(path, number, line)
-            row.pop("prompt", None)
-            row.pop("response", None)
-            for name in ("judge_score", "oracle_label"):
-                row.setdefault(name, row.get("metadata", {}).get(name))
-            rows.append(row)
-    return rows
-
-
-CJE_LOGGED_FIELDS = ("prompt_id", "base_policy_logprob", "target_policy_logprobs")
-CJE_FRESH_FIELDS = ("prompt_id",)
-
-
-def _cje_row(path: Path, number: int, line: str) -> dict:
-    """A row of a CJE dataset file, or an error naming the line and what it lacks."""
-    expected = CJE_FRESH_FIELDS if path.parent.name == "fresh_draws" else CJE_LOGGED_FIELDS
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise Arena10kError(f"{path} line {number} is not JSON ({error.msg}): a CJE dataset has one JSON object a line.") from None
-    missing = [name for name in expected if not isinstance(row, dict) or name not in row]
-    if missing:
-        raise Arena10kError(f"{path} line {number} is not a CJE dataset row: it has no {', '.join(missing)} (a logged row "
-                            f"has {', '.join(CJE_LOGGED_FIELDS)}, and judge_score at the top or in metadata).")
-    return row
-
-
 def cje_dataset_input(path: Path, clones: tuple[str, ...] = ()) -> ReportInput:
-    return ReportInput(title=path.stem, source=str(path), base_policy="base", variants={"judge_score": read_cje_dataset(path)},
+    return ReportInput(title=path.stem, source=str(path), base_policy="base", variants={"judge_score": cje_dataset.read(path)},
                        clones=clones)
 
 
-def phase2_input(phase2_dir: Path, config: ExperimentConfig | None = None) -> ReportInput:
+def phase2_input(phase2_dir: Path, config: ExperimentConfig | None = None, plan: Plan = STAGES) -> ReportInput:
     """Our Phase 2 files, with the run's checkpoints when they are beside them. Prices come from `config`
     (default: the configuration in dataset_info.json, which records no prices)."""
     info_path = phase2_dir / "dataset_info.json"
     if not info_path.is_file():
         raise Arena10kError(f"No {info_path}: run stage 6 (phase2) first.")
     info = json.loads(info_path.read_text())
-    variants = {variant: read_cje_dataset(phase2_dir / variant / "logged.jsonl", tuple(info["target_policies"]))
+    variants = {variant: cje_dataset.read(phase2_dir / variant / "logged.jsonl", tuple(info["target_policies"]))
                 for variant in VARIANTS}
     config = config or ExperimentConfig.model_validate(info["config"])
     workspace = Workspace(phase2_dir.parent)
     run = None
     if workspace.prompts_path.exists():
-        from arena10k.stages.registry import CHECKPOINTS  # stage 6 imports this module
-
-        states = {name: load_states(workspace.checkpoint_path(name), drop=LARGE_FIELDS)[0] for name in CHECKPOINTS}
+        states = {name: load_states(workspace.checkpoint_path(name), drop=LARGE_FIELDS)[0] for name in plan.checkpoints}
         run = RunFacts(
             config, info,
             retried={name: sum(s.attempts > 1 and s.record is not None for s in st.values()) for name, st in states.items()},
             retryable={name: sum(may_try(s, config.max_attempts) for s in st.values()) for name, st in states.items()},
             attempts={name: sum(s.attempts for s in st.values()) for name, st in states.items()},
-            usage=usage(config, workspace.load_prompts(), states),
+            usage=usage(config, workspace.load_prompts(), states, plan),
         )
     tolerance = {p: info["weights"][p].get("clone_tolerance") or 0.0 for p in info["clones"]}
     return ReportInput(info["experiment"], str(phase2_dir), info["logging_policy"], variants, tuple(info["clones"]), tolerance, run)
@@ -315,6 +257,22 @@ def write_report(report: ReportInput, out_dir: Path, estimates: dict | None = No
     ]
     path = out_dir / "report.md"
     path.write_text("\n".join(line for section in sections for line in section) + "\n", encoding="utf-8")
+    return path
+
+
+def write_for_run(config: ExperimentConfig, workspace: Workspace, plan: Plan = STAGES) -> Path | None:
+    """The run's report, from its Phase 2 files and the estimates made of them, written once at the end of a run that
+    ran stage 6 or 7; unless nothing it reads changed since it was written. None when there are no Phase 2 files."""
+    info_path, estimates_path = workspace.phase2_dir / "dataset_info.json", workspace.analysis_dir / "estimates.json"
+    if not info_path.is_file():
+        return None
+    inputs_path, path = workspace.phase2_dir / "report_inputs.json", workspace.phase2_dir / "report.md"
+    inputs = json.loads(dumps({"dataset_info": file_stamp(info_path), "estimates": file_stamp(estimates_path),
+                               "config": config.model_dump()}))
+    if path.exists() and inputs_path.exists() and json.loads(inputs_path.read_text()) == inputs:
+        return path
+    write_report(phase2_input(workspace.phase2_dir, config, plan), workspace.phase2_dir, current_estimates(workspace))
+    write_atomic(inputs_path, dumps(inputs) + "\n")
     return path
 
 
@@ -606,8 +564,6 @@ def _versions_section(run: RunFacts | None) -> list[str]:
         except metadata.PackageNotFoundError:
             lines.append(f"- {package}: not installed")
     if run and any(m["provider"] == "local" for m in run.info["config"]["models"].values()):
-        from arena10k.providers.local import instruction_sets
-
         # The embedded models' numbers depend on the kernels llama.cpp was built with (install.sh picks them).
         lines.append(f"- llama.cpp built for {instruction_sets()}")
     if run:

@@ -7,7 +7,6 @@ Checkpoint records are not decoded (see `checkpoint.scan_states`): that keeps a 
 
 from __future__ import annotations
 
-import json
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -17,7 +16,8 @@ from arena10k.checkpoint import Coverage, ItemState, scan_states, tally
 from arena10k.config import ExperimentConfig
 from arena10k.liveness import Claim, finish_times, read_claim
 from arena10k.stages import analyze
-from arena10k.stages.registry import CHECKPOINTS, expected_keys
+from arena10k.stages.base import Plan
+from arena10k.stages.registry import STAGES
 from arena10k.workspace import Workspace, policy_of
 
 RECENT_SECONDS = 600  # the rate is measured over the last ten minutes of finished items
@@ -51,11 +51,11 @@ class RunStatus:
     phase2_written: float | None = None
 
 
-def collect(workspace: Workspace, config: ExperimentConfig, now: float | None = None) -> RunStatus:
+def collect(workspace: Workspace, config: ExperimentConfig, now: float | None = None, plan: Plan = STAGES) -> RunStatus:
     now = time.time() if now is None else now
     claim = read_claim(workspace)
     alive = claim is not None and bool(claim.alive)
-    checkpoint_times = [_mtime(workspace.checkpoint_path(name)) for name in CHECKPOINTS]
+    checkpoint_times = [_mtime(workspace.checkpoint_path(name)) for name in plan.checkpoints]
     status = RunStatus(
         root=workspace.root, now=now, claim=claim,
         prompts=None, last_write=max((t for t in checkpoint_times if t is not None), default=None),
@@ -65,9 +65,9 @@ def collect(workspace: Workspace, config: ExperimentConfig, now: float | None = 
         return status
     prompt_ids = [p.prompt_id for p in workspace.load_prompts()]
     status.prompts = len(prompt_ids)
-    finished = {name: finish_times(workspace, name) for name in CHECKPOINTS}
+    finished = {name: finish_times(workspace, name) for name in plan.checkpoints}
     latest = max(((times[-1][0], name) for name, times in finished.items() if times), default=None)
-    for name, keys in expected_keys(config, prompt_ids).items():
+    for name, keys in plan.expected_keys(config, prompt_ids).items():
         if not keys:
             continue
         states = scan_states(workspace.checkpoint_path(name))[0]

@@ -11,15 +11,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from typing import TYPE_CHECKING
-
-from arena10k.checkpoint import Checkpoint, describe_changes, drop_policies, dumps, quarantine_damaged_lines, write_atomic
+from arena10k.checkpoint import describe_changes, drop_policies, dumps, quarantine_damaged_lines, write_atomic
+from arena10k.config import ExperimentConfig
 from arena10k.errors import CheckpointMismatchError, ConfigError
 from arena10k.records import SCHEMA_VERSION, Prompt, from_dict
-
-if TYPE_CHECKING:
-    from arena10k.config import ExperimentConfig
-    from arena10k.stages.base import CheckpointSpec
 
 
 def derive_seed(run_seed: int, *parts: str) -> int:
@@ -163,14 +158,9 @@ class Workspace:
         return Path(path.read_text().strip()) if path.is_file() else None
 
     def saved_config(self) -> ExperimentConfig | None:
-        from arena10k.config import ExperimentConfig
-
         if not self.config_path.exists():
             return None
         return ExperimentConfig.model_validate(json.loads(self.config_path.read_text()))
-
-    def open_checkpoint(self, spec: CheckpointSpec, config: ExperimentConfig) -> Checkpoint:
-        return Checkpoint(self.checkpoint_path(spec.name), spec.name, spec.fingerprints(config))
 
     def drop(self, checkpoint: str, policies: set[str]) -> int:
         """Deletes these policies' items of a checkpoint, and their progress lines, so they are recomputed."""

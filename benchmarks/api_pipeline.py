@@ -18,7 +18,7 @@ from pathlib import Path
 
 from arena10k.server import FaultConfig, ServerConfig, run_subprocess
 from arena10k.testing.loopback_config import KEY_ENV, write_loopback_config
-from arena10k.config import STAGE_NAMES as STAGES
+from arena10k.stages.registry import STAGES
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DATASET = PROJECT_ROOT.parent / "shared" / "arena" / "conversations_sample.jsonl"
@@ -48,7 +48,7 @@ def main() -> None:
             calibration_fraction=0.25, validation_fraction=0.1)
         data_dir = Path(tmp) / "data"
         total_started = time.monotonic()
-        for stage in STAGES:
+        for stage in STAGES.names:
             before, started = server.stats()["completions"], time.monotonic()
             run(data_dir, config, "--only", stage)
             results["stages"][stage] = {"seconds": round(time.monotonic() - started, 1), "calls": server.stats()["completions"] - before}

@@ -27,7 +27,6 @@ from arena10k.data import load_conversations, prepare_prompts  # noqa: E402
 from arena10k.providers.base import GenerationRequest, TeacherForceRequest  # noqa: E402
 from arena10k.providers.certified import response_interval  # noqa: E402
 from arena10k.providers.local import LocalProvider  # noqa: E402
-from arena10k.stages.generate import policy_messages  # noqa: E402
 
 KS = (5, 20, 100)
 TEMPERATURES = (0.5, 0.7)
@@ -49,7 +48,7 @@ def main() -> None:
     for temperature in TEMPERATURES:
         rows = []
         for index, prompt in enumerate(prompts):
-            messages = policy_messages(p0, prompt.prompt)
+            messages = p0.messages(prompt.prompt)
             sampled = provider.generate(GenerationRequest(messages, temperature, args.max_tokens, seed=index))
             ended = sampled.finish_reason == "stop"
             ids = sampled.token_ids + ([sampled.stop_token_id] if ended else [])

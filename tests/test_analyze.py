@@ -162,6 +162,6 @@ def test_runs_as_small_as_the_quick_checks_users_make_cannot_claim_a_ranking(con
     """`run_phase1_pipeline.py 4` and dry runs of the flagship config at 3, 4 and 8 prompts: their calibration slices
     hold fewer labels than the gate needs, so whatever cje says, the verdict cannot rank the policies."""
     config = load_config(PROJECT_ROOT / "configs" / config_name)
-    labels = len(registry.SPEC["oracle_calibration"].prompts(config, [f"p{i}" for i in range(prompts)]))
+    labels = len(registry.STAGES.spec["oracle_calibration"].prompts(config, [f"p{i}" for i in range(prompts)]))
     verdict, _ = findings(estimates({"direct": SEPARATED}, labels=labels), "p0")
     assert labels < MIN_CALIBRATION_LABELS and verdict.startswith("These estimates cannot rank the policies; gates not passed: oracle labels")

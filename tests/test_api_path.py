@@ -13,9 +13,8 @@ import pytest
 
 from arena10k.config import load_config
 from arena10k.providers import stage_lanes
-from arena10k.providers.preflight import TOP_K_LADDER, planned_calls
+from arena10k.preflight import TOP_K_LADDER, planned_calls
 from arena10k.server import FaultConfig, ServerConfig, run_in_thread
-from arena10k.stages.generate import policy_models
 from arena10k.testing.loopback_config import KEY_ENV, write_loopback_config
 from arena10k.workspace import Workspace
 from conftest import PROJECT_ROOT, phase2_bytes, pipeline_command, run_pipeline
@@ -297,7 +296,7 @@ def test_killed_api_runs_resume_to_the_clean_result_without_duplicates(clean_api
     # Work repeated because of the kills is at most, per kill, what a stage keeps in flight (a lane per model) and
     # the calls of a preflight probe cut short (its findings are written when it ends).
     settings = load_config(config)
-    in_flight = max(sum(stage_lanes(settings, models).values()) for models in (policy_models(settings), {settings.judge.model}))
+    in_flight = max(sum(stage_lanes(settings, models).values()) for models in (settings.policy_models(), {settings.judge.model}))
     probe = max(planned_calls(settings, Workspace(tmp_path / "fresh")).values())
     assert completions - clean_api_run[1]["completions"] <= kills * (in_flight + probe)
 

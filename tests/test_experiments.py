@@ -18,8 +18,9 @@ from arena10k import pipeline, providers
 from arena10k.config import ExperimentConfig, load_config
 from arena10k.errors import ConfigError
 from arena10k.judging import JUDGE_RUBRIC, ORACLE_RUBRIC
-from arena10k.stages import phase2, registry
+from arena10k.stages import registry
 from arena10k.testing import synthetic_run
+from arena10k.weights import LOG_ZERO
 from arena10k.testing.fake_provider import FakeModels
 
 PROMPTS = 10
@@ -184,14 +185,14 @@ def test_estimate_prices_a_forced_recompute_without_calls(run_copy, capsys):
 
 def test_forced_units_follow_dependencies():
     config = load_config(OWN_CONFIG)
-    assert registry.forced_units(config, ["judge"]) == {("judge", p) for p in config.policy_names}
-    assert registry.forced_units(config, ["evasive"]) == {
+    assert registry.STAGES.forced_units(config, ["judge"]) == {("judge", p) for p in config.policy_names}
+    assert registry.STAGES.forced_units(config, ["evasive"]) == {
         ("generate", "evasive"), ("teacher_force", "evasive"), ("judge", "evasive"), ("oracle_validation", "evasive")}
-    logging = registry.forced_units(config, ["generate:assistant"])
+    logging = registry.STAGES.forced_units(config, ["generate:assistant"])
     assert {("teacher_force", p) for p in config.policy_names} <= logging
     assert ("generate", "twin") not in logging and ("oracle_calibration", "assistant") in logging
     with pytest.raises(ConfigError, match="'nobody' is neither a stage"):
-        registry.forced_units(config, ["nobody"])
+        registry.STAGES.forced_units(config, ["nobody"])
 
 
 @pytest.mark.parametrize("change, message", [
@@ -201,8 +202,8 @@ def test_forced_units_follow_dependencies():
     (lambda raw: raw.update(policies={"assistant": raw["policies"]["assistant"]}), "at least one target policy"),
 ])
 def test_config_refuses_policies_that_cannot_work(tmp_path, change, message):
-    with pytest.raises(ConfigError, match=message):
-        load_config(write_config(tmp_path / "bad.yaml", change))
+    with pytest.raises(ConfigError, match=message):  # as the runner checks a config at start-up
+        registry.STAGES.check_policy_names(load_config(write_config(tmp_path / "bad.yaml", change)))
 
 
 def hosted(config: ExperimentConfig) -> ExperimentConfig:
@@ -299,14 +300,14 @@ def test_a_targets_max_tokens_gives_weight_0_to_responses_it_cannot_give(tmp_pat
     ended = [row for row in rows if row["metadata"]["finish_reason"] == "stop"]
     assert cut and ended
     for row in cut:
-        assert row["target_policy_logprobs"]["roomy"] == phase2.LOG_ZERO
+        assert row["target_policy_logprobs"]["roomy"] == LOG_ZERO
         assert math.exp(row["target_policy_logprobs"]["roomy"] - row["base_policy_logprob"]) == 0.0
         assert row["metadata"]["zero_probability_reasons"]["roomy"].startswith("cut at another max_tokens")
     for row in ended:
         assert row["target_policy_logprobs"]["roomy"] == row["base_policy_logprob"]  # its own distribution: weight 1
         assert "roomy" not in row["metadata"]["zero_probability_reasons"]
         longer = row["metadata"]["n_tokens"] >= 3
-        assert (row["target_policy_logprobs"]["terse"] == phase2.LOG_ZERO) == longer
+        assert (row["target_policy_logprobs"]["terse"] == LOG_ZERO) == longer
         if longer:
             assert row["metadata"]["zero_probability_reasons"]["terse"].startswith("longer than max_tokens")
     forced = [json.loads(line)["record"] for line in (tmp_path / "run" / "checkpoints" / "teacher_force.jsonl").read_text().splitlines()]

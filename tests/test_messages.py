@@ -2,7 +2,6 @@
 Commands run as a user runs them (a process) where the traceback is the point; in-process on the fake provider
 otherwise."""
 
-import json
 import os
 import signal
 import subprocess

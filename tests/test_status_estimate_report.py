@@ -12,6 +12,7 @@ from conftest import PHASE2_FILES, TINY_CONFIG, phase2_bytes
 from arena10k import estimate, liveness, report, status
 from arena10k.checkpoint import dumps, scan_states, tally
 from arena10k.stages import analyze, phase2, registry
+from arena10k.stages.base import StageRun
 from arena10k.testing import synthetic_run
 from arena10k.checkpoint import Checkpoint, load_states
 from arena10k.config import ExperimentConfig, load_config
@@ -132,7 +133,7 @@ def test_status_of_a_finished_run_and_of_a_killed_pipeline(tmp_path, config):
 def test_status_shows_only_the_verdict_of_a_finished_analysis_of_these_files_and_marks_a_dry_run(tmp_path, config):
     synthetic_run.write_run(tmp_path, config, 6, last_finished=LAST_FINISHED)
     workspace = Workspace(tmp_path)
-    phase2.run(config, workspace)
+    phase2.run(StageRun(config, workspace, None, registry.STAGES))
     workspace.analysis_dir.mkdir(parents=True, exist_ok=True)
     verdict = {"analysed": True, "dry_run": False, "verdict": "Some policies are told apart."}
     (workspace.analysis_dir / "estimates.json").write_text(json.dumps(verdict))
@@ -172,8 +173,8 @@ def test_a_second_pipeline_on_the_same_directory_is_refused(tmp_path):
 def test_coverage_counts_what_stage_6_counts(tmp_path, config):
     synthetic_run.write_run(tmp_path, config, 12, fail_every=5, settled={"judge": 0.7, "oracle_validation": 0})
     workspace = Workspace(tmp_path)
-    info = phase2.build(config, workspace)
-    keys = registry.expected_keys(config, [p.prompt_id for p in workspace.load_prompts()])
+    info = phase2.build(config, workspace, registry.STAGES)
+    keys = registry.STAGES.expected_keys(config, [p.prompt_id for p in workspace.load_prompts()])
     counted = {name: tally(k, load_states(workspace.checkpoint_path(name))[0]) for name, k in keys.items()}
     assert info["coverage"] == {name: {"expected": c.expected, "done": c.done, "failed": dict(c.failed), "missing": c.missing}
                                 for name, c in counted.items()}
@@ -181,7 +182,7 @@ def test_coverage_counts_what_stage_6_counts(tmp_path, config):
 
 def test_progress_lines_round_trip_and_a_half_written_line_is_skipped(tmp_path, config):
     workspace = Workspace(tmp_path)
-    with workspace.open_checkpoint(registry.SPEC["judge"], config) as checkpoint:
+    with registry.STAGES.spec["judge"].open(workspace, config) as checkpoint:
         liveness.record_finished(checkpoint, "a|p0")
         liveness.record_finished(checkpoint, "a|pi_cot")
     with open(workspace.progress_path("judge"), "a") as f:
@@ -251,7 +252,7 @@ def test_report_on_the_shared_reference_sample(shared_arena, tmp_path):
 def test_report_on_a_phase2_directory_leaves_the_phase2_files_alone(tmp_path, config):
     synthetic_run.write_run(tmp_path, config, 24, fail_every=9)
     workspace = Workspace(tmp_path)
-    phase2.build(config, workspace)
+    phase2.build(config, workspace, registry.STAGES)
     before = phase2_bytes(tmp_path)
     path = report.write_report(report.phase2_input(workspace.phase2_dir, config), workspace.phase2_dir)
     assert phase2_bytes(tmp_path) == before and not any(name in str(path) for name in PHASE2_FILES)
@@ -269,7 +270,7 @@ def test_report_on_a_phase2_directory_leaves_the_phase2_files_alone(tmp_path, co
 def test_report_says_pass_when_the_clone_matches_exactly(tmp_path, config):
     synthetic_run.write_run(tmp_path, config, 12)
     workspace = Workspace(tmp_path)
-    phase2.build(config, workspace)
+    phase2.build(config, workspace, registry.STAGES)
     text = report.write_report(report.phase2_input(workspace.phase2_dir, config), workspace.phase2_dir).read_text()
     assert "**PASS: all 12 log-ratios of pi_clone to the logging policy are exactly 0**" in text and "fails the clone check" not in text
 
@@ -277,7 +278,7 @@ def test_report_says_pass_when_the_clone_matches_exactly(tmp_path, config):
 def test_report_of_a_run_where_nothing_was_judged_says_so(tmp_path, config):
     synthetic_run.write_run(tmp_path, config, 6, settled={"judge": 0, "oracle_calibration": 0, "oracle_validation": 0})
     workspace = Workspace(tmp_path)
-    phase2.build(config, workspace)
+    phase2.build(config, workspace, registry.STAGES)
     text = report.write_report(report.phase2_input(workspace.phase2_dir, config), workspace.phase2_dir).read_text()
     assert "No response has a deterministic judge score: nothing can be estimated" in text
 

@@ -23,7 +23,6 @@ import yaml
 from arena10k.models import gguf_path
 from arena10k.providers.base import TeacherForceRequest
 from arena10k.providers.local import LocalProvider
-from arena10k.stages.generate import policy_messages
 from arena10k.config import load_config
 from conftest import PROJECT_ROOT, run_pipeline
 
@@ -102,7 +101,7 @@ class InProcess:
     def teacher_force(self, row, policy_name, temperature):
         policy = self._config.policies[policy_name]
         return self._model.teacher_force(TeacherForceRequest(
-            policy_messages(policy, self._prompts[row["prompt_id"]]), temperature, row["text"], row["tokenizer"],
+            policy.messages(self._prompts[row["prompt_id"]]), temperature, row["text"], row["tokenizer"],
             (), None, ended_turn=row["finish_reason"] == "stop"))
 
 

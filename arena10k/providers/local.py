@@ -1,6 +1,6 @@
 """The embedded provider: a GGUF model run in-process by llama-cpp-python, deterministic by construction.
 
-Sampling is done here, not by llama.cpp's sampler, so that the sampled tokens' log-probs and the
+Sampling is done here (arena10k/sampling.py), not by llama.cpp's sampler, so that the sampled tokens' log-probs and the
 teacher-forced log-probs come from one function applied to the same logits.
 
 With flash attention, micro-batches under 64 tokens (hence N_BATCH), one thread for single-token steps, and neither
@@ -18,7 +18,6 @@ sampled log-probs exactly, and a clone's weight is exactly 1 (tests/test_local_m
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import threading
 import time
@@ -33,6 +32,7 @@ import numpy as np
 
 from arena10k.errors import ItemError
 from arena10k.models import LOCAL_MODELS, LocalModel, gguf_path, sequences_decoded_together
+from arena10k.sampling import Distribution, Forcing, Sampling
 from arena10k.providers.base import (
     GENERATE,
     TEACHER_FORCE,
@@ -60,57 +60,6 @@ _COMPUTE = threading.Lock()
 _LLAMA_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama.cpp")
 
 
-class Distribution:
-    """The next-token distribution softmax(logits / temperature) at one position, computed once for sampling, log-probs
-    and top tokens alike: a sampled token's log-prob and its teacher-forced one are the same computation on the same
-    logits. It works in float32 over the vocabulary and sums in float64: each pass over Gemma's 262,144 logits costs
-    memory bandwidth, and float64 log-probs over the whole vocabulary plus a cumulative sum for sampling took 3.9 ms a
-    token (0.47 ms this way, measured). Log-probs carry float32's rounding of logits / temperature: within 2e-6 nats
-    of a float64 computation (tests/test_local_model.py)."""
-
-    BLOCK = 2048  # sampling finds the block of the vocabulary first, then the token inside it
-
-    def __init__(self, logits: np.ndarray, temperature: float):
-        scaled = np.asarray(logits, dtype=np.float32) / np.float32(temperature)
-        scaled -= scaled.max()
-        self._scaled = scaled
-        self._weights = np.exp(scaled)
-        whole = len(scaled) // self.BLOCK * self.BLOCK  # np.add.reduceat would be 4x slower on fresh arrays (measured)
-        self._block_totals = self._weights[:whole].reshape(-1, self.BLOCK).sum(axis=1, dtype=np.float64)
-        if whole < len(scaled):
-            self._block_totals = np.append(self._block_totals, self._weights[whole:].sum(dtype=np.float64))
-        self._log_total = math.log(self._block_totals.sum())
-
-    def logprob(self, token: int) -> float:
-        return float(self._scaled[token]) - self._log_total
-
-    def greedy(self) -> int:
-        return int(np.argmax(self._scaled))
-
-    def top(self, k: int) -> list[tuple[int, float]]:
-        """The k most likely tokens and their log-probs, most likely first, ties in id order (all of them, for a k
-        larger than the vocabulary)."""
-        return [(int(t), self.logprob(t)) for t in most_likely(self._scaled, min(k, len(self._scaled)))]
-
-    def sample(self, rng: np.random.Generator) -> int:
-        cumulative = np.cumsum(self._block_totals)
-        target = rng.random() * cumulative[-1]
-        block = min(int(np.searchsorted(cumulative, target, side="right")), len(cumulative) - 1)
-        start = block * self.BLOCK
-        inside = np.cumsum(self._weights[start:start + self.BLOCK], dtype=np.float64)
-        index = int(np.searchsorted(inside, target - (cumulative[block - 1] if block else 0.0), side="right"))
-        return start + min(index, len(inside) - 1)
-
-
-def most_likely(values: np.ndarray, k: int) -> np.ndarray:
-    """The k largest values' indices, largest first, ties in index order: np.argsort(-values, kind="stable")[:k], 40
-    times faster on a 49,152-token vocabulary."""
-    kth = np.partition(values, -k)[-k]
-    above, tied = np.flatnonzero(values > kth), np.flatnonzero(values == kth)
-    chosen = np.concatenate([above, tied[: k - len(above)]])
-    return chosen[np.lexsort((chosen, -values[chosen]))]
-
-
 # What a decoding sequence does with the logits after each of its tokens: the token to decode next, or None when done.
 NextToken = Callable[[np.ndarray], "int | None"]
 
@@ -125,50 +74,6 @@ class _Sequence:
     position: int = 0
     next_token: NextToken | None = None
     error: BaseException | None = None  # raised by its next_token in another caller's step
-
-
-class Sampling:
-    """Samples a response token by token: called with the logits after the prompt, then after each sampled token, it
-    records the token and returns it, to be decoded next, or returns None at the end of the turn or at max_tokens. The
-    synthetic server samples with it too."""
-
-    def __init__(self, temperature: float, seed: int, max_tokens: int, top_logprobs: int,
-                 is_end: Callable[[int], bool], piece: Callable[[int], str]):
-        self._temperature, self._max_tokens, self._top = temperature, max_tokens, top_logprobs
-        self._is_end, self._piece = is_end, piece
-        self._rng = np.random.default_rng(seed)
-        self.tokens: list[int] = []
-        self.logprobs: list[float] = []
-        self.top_logprobs: list[dict[str, float]] = []
-        self.stop_token = self.stop_logprob = None
-
-    def __call__(self, logits: np.ndarray) -> int | None:
-        dist = Distribution(logits, self._temperature or 1.0)
-        token = dist.greedy() if self._temperature == 0 else dist.sample(self._rng)
-        if self._is_end(token):
-            self.stop_token, self.stop_logprob = token, dist.logprob(token)
-            return None
-        self.tokens.append(token)
-        self.logprobs.append(dist.logprob(token))
-        if self._top:
-            self.top_logprobs.append({self._piece(t): logprob for t, logprob in dist.top(self._top)})
-        return token if len(self.tokens) < self._max_tokens else None
-
-
-class _Forcing:
-    """Scores given target tokens: called with the logits before each target, it adds the target's log-prob (in
-    order, from 0.0, as the sampled log-probs are summed) and returns the target, to be decoded next, until the last."""
-
-    def __init__(self, targets: list[int], temperature: float):
-        self._targets, self._temperature = targets, temperature
-        self.scored = 0
-        self.logprob = 0.0
-
-    def __call__(self, logits: np.ndarray) -> int | None:
-        target = self._targets[self.scored]
-        self.logprob += Distribution(logits, self._temperature).logprob(target)
-        self.scored += 1
-        return target if self.scored < len(self._targets) else None
 
 
 class ChatFormat:
@@ -473,7 +378,7 @@ class LocalProvider:
         with self._turn():
             sequence, held = self._claim(prompt, reuse=True)
             try:
-                forcing = _Forcing(targets, request.temperature)
+                forcing = Forcing(targets, request.temperature)
                 if self.chunk_invariant:
                     # The rest of the prompt and the response (each token gives the logits that score the next) in
                     # one run of chunks, scored from the prompt's last token: a clone's prompt, cached but for its

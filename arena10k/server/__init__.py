@@ -9,8 +9,7 @@ self-consistent log-probs (synthetic.py). Faults can be injected at configured r
         client = openai.OpenAI(base_url=server.base_url, api_key="test")
 """
 
-from arena10k.server.backends import BACKENDS
 from arena10k.server.faults import FaultConfig
-from arena10k.server.run import RunningServer, ServerConfig, run_in_thread, run_subprocess
+from arena10k.server.run import BACKENDS, RunningServer, ServerConfig, run_in_thread, run_subprocess
 
 __all__ = ["BACKENDS", "FaultConfig", "RunningServer", "ServerConfig", "run_in_thread", "run_subprocess"]

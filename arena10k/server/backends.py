@@ -52,20 +52,3 @@ class Backend(Protocol):
 
     def complete(self, model: str, prompt: Prompt, max_tokens: int, temperature: float, seed: int,
                  top_logprobs: int, echo: bool) -> Completion: ...
-
-
-BACKENDS = ("local", "synthetic")
-
-
-def make_backend(name: str, models: list[str], n_ctx: int | None) -> Backend:
-    """`models`: what the backend serves (local: model names or .gguf paths, loaded now; synthetic: an empty
-    list serves any model id)."""
-    if name == "local":
-        from arena10k.server.local import LocalBackend
-
-        return LocalBackend(models, n_ctx)
-    if name == "synthetic":
-        from arena10k.server.synthetic import SyntheticBackend
-
-        return SyntheticBackend(models, n_ctx)
-    raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")

@@ -21,8 +21,14 @@ from dataclasses import dataclass, field, fields
 from aiohttp import web
 
 from arena10k.server.app import Server
-from arena10k.server.backends import BACKENDS, make_backend
+from arena10k.server.backends import Backend
 from arena10k.server.faults import FaultConfig
+from arena10k.server.local import LocalBackend
+from arena10k.server.synthetic import SyntheticBackend
+
+# `models`: what a backend serves (local: model names or .gguf paths, loaded at start; synthetic: an empty list serves
+# any model id).
+BACKENDS: dict[str, Callable[[list[str], int | None], Backend]] = {"local": LocalBackend, "synthetic": SyntheticBackend}
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 8000  # of the command line; ServerConfig's 0 picks a free port
@@ -62,7 +68,7 @@ class RunningServer:
 
 @asynccontextmanager
 async def _listening(config: ServerConfig) -> AsyncIterator[str]:
-    backend = make_backend(config.backend, list(config.models), config.n_ctx)
+    backend = BACKENDS[config.backend](list(config.models), config.n_ctx)
     # A held (timed-out) request must not keep a stopping server alive for long.
     runner = web.AppRunner(Server(backend, config.faults, config.api_key).application(), access_log=None,
                            shutdown_timeout=1.0)

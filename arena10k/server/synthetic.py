@@ -33,7 +33,7 @@ import time
 import jinja2
 import numpy as np
 
-from arena10k.providers.local import Distribution, Sampling
+from arena10k.sampling import Distribution, Sampling
 from arena10k.server.backends import Completion, Prompt, RequestError, Tokens
 
 SPECIAL_TOKENS = ("<|end|>", "<|system|>", "<|user|>", "<|assistant|>")

@@ -17,19 +17,20 @@ import subprocess
 from collections import Counter
 from pathlib import Path
 
+from arena10k import cje_dataset
 from arena10k.checkpoint import dumps, write_atomic
 from arena10k.config import ExperimentConfig
 from arena10k.errors import AnalysisError, ConfigError
 from arena10k.judging import ONE_SCORE_SHARE
 from arena10k.stages import phase2
-from arena10k.stages.base import Stage
+from arena10k.stages.base import Stage, StageRun
+from arena10k.weights import ESS_GOOD
 from arena10k.workspace import Workspace
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CJE_SCRIPT = Path(__file__).resolve().parents[1] / "cje_estimates.py"
 ESTIMATORS = ("calibrated-ips", "stacked-dr", "direct")  # cje_estimates.calls() runs these
 OFF_POLICY = ("calibrated-ips", "stacked-dr")  # the estimators that reweight the logged responses
-ESS_GATE = 0.30  # cje-eval's ship gate for importance weights (cje.diagnostics.gates.ESS_GOOD_THRESHOLD)
 # A ranking claim needs at least this many oracle labels of P0's responses: cje-eval calibrates the judge score to
 # the oracle's scale with isotonic regression, cross-fitted in 5 folds, and a fold of fewer than about 10 labels fits
 # a few steps at best (with 6 labels cje reduced its folds and 527 of 2,000 bootstrap replicates were usable).
@@ -121,7 +122,7 @@ def _reliable(estimator: dict, policy: str) -> bool:
     """cje's diagnostics let this policy's estimate stand: ESS at its gate, not graded critical, inside its own
     interval, with a standard error that is not degenerate."""
     row = estimator["policies"][policy]
-    ess_ok = row["ess_fraction"] is None or row["ess_fraction"] >= ESS_GATE
+    ess_ok = row["ess_fraction"] is None or row["ess_fraction"] >= ESS_GOOD
     return (ess_ok and row["status"] != "critical" and row["ci_low"] <= row["estimate"] <= row["ci_high"]
             and row["standard_error"] > DEGENERATE_SE)
 
@@ -211,10 +212,10 @@ def findings(estimates: dict, logging_policy: str) -> tuple[str, list[str]]:
                 notes.append(f"{name}, {estimator}: cje-eval failed: {result['error']}")
                 continue
             weak = [f"{p} (ESS {row['ess_fraction']:.0%})" for p, row in result["policies"].items()
-                    if row["ess_fraction"] is not None and row["ess_fraction"] < ESS_GATE]
+                    if row["ess_fraction"] is not None and row["ess_fraction"] < ESS_GOOD]
             critical = [p for p, row in result["policies"].items() if row["status"] == "critical"]
             if weak:
-                notes.append(f"{name}, {estimator}: ESS under cje's {ESS_GATE:.0%} gate for {', '.join(weak)}.")
+                notes.append(f"{name}, {estimator}: ESS under cje's {ESS_GOOD:.0%} gate for {', '.join(weak)}.")
             if critical:
                 notes.append(f"{name}, {estimator}: cje grades {', '.join(critical)} critical (its warnings: phase2/report.md, analysis/estimates.json).")
             pairs = separated_pairs(result)
@@ -316,7 +317,8 @@ def table(estimates: dict) -> str:
     return "\n".join(lines + ["", f"Verdict: {estimates['verdict']}"] + [f"  - {note}" for note in estimates["notes"]])
 
 
-def run(config: ExperimentConfig, workspace: Workspace, samples: int | str | None = None) -> str:
+def run(job: StageRun) -> str:
+    config, workspace = job.config, job.workspace
     if not config.analysis.enabled:
         return "analyze: skipped (analysis.enabled is false)"
     estimates_path, inputs_path = workspace.analysis_dir / "estimates.json", workspace.analysis_dir / "inputs.json"
@@ -331,16 +333,13 @@ def run(config: ExperimentConfig, workspace: Workspace, samples: int | str | Non
     if inputs_path.exists() and estimates_path.exists() and json.loads(inputs_path.read_text()) == inputs:
         return ("analyze: the Phase 2 files did not change since the estimates were made\n\n"
                 + table(json.loads(estimates_path.read_text())))
-    from arena10k import report  # matplotlib is slow to import; only the report needs it
-
-    files = report.phase2_input(workspace.phase2_dir, config)  # read once, without the response texts
+    files = {variant: cje_dataset.read(workspace.phase2_dir / variant / "logged.jsonl") for variant in phase2.VARIANTS}
     scores = {variant: [row["judge_score"] for row in [*rows.logged, *(r for fresh in rows.fresh.values() for r in fresh)]]
-              for variant, rows in files.variants.items()}
+              for variant, rows in files.items()}
     estimates = analyse(config, workspace, scores, info)
     write_atomic(estimates_path, json.dumps(estimates, indent=2) + "\n")
-    report.write_report(files, workspace.phase2_dir, estimates)
     write_atomic(inputs_path, dumps(inputs) + "\n")
-    return f"{table(estimates)}\n\nEstimates: {estimates_path}\nReport: {workspace.phase2_dir / 'report.md'}"
+    return f"{table(estimates)}\n\nEstimates: {estimates_path}"
 
 
 STAGE = Stage("analyze", "cje-eval 0.3's estimates per policy from the Phase 2 files, with an honest verdict", run)

@@ -6,58 +6,24 @@ from __future__ import annotations
 import hashlib
 
 from arena10k import judging
-from arena10k.config import ExperimentConfig, JudgeConfig, OracleConfig
-from arena10k.providers import get_provider, stage_lanes
-from arena10k.providers.base import GenerationRequest
+from arena10k.config import ExperimentConfig, JudgeConfig
+from arena10k.providers import stage_lanes
 from arena10k.records import Judgement, Prompt, Response, to_dict
 from arena10k.runner import run_items
-from arena10k.stages.base import CheckpointSpec, Stage
-from arena10k.stages.generate import responses, responses_fingerprint
+from arena10k.stages.base import CheckpointSpec, Stage, StageRun
+from arena10k.stages.generate import responses
 from arena10k.workspace import Workspace, derive_seed
 
-# What a judge's score depends on besides its model and prompt; the oracle's slice settings choose items, they
-# change no label.
-JUDGE_SETTINGS = ("max_tokens", "top_logprobs")
-SAMPLED_SETTINGS = ("method", "samples", "temperature")
-
-
-def scoring_settings(judge: JudgeConfig) -> dict:
-    """The sampled method's settings are added only where it is used, so that runs judged before it existed stay valid."""
-    settings = {name: getattr(judge, name) for name in JUDGE_SETTINGS}
-    return settings if judge.method == "top_logprobs" else settings | {name: getattr(judge, name) for name in SAMPLED_SETTINGS}
-
-
-def rubric(judge: JudgeConfig) -> str:
-    return judge.rubric or (judging.ORACLE_RUBRIC if isinstance(judge, OracleConfig) else judging.JUDGE_RUBRIC)
-
-
 def _fingerprint(config: ExperimentConfig, judge: JudgeConfig, policy: str) -> dict:
-    instructions = judging.judge_messages(rubric(judge), "{prompt}", "{response}")
-    settings = {"model": config.models[judge.model].model_dump()} | scoring_settings(judge)
-    return {**responses_fingerprint(config, policy), "judge": settings,
+    instructions = judging.judge_messages(judging.rubric(judge), "{prompt}", "{response}")
+    settings = {"model": config.models[judge.model].model_dump()} | judging.scoring_settings(judge)
+    return {**config.responses_fingerprint(policy), "judge": settings,
             "judge_prompt": hashlib.sha256(repr(instructions).encode()).hexdigest()[:16]}
-
-
-def calls_per_grading(judge: JudgeConfig) -> int:
-    return 1 if judge.method == "top_logprobs" else 1 + judge.samples
-
-
-def grade(config: ExperimentConfig, judge: JudgeConfig, prompt: str, response: str) -> tuple[str, dict]:
-    """One grading: the judge's (greedy) reply and its scores (ItemError when the reply holds no score)."""
-    messages = judging.judge_messages(rubric(judge), prompt, response)
-    provider = get_provider(config, judge.model)
-    if judge.method == "top_logprobs":
-        reply = provider.generate(GenerationRequest(messages, 0, judge.max_tokens, seed=0, top_logprobs=judge.top_logprobs))
-        return reply.text, judging.score_reply(reply)
-    greedy = provider.generate(GenerationRequest(messages, 0, judge.max_tokens, seed=0, logprobs=False))
-    sampled = [provider.generate(GenerationRequest(messages, judge.temperature, judge.max_tokens, seed, logprobs=False)).text
-               for seed in range(1, judge.samples + 1)]
-    return greedy.text, judging.score_samples(greedy.text, sampled, judge.temperature)
 
 
 def _work(config: ExperimentConfig, judge: JudgeConfig, prompt: Prompt, response: Response):
     def work() -> dict:
-        reply, scores = grade(config, judge, prompt.prompt, response.text)
+        reply, scores = judging.grade(config, judge, prompt.prompt, response.text)
         return to_dict(Judgement(prompt.prompt_id, response.policy, config.models[judge.model].model, reply, **scores))
 
     return work
@@ -66,7 +32,7 @@ def _work(config: ExperimentConfig, judge: JudgeConfig, prompt: Prompt, response
 def _run(spec: CheckpointSpec, judge: JudgeConfig, config: ExperimentConfig, workspace: Workspace) -> str:
     prompts = {p.prompt_id: p for p in workspace.load_prompts()}
     keys = spec.keys(config, list(prompts))  # prompt by prompt: consecutive calls share the rubric and the prompt
-    with workspace.open_checkpoint(spec, config) as checkpoint:
+    with spec.open(workspace, config) as checkpoint:
         generated = responses(workspace, set(checkpoint.todo(keys, config.max_attempts)))
 
         def make_work(key: str):
@@ -110,11 +76,13 @@ ORACLE_VALIDATION = CheckpointSpec(
 )
 
 
-def _run_judge(config: ExperimentConfig, workspace: Workspace, samples: int | str | None = None) -> str:
+def _run_judge(job: StageRun) -> str:
+    config, workspace = job.config, job.workspace
     return _run(JUDGE_CHECKPOINT, config.judge, config, workspace)
 
 
-def _run_oracle(config: ExperimentConfig, workspace: Workspace, samples: int | str | None = None) -> str:
+def _run_oracle(job: StageRun) -> str:
+    config, workspace = job.config, job.workspace
     if not config.oracle.enabled:
         return "oracle: disabled in the config"
     return "\n".join(_run(spec, config.oracle, config, workspace) for spec in (ORACLE_CALIBRATION, ORACLE_VALIDATION))

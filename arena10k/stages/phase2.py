@@ -22,13 +22,10 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, closing, contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
@@ -36,66 +33,18 @@ from arena10k.checkpoint import (ItemState, RecordFields, atomic_writer, dumps, 
                                  write_atomic)
 from arena10k.config import ExperimentConfig
 from arena10k.errors import Arena10kError
+from arena10k.preflight import measured_noise
 from arena10k.records import SCHEMA_VERSION
-from arena10k.stages.base import Stage
+from arena10k.weights import bounds, clone_check, scored, usable_logprob, weight_diagnostics
+from arena10k.stages.base import Plan, Stage, StageRun
 from arena10k.workspace import Workspace, item_key
 
-# log 0 as cje-eval can read it: the most negative finite double (cje refuses non-finite log-probs and skips the whole
-# row, every policy's). exp(LOG_ZERO - any log-prob) is exactly 0.0, so the weight is exactly 0; the row's metadata
-# gives the reason (zero_probability_reasons).
-LOG_ZERO = -sys.float_info.max
-CLONE_ERROR_NATS = 5.0  # |log clone - log logging policy| beyond this is an error, not noise
-EXTREME_LOG_WEIGHT = math.log(10)  # weights above 10 or below 0.1 count as extreme
 VARIANTS = {"deterministic": "score", "uncertainty": "score_mean"}
-
-
-@dataclass
-class WeightDiagnostics:
-    policy: str
-    n: int
-    null_logprobs: int
-    median_weight: float | None
-    ess_fraction: float | None
-    max_log_weight: float | None
-    extreme_weights: int
-    clone_check: str | None = None  # PASS/FAIL, for clones of the logging policy only
-    clone_tolerance: float | None = None  # the |log-ratio| a clone may show: 0 (exact), or a hosted endpoint's noise
-    clone_errors: list[str] = field(default_factory=list)
-
-
-def weight_diagnostics(policy: str, log_ratios: list[float | None]) -> WeightDiagnostics:
-    known = np.array([r for r in log_ratios if r is not None], dtype=np.float64)
-    nulls = len(log_ratios) - len(known)
-    if len(known) == 0:
-        return WeightDiagnostics(policy, 0, nulls, None, None, None, 0)
-    scaled = np.exp(known - known.max())  # ESS is scale-free; this keeps huge log-weights finite
-    return WeightDiagnostics(
-        policy=policy,
-        n=len(known),
-        null_logprobs=nulls,
-        # halved, two weights of exactly 0 (LOG_ZERO) average without overflowing: the median weight is 0 all the same
-        median_weight=float(np.exp(np.median(np.maximum(known, LOG_ZERO / 2)))),
-        ess_fraction=float(scaled.sum() ** 2 / (len(known) * (scaled ** 2).sum())),
-        max_log_weight=float(known.max()),
-        extreme_weights=int((np.abs(known) > EXTREME_LOG_WEIGHT).sum()),
-    )
-
-
-def clone_check(diagnostics: WeightDiagnostics, log_ratios: dict[str, float | None], tolerance: float = 0.0) -> None:
-    """PASS when every log-ratio is 0, or within `tolerance`: the noise an endpoint showed scoring one text twice
-    (the preflight), since a hosted API need not give one text the same log-prob in two calls."""
-    diagnostics.clone_errors = [
-        f"{pid}: log-ratio {ratio:+.3f}" for pid, ratio in log_ratios.items() if ratio is not None and abs(ratio) > CLONE_ERROR_NATS
-    ]
-    within = all(ratio is not None and abs(ratio) <= tolerance for ratio in log_ratios.values())
-    diagnostics.clone_check = "PASS" if within and log_ratios else "FAIL"
-    diagnostics.clone_tolerance = tolerance
 
 
 def clone_tolerance(workspace: Workspace, config: ExperimentConfig, clone: str, forced: dict[str, dict]) -> float:
     """4 standard deviations of the sum of a response's per-token noise, for the longest response scored (0 on
     an exact endpoint, and on the embedded models, which have no preflight)."""
-    from arena10k.providers.preflight import measured_noise  # the preflight imports this module
 
     noise = measured_noise(workspace, config.policies[clone].model)
     longest = max((r["n_tokens"] for r in forced.values() if r["policy"] in (clone, config.logging_policy)), default=0)
@@ -132,49 +81,6 @@ def remove_stale_fresh_draws(phase2_dir: Path, targets: tuple[str, ...]) -> list
     for path in stale:
         path.unlink()
     return [str(path.relative_to(phase2_dir)) for path in stale]
-
-
-def usable_logprob(record: dict | None, max_width: float) -> tuple[float | None, str | None]:
-    """A teacher-forced log-prob as Phase 2 uses it, or None with the reason: a certified interval wider than
-    max_certified_width gives no value."""
-    if record is None:
-        return None, None
-    if record.get("zero_probability"):
-        return LOG_ZERO, None
-    if record.get("logprob_low") is not None and record["logprob_high"] - record["logprob_low"] > max_width:
-        width = record["logprob_high"] - record["logprob_low"]
-        return None, (f"teacher_force: its certified interval is {width:.3g} nats wide (top-k={record['top_k']}), over "
-                      f"max_certified_width {max_width:g}: serve the policy where more alternatives per token are listed, "
-                      "or where the echo follows its temperature")
-    return record["logprob"], None
-
-
-def scored_log_ratio(row: dict, policy: str) -> float | None:
-    """A logged row's log-ratio of `policy` as scored: the midpoints of certified intervals too wide to be used count
-    (the clone check checks the scoring path, which is the same for rows Phase 2 cannot use)."""
-    intervals = row["metadata"].get("certified_logprob_intervals", {})
-
-    def as_scored(name: str, value: float | None) -> float | None:
-        return sum(intervals[name]) / 2 if value is None and name in intervals else value
-
-    logging_policy = next((name for name in intervals if name not in row["target_policy_logprobs"]), None)
-    base = as_scored(logging_policy, row["base_policy_logprob"])
-    target = as_scored(policy, row["target_policy_logprobs"].get(policy))
-    return None if base is None or target is None else target - base
-
-
-def scored(record: dict) -> float:
-    """A teacher-forced log-prob as scored, whether Phase 2 can use it or not (an interval's midpoint, log 0)."""
-    return LOG_ZERO if record.get("zero_probability") else record["logprob"]
-
-
-def bounds(record: dict) -> tuple[float, float]:
-    """A teacher-forced log-prob's certified bounds; an exact one is its own."""
-    if record.get("zero_probability"):
-        return LOG_ZERO, LOG_ZERO
-    if record.get("logprob_low") is None:
-        return record["logprob"], record["logprob"]
-    return record["logprob_low"], record["logprob_high"]
 
 
 def _certified_widths(forced: list[dict], nulled: int) -> dict:
@@ -243,12 +149,10 @@ def excluded_prompts(config: ExperimentConfig, expected: dict[str, list[str]], s
     return reasons
 
 
-def build(config: ExperimentConfig, workspace: Workspace) -> dict:
-    from arena10k.stages import registry  # the registry lists this stage too
-
+def build(config: ExperimentConfig, workspace: Workspace, plan: Plan) -> dict:
     prompts = workspace.load_prompts()
-    expected = registry.expected_keys(config, [p.prompt_id for p in prompts])
-    states = {name: _states(workspace, name) for name in registry.CHECKPOINTS}
+    expected = plan.expected_keys(config, [p.prompt_id for p in prompts])
+    states = {name: _states(workspace, name) for name in plan.checkpoints}
     left_out = excluded_prompts(config, expected, states)
     lost_labels = {key: states[name][key].last_error for name in ("oracle_calibration", "oracle_validation")
                    for key in expected[name] if failed_for_good(states[name].get(key), config.max_attempts)
@@ -348,7 +252,7 @@ def build(config: ExperimentConfig, workspace: Workspace) -> dict:
         "target_policies": list(targets),
         "clones": list(config.clones()),
         "dry_run": workspace.is_dry_run,  # synthetic responses from the loopback server, not a real dataset
-        "endpoints": {name: endpoint(m) for name, m in config.used_models().items()},
+        "endpoints": {name: m.endpoint() for name, m in config.used_models().items()},
         "prompts": len(prompts),
         "logged_rows": logged_rows,
         "fresh_draws": fresh_draws,
@@ -357,7 +261,7 @@ def build(config: ExperimentConfig, workspace: Workspace) -> dict:
         # prompts left out of every file, each with its items that failed for good (--retry-failed tries them again)
         "excluded_prompts": dict(sorted(left_out.items())),
         "unlabelled": dict(sorted(lost_labels.items())),  # oracle labels that failed for good: those rows have none
-        "pending": registry.pending(config, expected, states),  # per checkpoint, items a rerun would still do
+        "pending": plan.pending(config, expected, states),  # per checkpoint, items a rerun would still do
         "removed_stale_files": stale,  # fresh draws of policies no longer in the config, removed when this was written
         "coverage": {name: {"expected": c.expected, "done": c.done, "failed": dict(c.failed), "missing": c.missing}
                      for name, c in coverage.items()},
@@ -424,16 +328,6 @@ def _fresh_row(prompt, draw, text, judgement, score_field, oracle) -> dict:
     }
 
 
-def endpoint(model) -> str:
-    """Where a model was served, without the port: a run that moved to another port of one server is one run."""
-    if model.provider == "local":
-        return "in-process (llama-cpp-python)"
-    if model.base_url is None:
-        return f"{model.provider}'s default API"
-    parts = urlsplit(model.base_url)
-    return urlunsplit((parts.scheme, parts.hostname or "", parts.path, "", ""))
-
-
 def summary_table(info: dict) -> str:
     lines = ["Coverage", f"  {'stage':<20}{'expected':>9}{'done':>7}{'failed':>8}{'missing':>9}"]
     for name, c in info["coverage"].items():
@@ -453,7 +347,7 @@ def summary_table(info: dict) -> str:
                       f"{info['max_certified_width']:g} nats are null)", *certified_table(info)]
     for policy, counts in info.get("zero_probability", {}).items():
         lines.append(f"  {policy}: weight exactly 0 for " + ", ".join(f"{n} responses {rule}" for rule, n in counts.items())
-                     + f" (its max_tokens; reasons in each row's metadata)")
+                     + " (its max_tokens; reasons in each row's metadata)")
     lines += ["", f"Phase 2: {info['logged_rows']} logged rows, fresh draws {info['fresh_draws']}, "
               f"oracle labels {info['oracle_labels']['calibration']} calibration / {sum(info['oracle_labels']['validation'].values())} validation"]
     lines.append(f"Clone check (targets that sample exactly as {info['logging_policy']}, so every weight must be 1): "
@@ -544,33 +438,29 @@ def file_stamp(path: Path) -> list[int] | None:
     return [path.stat().st_size, path.stat().st_mtime_ns] if path.exists() else None
 
 
-def _inputs(config: ExperimentConfig, workspace: Workspace) -> dict:
+def _inputs(config: ExperimentConfig, workspace: Workspace, plan: Plan) -> dict:
     """What the Phase 2 files are made from: when none of it changed, they are up to date. Checkpoints are
     appended to or rewritten, never changed in place, so their size and modification time tell."""
-    from arena10k.stages import registry
-
     return {"schema": SCHEMA_VERSION, "config": config.model_dump(exclude={"analysis"}), "dry_run": workspace.is_dry_run,
-            "endpoints": {name: endpoint(m) for name, m in config.used_models().items()},
+            "endpoints": {name: m.endpoint() for name, m in config.used_models().items()},
             "prompts": file_stamp(workspace.prompts_path),
-            "checkpoints": {name: file_stamp(workspace.checkpoint_path(name)) for name in registry.CHECKPOINTS}}
+            "checkpoints": {name: file_stamp(workspace.checkpoint_path(name)) for name in plan.checkpoints}}
 
 
-def run(config: ExperimentConfig, workspace: Workspace, samples: int | str | None = None) -> str:
+def run(job: StageRun) -> str:
+    config, workspace = job.config, job.workspace
     inputs_path = workspace.phase2_dir / "inputs.json"
-    inputs = json.loads(dumps(_inputs(config, workspace)))
-    if inputs_path.exists() and json.loads(inputs_path.read_text()) == inputs and (workspace.phase2_dir / "report.md").exists():
+    inputs = json.loads(dumps(_inputs(config, workspace, job.plan)))
+    if inputs_path.exists() and json.loads(inputs_path.read_text()) == inputs:
         return (f"phase2: its inputs did not change since it was written, so the files in {workspace.phase2_dir} are "
                 "up to date\n\n" + (workspace.phase2_dir / "summary.txt").read_text().rstrip())
     for made_from_the_old_files in ("estimates.json", "inputs.json"):
         (workspace.analysis_dir / made_from_the_old_files).unlink(missing_ok=True)
-    info = build(config, workspace)
+    info = build(config, workspace, job.plan)
     table = summary_table(info)
     (workspace.phase2_dir / "summary.txt").write_text(table + "\n")
-    from arena10k import report  # matplotlib takes a second to import; only this stage needs it
-
-    report_path = report.write_report(report.phase2_input(workspace.phase2_dir, config), workspace.phase2_dir)
     write_atomic(inputs_path, dumps(inputs) + "\n")
-    return f"{table}\n\nPhase 2 files: {workspace.phase2_dir}\nDiagnostics: {report_path}"
+    return f"{table}\n\nPhase 2 files: {workspace.phase2_dir}"
 
 
 STAGE = Stage("phase2", "validate coverage, weight diagnostics, write the Phase 2 dataset and its report", run)

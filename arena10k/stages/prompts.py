@@ -9,17 +9,18 @@ from dataclasses import asdict
 
 from arena10k import data
 from arena10k.config import ExperimentConfig
+from arena10k.providers.local import chat_format  # loads llama-cpp-python only when called
 from arena10k.records import Prompt
-from arena10k.stages.base import Stage
-from arena10k.stages.generate import policy_messages
+from arena10k.stages.base import Stage, StageRun
 from arena10k.workspace import Workspace
 
 LANGUAGE_FILTER_VERSION = 1  # bump when arena10k.language changes what it keeps
 
 
-def run(config: ExperimentConfig, workspace: Workspace, samples: int | str | None = None) -> str:
+def run(job: StageRun) -> str:
     """`samples` is the N given on the command line; without one, the run keeps the size it was prepared with
     (the config's `samples` only sizes a new run), so that a resume never resizes a run by accident."""
+    config, workspace, samples = job.config, job.workspace, job.samples
     started = time.monotonic()
     prepared = workspace.prepared_samples()
     samples = samples if samples is not None else prepared if prepared is not None else config.samples
@@ -44,15 +45,13 @@ TEMPLATE_ALLOWANCE = 1024
 def too_long_for_context(config: ExperimentConfig) -> Callable[[str], bool]:
     """Whether a prompt, in an embedded policy's context, leaves fewer tokens than its max_tokens in the model's n_ctx:
     its generation could only fail. Hosted models' tokenizers are not known here; there the first refusal is final."""
-    from arena10k.providers.local import chat_format  # llama-cpp-python loads only for a prompt near the limit
-
     local = [(policy, config.models[policy.model]) for policy in config.policies.values()
              if config.models[policy.model].provider == "local"]
     formats = functools.cache(chat_format)
 
     def too_long(text: str) -> bool:
         return any(len(text.encode()) + len((policy.system_prompt or "").encode()) + policy.max_tokens + TEMPLATE_ALLOWANCE
-                   > model.n_ctx and len(formats(model.model).prompt_ids(policy_messages(policy, text))) + policy.max_tokens
+                   > model.n_ctx and len(formats(model.model).prompt_ids(policy.messages(text))) + policy.max_tokens
                    > model.n_ctx for policy, model in local)
 
     return too_long

@@ -9,21 +9,22 @@ from arena10k.config import ExperimentConfig
 from arena10k.errors import SelfCheckError
 from arena10k.providers import get_provider
 from arena10k.providers.base import TeacherForceRequest
-from arena10k.providers.preflight import ARITHMETIC_NATS_PER_TOKEN, certify_from_top_k
+from arena10k.preflight import ARITHMETIC_NATS_PER_TOKEN, certify_from_top_k
 from arena10k.records import Prompt, Response, TeacherForced, to_dict
 from arena10k.runner import run_items
-from arena10k.stages.base import CheckpointSpec, Stage
-from arena10k.stages.generate import policy_lanes, policy_messages, policy_models, responses
-from arena10k.workspace import Workspace, item_key
+from arena10k.stages.base import CheckpointSpec, Stage, StageRun
+from arena10k.stages.generate import policy_lanes, responses
+from arena10k.workspace import item_key
 
 
 EARLY_ROWS = 5  # when the first this many logging-policy rows disagree with their sampled log-probs, the stage stops
 
 
-def run(config: ExperimentConfig, workspace: Workspace, samples: int | str | None = None) -> str:
+def run(job: StageRun) -> str:
+    config, workspace = job.config, job.workspace
     prompts = {p.prompt_id: p for p in workspace.load_prompts()}
     keys = CHECKPOINT.keys(config, list(prompts))
-    with workspace.open_checkpoint(CHECKPOINT, config) as checkpoint:
+    with CHECKPOINT.open(workspace, config) as checkpoint:
         logged = responses(workspace, {_logged_key(config, key) for key in checkpoint.todo(keys, config.max_attempts)})
         self_check = _SelfCheck(stops=not workspace.is_dry_run)  # a dry run's server samples in its own template
         # Per policy, from the preflight's findings (read once, not per item): None where its log-probs are exact.
@@ -88,7 +89,7 @@ def _work(config: ExperimentConfig, name: str, prompt: Prompt, logged: Response,
 
     def work() -> dict:
         request = TeacherForceRequest(
-            messages=policy_messages(policy, prompt.prompt), temperature=policy.temperature,
+            messages=policy.messages(prompt.prompt), temperature=policy.temperature,
             response_text=logged.text, response_tokenizer=logged.tokenizer, response_token_ids=tuple(logged.token_ids),
             stop_token_id=logged.stop_token_id, ended_turn=ended, certify_from_top_k=top_k,
         )
@@ -141,4 +142,5 @@ CHECKPOINT = CheckpointSpec(
     fingerprint=_fingerprint,
     reads=lambda config, policy: config.logging_policy,
 )
-STAGE = Stage("teacher_force", "the log-prob of every logged response under every policy", run, (CHECKPOINT,), policy_models)
+STAGE = Stage("teacher_force", "the log-prob of every logged response under every policy", run, (CHECKPOINT,), ExperimentConfig.policy_models,
+              preflighted=True)

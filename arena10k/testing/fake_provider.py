@@ -19,7 +19,7 @@ import numpy as np
 from arena10k.config import ModelConfig
 from arena10k.providers.base import (GENERATE, TEACHER_FORCE, TOP_LOGPROBS, Generation, GenerationRequest,
                                      TeacherForced, TeacherForceRequest)
-from arena10k.providers.local import Distribution
+from arena10k.sampling import Distribution
 
 WORDS = ("the", "answer", "is", "simple", "because", "data", "shows", "it", "so", "we", "can", "see", "why", "here")
 END = len(WORDS)  # the end-of-turn token

@@ -18,7 +18,8 @@ import numpy as np
 from arena10k import judging
 from arena10k.checkpoint import entry_line
 from arena10k.config import ExperimentConfig, JudgeConfig
-from arena10k.stages.registry import SPEC, expected_keys, response_needed
+from arena10k.stages.base import Plan
+from arena10k.stages.registry import STAGES
 from arena10k.data import prompt_id_for
 from arena10k.liveness import progress_line
 from arena10k.records import SCHEMA_VERSION, Judgement, Prompt, Response, TeacherForced, to_dict
@@ -46,7 +47,7 @@ class Written:
 
 def write_run(root: Path, config: ExperimentConfig, n_prompts: int, *, settled: dict[str, float] | None = None,
               fail_every: int = 0, last_finished: float = 1.8e9, seconds_per_item: float = 1.0,
-              seed: int = 0) -> dict[str, Written]:
+              seed: int = 0, plan: Plan = STAGES) -> dict[str, Written]:
     """Writes prompts and checkpoints, with a progress line per settled item.
 
     settled: share of each checkpoint's items already settled (default: all). fail_every: every n-th settled
@@ -61,7 +62,7 @@ def write_run(root: Path, config: ExperimentConfig, n_prompts: int, *, settled: 
     records: dict[str, dict[str, dict]] = {}  # checkpoint -> key -> record, for the stages that build on them
     written: dict[str, Written] = {}
     finished: list[tuple[str, str]] = []  # (checkpoint, key) in the order a run settles them
-    for name, keys in expected_keys(config, list(by_id)).items():
+    for name, keys in plan.expected_keys(config, list(by_id)).items():
         keys = keys[: round((settled or {}).get(name, 1.0) * len(keys))]
         if not keys:
             continue  # a stage that has not started has no files
@@ -69,7 +70,7 @@ def write_run(root: Path, config: ExperimentConfig, n_prompts: int, *, settled: 
         done = records[name] = {}
         for index, key in enumerate(keys):
             prompt, policy = by_id[key.partition("|")[0]], policy_of(key)
-            needs = response_needed(config, name, key)
+            needs = plan.response_needed(config, name, key)
             if needs is not None and needs not in records["generate"]:
                 counts.blocked += 1  # a real run never tries an item whose response failed
                 continue
@@ -86,7 +87,8 @@ def write_run(root: Path, config: ExperimentConfig, n_prompts: int, *, settled: 
                 counts.done += 1
                 counts.retried += bool(retried)
             finished.append((name, key))
-        _write_checkpoint(workspace, name, config, lines)
+        plan.spec[name].open(workspace, config).close()  # the meta file with the stages' own fingerprints, as a real run writes
+        _write_checkpoint(workspace, name, lines)
         written[name] = counts
     _write_progress(workspace, finished, last_finished, seconds_per_item)
     return written
@@ -119,9 +121,7 @@ def shape(config: ExperimentConfig, policy: str) -> tuple[float, float, float]:
     return SHAPES[others.index(policy) % len(SHAPES)] if policy in others else LOGGED_SHAPE
 
 
-def _write_checkpoint(workspace: Workspace, name: str, config: ExperimentConfig, lines: list[str]) -> None:
-    with workspace.open_checkpoint(SPEC[name], config):
-        pass  # writes the meta file with the stages' own fingerprints, as a real run of this config does
+def _write_checkpoint(workspace: Workspace, name: str, lines: list[str]) -> None:
     with open(workspace.checkpoint_path(name), "a", encoding="utf-8") as f:
         f.write("".join(lines))
 

@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass
 
 from arena10k.checkpoint import dumps, write_atomic
 from arena10k.config import ExperimentConfig, JudgeConfig
+from arena10k import judging
 from arena10k.errors import ConfigError, ItemError
 from arena10k.providers import get_provider
 from arena10k.providers.base import GenerationRequest, TeacherForceRequest
@@ -72,10 +73,9 @@ def hosted_policy_models(config: ExperimentConfig) -> list[str]:
 
 def _identity(config: ExperimentConfig, model: str) -> dict:
     """What the findings for a model depend on; a port is not part of it (a server that moved is the same)."""
-    from arena10k.stages.phase2 import endpoint
 
     settings = config.models[model]
-    return {"checks": CHECKS_VERSION, "endpoint": endpoint(settings), "model": settings.model,
+    return {"checks": CHECKS_VERSION, "endpoint": settings.endpoint(), "model": settings.model,
             "chat_template": settings.chat_template, "end_of_turn": settings.end_of_turn,
             "max_certified_width": config.max_certified_width,
             "policies": {n: config.policy_identity(n) for n, p in config.policies.items() if p.model == model}}
@@ -92,11 +92,9 @@ def models_probed(config: ExperimentConfig) -> set[str]:
 
 
 def _judge_identity(config: ExperimentConfig, judge: JudgeConfig) -> dict:
-    from arena10k.stages.judge import rubric, scoring_settings
-    from arena10k.stages.phase2 import endpoint
 
-    return {"endpoint": endpoint(config.models[judge.model]), "model": config.models[judge.model].model,
-            "judge": scoring_settings(judge), "rubric": rubric(judge)}
+    return {"endpoint": config.models[judge.model].endpoint(), "model": config.models[judge.model].model,
+            "judge": judging.scoring_settings(judge), "rubric": judging.rubric(judge)}
 
 
 def _probes(config: ExperimentConfig, dry_run: bool) -> dict[str, tuple[dict, Callable[[], list[Finding]]]]:
@@ -158,10 +156,9 @@ def planned_calls(config: ExperimentConfig, workspace: Workspace) -> dict[str, i
             calls[key] = (calls.get(key, 0) + 2 + len(temperatures) + 3 + certified + 3 * len(policies)
                           + 4 * len(GREEDY_PROMPTS) * contexts)
         else:
-            from arena10k.stages.judge import calls_per_grading
 
             role, _, model = key.partition(":")
-            calls[model] = calls.get(model, 0) + calls_per_grading(hosted_judges(config)[role])
+            calls[model] = calls.get(model, 0) + judging.calls_per_grading(hosted_judges(config)[role])
     return calls
 
 
@@ -190,7 +187,6 @@ def describe(findings: list[Finding]) -> str:
 
 
 def _measure(config: ExperimentConfig, model: str, dry_run: bool) -> list[Finding]:
-    from arena10k.stages.generate import policy_messages  # stages import providers
 
     provider = get_provider(config, model)
     try:
@@ -231,7 +227,7 @@ def _measure(config: ExperimentConfig, model: str, dry_run: bool) -> list[Findin
             if finding.verdict == "rescaled":
                 rescaled[temperature] = finding.top_k
     logging = config.policies[config.logging_policy]
-    probe_chat = policy_messages(logging if logging.model == model else next(iter(policies.values())), PROBE_PROMPT)
+    probe_chat = (logging if logging.model == model else next(iter(policies.values()))).messages(PROBE_PROMPT)
     try:
         differences = provider.sampling_difference(probe_chat, PROBE_MAX_TOKENS, seed=0)
     except ItemError as error:
@@ -282,7 +278,6 @@ def _rescaling(config: ExperimentConfig, provider, model: str, temperature: floa
     """The verdict for policies at `temperature` on an endpoint whose echo is at temperature 1: refused above 1;
     below, the smallest k whose certified width on a probe response (PROBE_TEXT answering PROBE_PROMPT in the first
     such policy's context) would keep a response of the logging policy's max_tokens within max_certified_width."""
-    from arena10k.stages.generate import policy_messages
 
     users = [n for n, p in policies.items() if p.temperature == temperature]
     check = f"temperature {temperature:g}"
@@ -296,7 +291,7 @@ def _rescaling(config: ExperimentConfig, provider, model: str, temperature: floa
     if not cap:
         return Finding(model, check, "refused", f"the endpoint reports temperature-1 log-probs and lists no alternatives, "
                                                 f"so {', '.join(users)} (sampling at {temperature:g}) cannot be bounded")
-    echo = provider.alternatives(policy_messages(policies[users[0]], PROBE_PROMPT), PROBE_TEXT, cap)
+    echo = provider.alternatives(policies[users[0]].messages(PROBE_PROMPT), PROBE_TEXT, cap)
     length = config.policies[config.logging_policy].max_tokens
     per_100: dict[int, float] = {}
     for k in sorted({k for k in TOP_K_LADDER if k <= cap} | {cap}):
@@ -317,7 +312,6 @@ def _rescaling(config: ExperimentConfig, provider, model: str, temperature: floa
 
 
 def _template(provider, model: str, name: str, policy, noise: float, dry_run: bool) -> Finding:
-    from arena10k.stages.generate import policy_messages
 
     if dry_run:
         return Finding(model, f"template {name}", "unchecked",
@@ -327,7 +321,7 @@ def _template(provider, model: str, name: str, policy, noise: float, dry_run: bo
                        f"not checked: the endpoint is not deterministic (noise {noise:.1e}), so greedy continuations may "
                        "differ without a template error")
     for prompt in GREEDY_PROMPTS:
-        messages = policy_messages(policy, prompt)
+        messages = policy.messages(prompt)
         # Each from a cleared cache: a server that reuses the cached start of the previous prompt (llama-cpp-python's)
         # computes the rest in other batch shapes, whose rounding can flip a near tie of the greedy choice.
         provider.evict_cache()
@@ -345,11 +339,10 @@ def _template(provider, model: str, name: str, policy, noise: float, dry_run: bo
 
 
 def _probe_judge(config: ExperimentConfig, role: str, judge: JudgeConfig) -> list[Finding]:
-    from arena10k.stages.judge import grade
 
     check = f"{role} grading"
     try:
-        _, scores = grade(config, judge, PROBE_PROMPT, PROBE_ANSWER)
+        _, scores = judging.grade(config, judge, PROBE_PROMPT, PROBE_ANSWER)
     except ItemError as error:
         if judge.method == "sampled":
             return [Finding(judge.model, check, "refused", f"a probe grading failed ({error}) with max_tokens {judge.max_tokens}")]
@@ -366,10 +359,9 @@ def _probe_judge(config: ExperimentConfig, role: str, judge: JudgeConfig) -> lis
 
 def _context(config: ExperimentConfig, provider, model: str, name: str, tolerance: float, dry_run: bool,
              top_k: int | None) -> Finding:
-    from arena10k.stages.generate import policy_messages
 
     policy = config.policies[name]
-    messages = policy_messages(policy, PROBE_PROMPT)
+    messages = policy.messages(PROBE_PROMPT)
     sampled = provider.generate(GenerationRequest(messages, policy.temperature, PROBE_MAX_TOKENS, seed=0))
     if not sampled.token_logprobs:
         return Finding(model, f"context {name}", "unchecked",
