@@ -13,6 +13,8 @@ from arena10k.config import ExperimentConfig, ModelConfig
 from arena10k.errors import ConfigError
 from arena10k.models import check_local_model, sequences_decoded_together
 from arena10k.providers.base import GENERATE, TEACHER_FORCE, TOP_LOGPROBS, Provider
+from arena10k.providers.hosted import HostedProvider, key_fingerprint
+from arena10k.providers.local import LocalProvider
 from arena10k.ratelimit import RateLimiter
 
 _loaded: dict[str, Provider] = {}
@@ -60,12 +62,9 @@ def _calls_at_once(model: ModelConfig) -> int:
 
 def _create(model: ModelConfig) -> Provider:
     if model.provider == "local":
-        from arena10k.providers.local import LocalProvider
-
         return LocalProvider(model.model, model.n_ctx, model.reuse_prefix, model.sequences)
-    from arena10k.providers.hosted import HostedProvider, key_fingerprint
-
     api_key = _api_key(model)
+    # An SDK is imported when a model uses it: each takes about a second to import.
     if model.provider == "fireworks":
         import fireworks as sdk
 

@@ -2,7 +2,8 @@
 
 cje-eval runs in an environment of its own (install.sh makes `.venv-cje-0.3.0`; its numpy pin is not the
 product's), through `arena10k/cje_estimates.py`, once per judge variant, both at once. It writes
-`analysis/estimates.json` and the "Estimates" section of phase2/report.md. Next to the numbers it says plainly when
+`analysis/estimates.json`, which the "Estimates" section of phase2/report.md shows (the runner writes the report once,
+at the end of the run). Next to the numbers it says plainly when
 they cannot rank the policies: a judge that gives most responses one score, ESS under cje's gate, cje grading a
 policy critical, or intervals that overlap. Like Phase 2, it is redone only when the Phase 2 files change.
 """

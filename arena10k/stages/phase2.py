@@ -463,4 +463,4 @@ def run(job: StageRun) -> str:
     return f"{table}\n\nPhase 2 files: {workspace.phase2_dir}"
 
 
-STAGE = Stage("phase2", "validate coverage, weight diagnostics, write the Phase 2 dataset and its report", run)
+STAGE = Stage("phase2", "validate coverage, weight diagnostics, write the Phase 2 dataset and its summary", run)
