@@ -1,58 +1,26 @@
 """What a run will take before it starts: calls, tokens, cost and rate-limited time, per stage and model.
 
-No model is called. Input tokens are counted on the real prompts: with a local model's own tokenizer (only
-the vocabulary of its GGUF file is loaded), and at CHARS_PER_TOKEN for hosted models, whose tokenizers are
-not available offline. Chat templates add about TOKENS_PER_MESSAGE per message (within 3% of SmolLM2's real
-prompt lengths). Output tokens are the configured max_tokens, an upper bound, except for responses already
-generated, whose lengths are known. Items already done, or that the runner would not try again, are left
-out, so on a run in progress this is the estimate of what is left.
+No model is called. Each checkpoint prices its own items (`CheckpointSpec.cost`, with the token accounting of
+tokens.py). Output tokens are the configured max_tokens, an upper bound, except for responses already generated,
+whose lengths are known. Items already done, or that the runner would not try again, are left out, so on a run in
+progress this is the estimate of what is left.
 
 The same accounting, applied to the items that were tried, gives the tokens a run used (`usage`).
 """
 
 from __future__ import annotations
 
-import functools
-import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from arena10k import judging
 from arena10k.checkpoint import ItemState, load_states
-from arena10k.config import ExperimentConfig, JudgeConfig, ModelConfig
+from arena10k.config import ExperimentConfig, ModelConfig
 from arena10k.preflight import PROBE_MAX_TOKENS, PROBE_TEXT, certify_from_top_k, planned_calls
-from arena10k.providers.local import chat_format
 from arena10k.records import Prompt
 from arena10k.stages import prompts
-from arena10k.stages.base import Plan
+from arena10k.stages.base import CheckpointSpec, Plan, RESPONSES
 from arena10k.stages.registry import STAGES
+from arena10k.tokens import CHARS_PER_TOKEN, LARGE_FIELDS, TOKENS_PER_MESSAGE, TokenCounts, Usage
 from arena10k.workspace import Workspace, item_key, policy_of
-
-CHARS_PER_TOKEN = 4  # the usual rule of thumb for English text with GPT-style tokenizers
-TOKENS_PER_MESSAGE = 5  # role markers and separators that a chat template wraps around each message
-TOKENS_TO_OPEN_REPLY = 4  # the template's opening of the assistant's turn
-LARGE_FIELDS = ("text", "token_ids", "token_logprobs", "raw_text")  # counting needs lengths, not contents
-
-
-@dataclass
-class Usage:
-    calls: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-
-    def add(self, calls: int, input_tokens_per_call: int, output_tokens: int) -> None:
-        self.calls += calls
-        self.input_tokens += calls * input_tokens_per_call
-        self.output_tokens += output_tokens
-
-    def merge(self, other: Usage) -> None:
-        self.add(other.calls, 0, other.output_tokens)
-        self.input_tokens += other.input_tokens
-
-    def cost(self, model: ModelConfig) -> float:
-        """US dollars at the model's configured prices."""
-        return (self.input_tokens * model.price_per_million_input_tokens
-                + self.output_tokens * model.price_per_million_output_tokens) / 1e6
 
 
 @dataclass
@@ -85,16 +53,16 @@ def estimate_run(config: ExperimentConfig, workspace: Workspace, samples: int | 
     for model, calls in planned_calls(config, workspace).items():
         estimate.usage.setdefault(("preflight", model), Usage()).add(
             calls, len(PROBE_TEXT) // CHARS_PER_TOKEN + TOKENS_PER_MESSAGE, calls * PROBE_MAX_TOKENS)
-    accounting = _Accounting(config, {p.prompt_id: p for p in prompts}, states["generate"])
+    counts = TokenCounts(config, {p.prompt_id: p for p in prompts}, states[RESPONSES])
     for name, names_keys in keys.items():
         for key in names_keys:
             if plan.will_run(config, states, name, key):
-                accounting.add(estimate.usage, name, key, calls=1, output_known=False)
+                _add(estimate.usage, plan.spec[name], counts, key, calls=1, output_known=False)
     for name, policy in config.policies.items():
         top_k = certify_from_top_k(workspace, policy.model, policy.temperature)
         left = [key for key in keys["teacher_force"] if policy_of(key) == name and plan.will_run(config, states, "teacher_force", key)]
         if top_k and left:
-            tokens = sum(accounting.response_tokens(item_key(key.partition("|")[0], config.logging_policy)) for key in left)
+            tokens = sum(counts.response(item_key(key.partition("|")[0], config.logging_policy)) for key in left)
             estimate.alternatives[name] = (top_k, top_k * tokens)
     return estimate
 
@@ -103,14 +71,21 @@ def usage(config: ExperimentConfig, prompts: list[Prompt], states: dict[str, dic
           ) -> dict[tuple[str, str], Usage]:
     """The calls and tokens a run made so far, failed attempts included, from its checkpoints' states."""
     keys = plan.expected_keys(config, [p.prompt_id for p in prompts])
-    accounting = _Accounting(config, {p.prompt_id: p for p in prompts}, states["generate"])
+    counts = TokenCounts(config, {p.prompt_id: p for p in prompts}, states[RESPONSES])
     used: dict[tuple[str, str], Usage] = {}
     for name, names_keys in keys.items():
         for key in names_keys:
             state = states[name].get(key)
             if state is not None:
-                accounting.add(used, name, key, calls=state.attempts, output_known=_done(state))
+                _add(used, plan.spec[name], counts, key, calls=state.attempts, output_known=_done(state))
     return used
+
+
+def _add(usage: dict[tuple[str, str], Usage], spec: CheckpointSpec, counts: TokenCounts, key: str, calls: int,
+         output_known: bool) -> None:
+    if spec.cost is not None:
+        item = spec.cost(counts, key, calls, output_known)
+        usage.setdefault((spec.name, item.model), Usage()).add(item.calls, item.input_tokens_per_call, item.output_tokens)
 
 
 def _prompts(config: ExperimentConfig, workspace: Workspace, samples: int | str | None) -> list[Prompt]:
@@ -124,58 +99,6 @@ def _prompts(config: ExperimentConfig, workspace: Workspace, samples: int | str 
 
 def _done(state: ItemState | None) -> bool:
     return state is not None and state.record is not None
-
-
-class _Accounting:
-    """Tokens per work item. Each text is tokenized once per model; a response not generated yet counts at its
-    policy's max_tokens, a generated one at its recorded length."""
-
-    def __init__(self, config: ExperimentConfig, prompts: dict[str, Prompt], generated: dict[str, ItemState]):
-        self.config = config
-        self.prompts = prompts
-        self.generated = generated
-        self._token_counts: dict[tuple[str, str], int] = {}  # (model, text) -> tokens
-
-    def add(self, usage: dict[tuple[str, str], Usage], name: str, key: str, calls: int, output_known: bool) -> None:
-        prompt_id, policy = key.partition("|")[0], policy_of(key)
-        if name in ("generate", "teacher_force"):
-            settings = self.config.policies[policy]
-            context = self._messages(settings.model, settings.messages(self.prompts[prompt_id].prompt))
-            if name == "generate":
-                output = self.response_tokens(key) if output_known else calls * settings.max_tokens
-                usage.setdefault((name, settings.model), Usage()).add(calls, context, output)
-            else:  # the logged response is scored, nothing is generated
-                base = self.response_tokens(item_key(prompt_id, self.config.logging_policy))
-                usage.setdefault((name, settings.model), Usage()).add(calls, context + base, 0)
-            return
-        judge: JudgeConfig = self.config.judge if name == "judge" else self.config.oracle
-        # The response is counted by its recorded length rather than tokenized again: one number per response.
-        context = (self._messages(judge.model, judging.judge_messages(judging.rubric(judge), "", ""))
-                   + self._tokens(judge.model, self.prompts[prompt_id].prompt) + self.response_tokens(key))
-        calls *= judging.calls_per_grading(judge)
-        usage.setdefault((name, judge.model), Usage()).add(calls, context * calls, calls * judge.max_tokens)
-
-    def response_tokens(self, key: str) -> int:
-        state = self.generated.get(key)
-        if state is None or state.record is None or state.record["n_tokens"] is None:
-            return self.config.policies[policy_of(key)].max_tokens
-        return state.record["n_tokens"] + (state.record["finish_reason"] == "stop")  # the end-of-turn token
-
-    def _messages(self, model: str, messages: tuple[dict, ...]) -> int:
-        return sum(self._tokens(model, m["content"]) + TOKENS_PER_MESSAGE for m in messages) + TOKENS_TO_OPEN_REPLY
-
-    def _tokens(self, model: str, text: str) -> int:
-        if (model, text) not in self._token_counts:
-            self._token_counts[model, text] = token_counter(self.config.models[model])(text)
-        return self._token_counts[model, text]
-
-
-@functools.cache  # a vocabulary is loaded once per process, and lives as long as it
-def token_counter(model: ModelConfig) -> Callable[[str], int]:
-    if model.provider != "local":
-        return lambda text: math.ceil(len(text) / CHARS_PER_TOKEN)
-    tokenizer = chat_format(model.model)  # its vocabulary only: no weights, no context
-    return lambda text: len(tokenizer.tokenize(text, special=False)) if text else 0
 
 
 # ---------------------------------------------------------------- text

@@ -27,7 +27,7 @@ from arena10k.cje_dataset import Rows
 from arena10k.checkpoint import dumps, load_states, may_try, write_atomic
 from arena10k.config import ExperimentConfig
 from arena10k.errors import Arena10kError
-from arena10k.estimate import LARGE_FIELDS, Usage, usage, usage_table
+from arena10k.estimate import usage, usage_table
 from arena10k.judging import ONE_SCORE_SHARE
 from arena10k.providers.local import instruction_sets
 from arena10k.stages.analyze import current_estimates
@@ -36,6 +36,7 @@ from arena10k.stages.phase2 import VARIANTS, certified_table, file_stamp, partia
 from arena10k.stages.registry import STAGES
 from arena10k.weights import (CLONE_ERROR_NATS, ESS_GOOD, ESS_WARNING, LOG_ZERO, WeightDiagnostics, clone_check,
                               scored_log_ratio, weight_diagnostics)
+from arena10k.tokens import LARGE_FIELDS, Usage
 from arena10k.workspace import Workspace
 
 TOP_FRACTION = 0.01

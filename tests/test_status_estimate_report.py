@@ -9,7 +9,8 @@ import time
 import pytest
 from conftest import PHASE2_FILES, TINY_CONFIG, phase2_bytes
 
-from arena10k import estimate, liveness, report, status
+from arena10k import estimate, judging, liveness, report, status
+from arena10k import tokens as tokens_module
 from arena10k.checkpoint import dumps, scan_states, tally
 from arena10k.stages import analyze, phase2, registry
 from arena10k.stages.base import StageRun
@@ -202,15 +203,15 @@ def test_estimate_counts_only_what_is_left(tmp_path, hosted_config):
     generated = {k: s.record for k, s in load_states(workspace.checkpoint_path("generate"))[0].items()}
 
     def tokens(text):
-        return math.ceil(len(text) / estimate.CHARS_PER_TOKEN)
+        return math.ceil(len(text) / tokens_module.CHARS_PER_TOKEN)
 
     def chat(messages):
-        return sum(tokens(m["content"]) + estimate.TOKENS_PER_MESSAGE for m in messages) + estimate.TOKENS_TO_OPEN_REPLY
+        return sum(tokens(m["content"]) + tokens_module.TOKENS_PER_MESSAGE for m in messages) + tokens_module.TOKENS_TO_OPEN_REPLY
 
     assert result.items == 8 * 15 + 8 + 2 * 4 and result.done == 40 + 20
     assert ("generate", "small") not in result.usage  # all generated
     judge = result.usage[("judge", "small")]
-    overhead = chat(synthetic_run.judging.judge_messages(synthetic_run.judging.JUDGE_RUBRIC, "", ""))
+    overhead = chat(judging.judge_messages(judging.JUDGE_RUBRIC, "", ""))
     expected_input = sum(overhead + tokens(p.prompt) + r["n_tokens"] + (r["finish_reason"] == "stop")
                          for p in prompts for key, r in generated.items() if key.startswith(p.prompt_id + "|"))
     assert (judge.calls, judge.input_tokens, judge.output_tokens) == (40, expected_input, 40 * config.judge.max_tokens)
@@ -220,6 +221,16 @@ def test_estimate_counts_only_what_is_left(tmp_path, hosted_config):
     assert estimate.rate_limited_minutes(config.models["small"], judge) == pytest.approx(40 / 60)
     text = estimate.describe(result)
     assert "total fireworks" in text and "total openai" in text and "60 already done" in text
+
+
+def test_a_sampled_judge_costs_its_calls_per_grading_each_with_the_same_input(tmp_path, hosted_config):
+    synthetic_run.write_run(tmp_path, hosted_config, 8, settled={"judge": 0})
+    raw = hosted_config.model_dump()
+    raw["judge"].update(method="sampled", samples=5)
+    sampled = ExperimentConfig.model_validate(raw)
+    one = estimate.estimate_run(hosted_config, Workspace(tmp_path)).usage[("judge", "small")]
+    six = estimate.estimate_run(sampled, Workspace(tmp_path)).usage[("judge", "small")]
+    assert (six.calls, six.input_tokens, six.output_tokens) == (6 * one.calls, 6 * one.input_tokens, 6 * one.output_tokens)
 
 
 def test_estimate_of_a_finished_run_and_the_usage_of_its_attempts(tmp_path, hosted_config):

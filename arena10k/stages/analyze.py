@@ -57,7 +57,7 @@ def check_environment(config: ExperimentConfig) -> None:
 
 def _inputs(config: ExperimentConfig, workspace: Workspace) -> dict:
     """What the estimates are made from: the Phase 2 files (their sizes and times), the interpreter and the script."""
-    files = sorted(p for p in workspace.phase2_dir.rglob("*") if p.suffix in (".jsonl", ".json") and p.name != "inputs.json")
+    files = sorted(p for p in workspace.phase2_dir.rglob("*") if p.suffix == ".jsonl" or p.name == "dataset_info.json")
     return {"phase2": {str(p.relative_to(workspace.phase2_dir)): phase2.file_stamp(p) for p in files},
             "cje_python": str(cje_python(config)),
             "script": hashlib.sha256(CJE_SCRIPT.read_bytes()).hexdigest()}

@@ -16,10 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 
+import numpy as np
+
 from arena10k.checkpoint import (Checkpoint, ItemState, describe_changes, failed_for_good, may_try, read_fingerprints,
                                  scan_states)
 from arena10k.config import ExperimentConfig
 from arena10k.errors import CheckpointMismatchError, ConfigError
+from arena10k.records import Prompt
+from arena10k.tokens import Calls, TokenCounts
 from arena10k.workspace import Workspace, item_key
 
 RESPONSES = "generate"  # the checkpoint of the generated responses, which the items of other checkpoints read
@@ -44,6 +48,11 @@ class CheckpointSpec:
     fingerprint: Callable[[ExperimentConfig, str], dict]
     reads: Callable[[ExperimentConfig, str], str | None]  # None: works on no generated response
     prompts: Callable[[ExperimentConfig, list[str]], list[str]] = every_prompt  # the oracle labels seeded slices
+    # What an item costs, for the estimate and the report's usage: (token counts, key, attempts, whether its output is
+    # on record) -> the calls it makes. None: it calls no model.
+    cost: Callable[[TokenCounts, str, int, bool], Calls] | None = None
+    # A made-up record of an item, for the synthetic run writer (readers' tests and benchmarks at any size, no model).
+    synthetic: Callable[[SyntheticItem], dict] | None = None
 
     def keys(self, config: ExperimentConfig, prompt_ids: list[str]) -> list[str]:
         """The items this checkpoint must hold, prompt by prompt, in the order the stage works on them."""
@@ -54,6 +63,19 @@ class CheckpointSpec:
 
     def open(self, workspace: Workspace, config: ExperimentConfig) -> Checkpoint:
         return Checkpoint(workspace.checkpoint_path(self.name), self.name, self.fingerprints(config))
+
+
+@dataclass(frozen=True)
+class SyntheticItem:
+    """What the synthetic run writer (arena10k/testing/synthetic_run.py) gives a checkpoint's `synthetic`."""
+
+    config: ExperimentConfig
+    prompt: Prompt
+    policy: str
+    records: dict[str, dict[str, dict]]  # checkpoint -> key -> record, of the checkpoints made before this one
+    rng: np.random.Generator
+    shape: tuple[float, float, float]  # the policy's mean log-ratio to the logging policy, its spread, its mean judge score
+    words: tuple[str, ...]  # the vocabulary of made-up texts
 
 
 @dataclass(frozen=True)

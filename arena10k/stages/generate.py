@@ -10,8 +10,9 @@ from arena10k.providers import get_provider, stage_lanes
 from arena10k.providers.base import GenerationRequest
 from arena10k.records import Prompt, Response, from_dict, to_dict
 from arena10k.runner import run_items
-from arena10k.stages.base import CheckpointSpec, Stage, StageRun
-from arena10k.workspace import Workspace, derive_seed
+from arena10k.stages.base import CheckpointSpec, Stage, StageRun, SyntheticItem
+from arena10k.tokens import Calls, TokenCounts
+from arena10k.workspace import Workspace, derive_seed, policy_of
 
 
 def policy_lanes(config: ExperimentConfig) -> tuple[dict[str, int], Callable[[str], str]]:
@@ -58,11 +59,33 @@ def responses(workspace: Workspace, keys: set[str]) -> dict[str, Response]:
     return {key: from_dict(Response, r) for key, r in read_records(workspace.checkpoint_path("generate"), keys).items()}
 
 
+def _cost(counts: TokenCounts, key: str, calls: int, output_known: bool) -> Calls:
+    policy = counts.config.policies[policy_of(key)]
+    output = counts.response(key) if output_known else calls * policy.max_tokens
+    return Calls(policy.model, calls, counts.messages(policy.model, policy.messages(counts.prompt(key))), output)
+
+
+def _synthetic(item: SyntheticItem) -> dict:
+    config, rng, settings = item.config, item.rng, item.config.policies[item.policy]
+    n_tokens = int(rng.integers(settings.max_tokens // 2, settings.max_tokens + 1))
+    stopped = n_tokens < settings.max_tokens
+    return to_dict(Response(
+        prompt_id=item.prompt.prompt_id, policy=item.policy, text=" ".join(rng.choice(item.words, size=n_tokens)),
+        finish_reason="stop" if stopped else "length", n_tokens=n_tokens, model=config.models[settings.model].model,
+        temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_tokens,
+        seed=int(rng.integers(2**32)), tokenizer="synthetic", token_ids=rng.integers(0, 49152, n_tokens).tolist(),
+        token_logprobs=(-rng.exponential(1.0, n_tokens)).tolist(), stop_token_id=2 if stopped else None,
+        stop_logprob=-0.1 if stopped else None,
+    ))
+
+
 CHECKPOINT = CheckpointSpec(
     name="generate",
     policies=lambda config: config.policy_names,
     fingerprint=lambda config, policy: config.responses_fingerprint(policy),
     reads=lambda config, policy: None,
+    cost=_cost,
+    synthetic=_synthetic,
 )
 STAGE = Stage("generate", "a response from every policy to every prompt", run, (CHECKPOINT,), ExperimentConfig.policy_models,
               preflighted=True)

@@ -4,15 +4,17 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 from arena10k import judging
 from arena10k.config import ExperimentConfig, JudgeConfig
 from arena10k.providers import stage_lanes
 from arena10k.records import Judgement, Prompt, Response, to_dict
 from arena10k.runner import run_items
-from arena10k.stages.base import CheckpointSpec, Stage, StageRun
+from arena10k.stages.base import CheckpointSpec, Stage, StageRun, SyntheticItem
 from arena10k.stages.generate import responses
-from arena10k.workspace import Workspace, derive_seed
+from arena10k.tokens import Calls, TokenCounts
+from arena10k.workspace import Workspace, derive_seed, item_key
 
 def _fingerprint(config: ExperimentConfig, judge: JudgeConfig, policy: str) -> dict:
     instructions = judging.judge_messages(judging.rubric(judge), "{prompt}", "{response}")
@@ -54,11 +56,46 @@ def _oracle_policies(config: ExperimentConfig, which: tuple[str, ...]) -> tuple[
     return which if config.oracle.enabled else ()
 
 
+def _cost(judge_of: Callable[[ExperimentConfig], JudgeConfig]) -> Callable[[TokenCounts, str, int, bool], Calls]:
+    def cost(counts: TokenCounts, key: str, calls: int, output_known: bool) -> Calls:
+        judge = judge_of(counts.config)
+        # The response is counted by its recorded length rather than tokenized again: one number per response.
+        context = (counts.messages(judge.model, judging.judge_messages(judging.rubric(judge), "", ""))
+                   + counts.text(judge.model, counts.prompt(key)) + counts.response(key))
+        calls *= judging.calls_per_grading(judge)
+        return Calls(judge.model, calls, context, calls * judge.max_tokens)
+
+    return cost
+
+
+def _synthetic_judgement(item: SyntheticItem, judge: JudgeConfig, quality: float) -> dict:
+    quality = min(max(quality, 0.0), 1.0)
+    digit = round(quality * judging.SCALE)
+    return to_dict(Judgement(
+        item.prompt.prompt_id, item.policy, item.config.models[judge.model].model, str(digit), score=digit / judging.SCALE,
+        score_mean=quality, score_variance=float(item.rng.uniform(0.001, 0.05)),
+        probability_mass=float(item.rng.uniform(0.8, 1)), method="greedy_digit+top_logprobs_distribution",
+    ))
+
+
+def _synthetic_judge(item: SyntheticItem) -> dict:
+    return _synthetic_judgement(item, item.config.judge, float(item.rng.normal(item.shape[2], 0.15)))
+
+
+def _synthetic_oracle(item: SyntheticItem) -> dict:
+    """The oracle agrees with the judge, roughly."""
+    judged = item.records.get("judge", {}).get(item_key(item.prompt.prompt_id, item.policy))
+    quality = item.rng.normal(item.shape[2] if judged is None else judged["score_mean"], 0.1)
+    return _synthetic_judgement(item, item.config.oracle, float(quality))
+
+
 JUDGE_CHECKPOINT = CheckpointSpec(
     name="judge",
     policies=lambda config: config.policy_names,
     fingerprint=lambda config, policy: _fingerprint(config, config.judge, policy),
     reads=lambda config, policy: policy,
+    cost=_cost(lambda config: config.judge),
+    synthetic=_synthetic_judge,
 )
 ORACLE_CALIBRATION = CheckpointSpec(
     name="oracle_calibration",
@@ -66,6 +103,8 @@ ORACLE_CALIBRATION = CheckpointSpec(
     fingerprint=lambda config, policy: _fingerprint(config, config.oracle, policy),
     reads=lambda config, policy: policy,
     prompts=lambda config, ids: oracle_slice(ids, config.oracle.calibration_fraction, config.oracle.calibration_seed),
+    cost=_cost(lambda config: config.oracle),
+    synthetic=_synthetic_oracle,
 )
 ORACLE_VALIDATION = CheckpointSpec(
     name="oracle_validation",
@@ -73,6 +112,8 @@ ORACLE_VALIDATION = CheckpointSpec(
     fingerprint=lambda config, policy: _fingerprint(config, config.oracle, policy),
     reads=lambda config, policy: policy,
     prompts=lambda config, ids: oracle_slice(ids, config.oracle.validation_fraction, config.oracle.validation_seed),
+    cost=_cost(lambda config: config.oracle),
+    synthetic=_synthetic_oracle,
 )
 
 

@@ -12,9 +12,10 @@ from arena10k.providers.base import TeacherForceRequest
 from arena10k.preflight import ARITHMETIC_NATS_PER_TOKEN, certify_from_top_k
 from arena10k.records import Prompt, Response, TeacherForced, to_dict
 from arena10k.runner import run_items
-from arena10k.stages.base import CheckpointSpec, Stage, StageRun
+from arena10k.stages.base import CheckpointSpec, Stage, StageRun, SyntheticItem
 from arena10k.stages.generate import policy_lanes, responses
-from arena10k.workspace import item_key
+from arena10k.tokens import Calls, TokenCounts
+from arena10k.workspace import item_key, policy_of
 
 
 EARLY_ROWS = 5  # when the first this many logging-policy rows disagree with their sampled log-probs, the stage stops
@@ -136,11 +137,33 @@ def _fingerprint(config: ExperimentConfig, policy: str) -> dict:
     return {"seed": config.seed, "policies": scored}
 
 
+def _cost(counts: TokenCounts, key: str, calls: int, output_known: bool) -> Calls:
+    """The logged response is scored in the policy's context: it is input, and nothing is generated."""
+    config = counts.config
+    policy = config.policies[policy_of(key)]
+    logged = counts.response(item_key(key.partition("|")[0], config.logging_policy))
+    return Calls(policy.model, calls, counts.messages(policy.model, policy.messages(counts.prompt(key))) + logged, 0)
+
+
+def _synthetic(item: SyntheticItem) -> dict:
+    """The logging policy's log-prob, and each target's at its shape's distance from it (a clone's is equal)."""
+    config = item.config
+    base = item.records["teacher_force"].get(item_key(item.prompt.prompt_id, config.logging_policy))
+    logprob = -abs(float(item.rng.normal(60, 20))) if base is None else base["logprob"]
+    shift, spread, _ = item.shape
+    if spread:
+        logprob = min(logprob + float(item.rng.normal(shift, spread)), -1e-3)
+    return to_dict(TeacherForced(item.prompt.prompt_id, item.policy, logprob, config.policies[config.logging_policy].max_tokens,
+                                 "sampled_token_ids"))
+
+
 CHECKPOINT = CheckpointSpec(
     name="teacher_force",
     policies=lambda config: config.policy_names,
     fingerprint=_fingerprint,
     reads=lambda config, policy: config.logging_policy,
+    cost=_cost,
+    synthetic=_synthetic,
 )
 STAGE = Stage("teacher_force", "the log-prob of every logged response under every policy", run, (CHECKPOINT,), ExperimentConfig.policy_models,
               preflighted=True)

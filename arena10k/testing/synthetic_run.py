@@ -1,8 +1,8 @@
 """A synthetic run: a data directory with the files a real run writes, filled with made-up records.
 
 It lets the tools that read runs (status, estimate, report) be tested and benchmarked at any size without
-running a model. Records are the real dataclasses and checkpoints carry the real fingerprints, so every
-reader sees exactly the shapes a run produces. Log-probs and scores are drawn per policy so that weight
+running a model. Each checkpoint makes up its own records (`CheckpointSpec.synthetic`, in its stage's module): the
+real dataclasses, and checkpoints carry the real fingerprints, so every reader sees exactly the shapes a run produces. Log-probs and scores are drawn per policy so that weight
 and judge diagnostics have something to show: clones of the logging policy equal it exactly, the other
 targets are further and further from it (SHAPES, in config order).
 """
@@ -15,17 +15,16 @@ from pathlib import Path
 
 import numpy as np
 
-from arena10k import judging
 from arena10k.checkpoint import entry_line
-from arena10k.config import ExperimentConfig, JudgeConfig
-from arena10k.stages.base import Plan
+from arena10k.config import ExperimentConfig
+from arena10k.stages.base import Plan, SyntheticItem
 from arena10k.stages.registry import STAGES
 from arena10k.data import prompt_id_for
 from arena10k.liveness import progress_line
-from arena10k.records import SCHEMA_VERSION, Judgement, Prompt, Response, TeacherForced, to_dict
-from arena10k.workspace import Workspace, item_key, policy_of
+from arena10k.records import SCHEMA_VERSION, Prompt
+from arena10k.workspace import Workspace, policy_of
 
-WORDS = "the a model answer question explain why how data city river light music code test simple about".split()
+WORDS = tuple("the a model answer question explain why how data city river light music code test simple about".split())
 # (mean log-ratio to the logging policy in nats, its spread, mean judge score): the logging policy and its
 # clones, then the other targets in config order, cycling
 LOGGED_SHAPE = (0.0, 0.0, 0.6)
@@ -82,7 +81,7 @@ def write_run(root: Path, config: ExperimentConfig, n_prompts: int, *, settled: 
                 lines += [_failed_line(key, reason, retryable)] * attempts
                 counts.failed[reason] += 1
             else:
-                done[key] = _record(name, config, prompt, policy, records, rng)
+                done[key] = plan.spec[name].synthetic(SyntheticItem(config, prompt, policy, records, rng, shape(config, policy), WORDS))
                 lines += ([_failed_line(key, reason, retryable)] if retried else []) + [_ok_line(key, done[key])]
                 counts.done += 1
                 counts.retried += bool(retried)
@@ -124,47 +123,3 @@ def shape(config: ExperimentConfig, policy: str) -> tuple[float, float, float]:
 def _write_checkpoint(workspace: Workspace, name: str, lines: list[str]) -> None:
     with open(workspace.checkpoint_path(name), "a", encoding="utf-8") as f:
         f.write("".join(lines))
-
-
-def _record(name: str, config: ExperimentConfig, prompt: Prompt, policy: str, records: dict[str, dict[str, dict]],
-            rng: np.random.Generator) -> dict:
-    if name == "generate":
-        return _response(config, prompt, policy, rng)
-    if name == "teacher_force":
-        base = records["teacher_force"].get(item_key(prompt.prompt_id, config.logging_policy))
-        logprob = -abs(float(rng.normal(60, 20))) if base is None else base["logprob"]
-        shift, spread, _ = shape(config, policy)
-        if spread:
-            logprob = min(logprob + float(rng.normal(shift, spread)), -1e-3)
-        return to_dict(TeacherForced(prompt.prompt_id, policy, logprob, config.policies[config.logging_policy].max_tokens, "sampled_token_ids"))
-    if name == "judge":
-        quality = rng.normal(shape(config, policy)[2], 0.15)
-        return _judgement(config, config.judge, prompt, policy, float(quality), rng)
-    judged = records["judge"].get(item_key(prompt.prompt_id, policy))  # the oracle agrees with the judge, roughly
-    quality = rng.normal(shape(config, policy)[2] if judged is None else judged["score_mean"], 0.1)
-    return _judgement(config, config.oracle, prompt, policy, float(quality), rng)
-
-
-def _response(config: ExperimentConfig, prompt: Prompt, policy: str, rng: np.random.Generator) -> dict:
-    settings = config.policies[policy]
-    n_tokens = int(rng.integers(settings.max_tokens // 2, settings.max_tokens + 1))
-    stopped = n_tokens < settings.max_tokens
-    return to_dict(Response(
-        prompt_id=prompt.prompt_id, policy=policy, text=" ".join(rng.choice(WORDS, size=n_tokens)),
-        finish_reason="stop" if stopped else "length", n_tokens=n_tokens, model=config.models[settings.model].model,
-        temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_tokens,
-        seed=int(rng.integers(2**32)), tokenizer="synthetic", token_ids=rng.integers(0, 49152, n_tokens).tolist(),
-        token_logprobs=(-rng.exponential(1.0, n_tokens)).tolist(), stop_token_id=2 if stopped else None,
-        stop_logprob=-0.1 if stopped else None,
-    ))
-
-
-def _judgement(config: ExperimentConfig, judge: JudgeConfig, prompt: Prompt, policy: str, quality: float,
-               rng: np.random.Generator) -> dict:
-    quality = min(max(quality, 0.0), 1.0)
-    digit = round(quality * judging.SCALE)
-    return to_dict(Judgement(
-        prompt.prompt_id, policy, config.models[judge.model].model, str(digit), score=digit / judging.SCALE,
-        score_mean=quality, score_variance=float(rng.uniform(0.001, 0.05)), probability_mass=float(rng.uniform(0.8, 1)),
-        method="greedy_digit+top_logprobs_distribution",
-    ))
