@@ -18,6 +18,10 @@ class Rows:
     logged: list[dict]
     fresh: dict[str, list[dict]] = field(default_factory=dict)
 
+    def target_policies(self) -> tuple[str, ...]:
+        """The target policies the logged rows give log-probs of, in their order."""
+        return tuple(dict.fromkeys(p for row in self.logged for p in row["target_policy_logprobs"]))
+
 
 def read(logged_path: Path, order: tuple[str, ...] = ()) -> Rows:
     """A CJE dataset file, with the fresh draws in `fresh_draws/` beside it when there are any. Judge scores

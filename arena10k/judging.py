@@ -19,9 +19,6 @@ from arena10k.providers import get_provider
 from arena10k.providers.base import Generation, GenerationRequest
 
 SCALE = 9  # scores are digit / SCALE, in [0, 1]
-# A judge that gives one score to more than this share of responses cannot tell them apart (the report and the
-# analysis verdict say so).
-ONE_SCORE_SHARE = 0.9
 
 JUDGE_RUBRIC = (
     "You grade answers written by an AI assistant. Rate how helpful, correct and clear the answer is "

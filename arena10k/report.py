@@ -1,4 +1,6 @@
-"""Stage 6's diagnostics report: `report.md` with PNG figures, readable on GitHub and offline.
+"""A run's report: `phase2/report.md` with PNG figures, readable on GitHub and offline, written once at the end of a
+run that ran stage 6 or 7 (`write_for_run`), from the Phase 2 files, their diagnostics (diagnostics.py, as stage 6
+computed them) and the estimates.
 
 It answers what a researcher must settle before trusting off-policy estimates: can the importance weights
 be used (ESS, extreme and concentrated weights, nulls), does each clone of the logging policy reproduce it exactly, does the judge
@@ -15,8 +17,9 @@ from __future__ import annotations
 import json
 import math
 import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,18 +31,16 @@ from arena10k.checkpoint import dumps, load_states, may_try, write_atomic
 from arena10k.config import ExperimentConfig
 from arena10k.errors import Arena10kError
 from arena10k.estimate import usage, usage_table
-from arena10k.judging import ONE_SCORE_SHARE
 from arena10k.providers.local import instruction_sets
 from arena10k.stages.analyze import current_estimates
 from arena10k.stages.base import Plan
 from arena10k.stages.phase2 import VARIANTS, certified_table, file_stamp, partial
 from arena10k.stages.registry import STAGES
-from arena10k.weights import (CLONE_ERROR_NATS, ESS_GOOD, ESS_WARNING, LOG_ZERO, WeightDiagnostics, clone_check,
-                              scored_log_ratio, weight_diagnostics)
+from arena10k.diagnostics import Diagnostics, compute as compute_diagnostics, log_ratios
+from arena10k.weights import CLONE_ERROR_NATS, ESS_GOOD, ESS_WARNING, LOG_ZERO, WeightDiagnostics
 from arena10k.tokens import LARGE_FIELDS, Usage
 from arena10k.workspace import Workspace
 
-TOP_FRACTION = 0.01
 WEAK_CORRELATION = 0.5
 DISAGREEMENT = 0.1  # on the 0-1 judge scale, between reweighted P0 responses and the policy's own
 UNIFORM_SD = float(np.std(np.arange(10) / 9))  # the spread of a judge that guesses a digit uniformly
@@ -63,8 +64,8 @@ class ReportInput:
     source: str
     base_policy: str
     variants: dict[str, Rows]  # judge-score variant -> rows; log-probs are the same in every variant
+    diagnostics: Diagnostics
     clones: tuple[str, ...] = ()  # targets that sample exactly as the base policy: their weights must be 1
-    clone_tolerance: dict[str, float] = field(default_factory=dict)  # clone -> |log-ratio| its endpoint's noise allows
     run: RunFacts | None = None
 
 
@@ -72,8 +73,6 @@ class ReportInput:
 class PolicyWeights:
     ratios: dict[str, float | None]  # prompt_id -> log importance weight, None when a log-prob is null
     diagnostics: WeightDiagnostics
-    top_share: float | None  # share of the total weight held by the heaviest TOP_FRACTION of responses
-    log_mean_weight: float | None  # log of the mean raw weight; 0 when the target covers P0's responses
 
     @property
     def known(self) -> np.ndarray:
@@ -84,7 +83,9 @@ class PolicyWeights:
 
 
 def cje_dataset_input(path: Path, clones: tuple[str, ...] = ()) -> ReportInput:
-    return ReportInput(title=path.stem, source=str(path), base_policy="base", variants={"judge_score": cje_dataset.read(path)},
+    variants = {"judge_score": cje_dataset.read(path)}
+    return ReportInput(title=path.stem, source=str(path), base_policy="base", variants=variants,
+                       diagnostics=compute_diagnostics(variants, variants["judge_score"].target_policies(), clones, {}),
                        clones=clones)
 
 
@@ -109,36 +110,11 @@ def phase2_input(phase2_dir: Path, config: ExperimentConfig | None = None, plan:
             attempts={name: sum(s.attempts for s in st.values()) for name, st in states.items()},
             usage=usage(config, workspace.load_prompts(), states, plan),
         )
-    tolerance = {p: info["weights"][p].get("clone_tolerance") or 0.0 for p in info["clones"]}
-    return ReportInput(info["experiment"], str(phase2_dir), info["logging_policy"], variants, tuple(info["clones"]), tolerance, run)
+    return ReportInput(info["experiment"], str(phase2_dir), info["logging_policy"], variants, Diagnostics.from_info(info),
+                       tuple(info["clones"]), run)
 
 
 # ---------------------------------------------------------------- numbers
-
-
-def policy_weights(rows: list[dict], clones: tuple[str, ...], tolerance: dict[str, float] | None = None) -> dict[str, PolicyWeights]:
-    policies = list(dict.fromkeys(p for row in rows for p in row["target_policy_logprobs"]))
-    weights = {}
-    for policy in policies:
-        ratios = {}
-        for row in rows:
-            base, target = row["base_policy_logprob"], row["target_policy_logprobs"].get(policy)
-            ratios[row["prompt_id"]] = None if base is None or target is None else target - base
-        diagnostics = weight_diagnostics(policy, list(ratios.values()))
-        if policy in clones:
-            scored = {row["prompt_id"]: scored_log_ratio(row, policy) for row in rows}
-            clone_check(diagnostics, scored, (tolerance or {}).get(policy, 0.0))
-        weights[policy] = PolicyWeights(ratios, diagnostics, *_weight_shape(np.array([r for r in ratios.values() if r is not None])))
-    return weights
-
-
-def _weight_shape(log_ratios: np.ndarray) -> tuple[float | None, float | None]:
-    """Share of the heaviest TOP_FRACTION of weights, and the log of the mean weight."""
-    if len(log_ratios) == 0:
-        return None, None
-    scaled = np.exp(log_ratios - log_ratios.max())  # only ratios of weights matter here; this keeps them finite
-    heaviest = np.sort(scaled)[::-1][: max(1, math.ceil(TOP_FRACTION * len(scaled)))]
-    return float(heaviest.sum() / scaled.sum()), float(log_ratios.max() + np.log(scaled.mean()))
 
 
 def reweighted_scores(logged: list[dict], weights: dict[str, PolicyWeights]) -> dict[str, float]:
@@ -221,7 +197,7 @@ class Analysis:
 
 def analyse(report: ReportInput) -> Analysis:
     first = next(iter(report.variants.values()))
-    weights = policy_weights(first.logged, report.clones, report.clone_tolerance)
+    weights = {policy: PolicyWeights(log_ratios(first.logged, policy), d) for policy, d in report.diagnostics.weights.items()}
     uncertainty = {}
     for rows in report.variants.values():  # the variant whose scores are distribution means carries their variance
         if rows.logged and rows.logged[0].get("metadata", {}).get("judge_variance") is not None:
@@ -241,21 +217,38 @@ def analyse(report: ReportInput) -> Analysis:
 # ---------------------------------------------------------------- report
 
 
+class Figures:
+    """The figures a report's sections show: each section names its figures and the data to draw, and write_report
+    draws them, once the text is assembled."""
+
+    def __init__(self) -> None:
+        self.wanted: dict[str, tuple[Callable[..., Path], tuple]] = {}
+
+    def add(self, name: str, draw: Callable[..., Path], *data) -> None:
+        """Asks for figures/`name`, drawn by `draw(path, *data)`."""
+        self.wanted[name] = (draw, data)
+
+    def draw(self, directory: Path) -> None:
+        for name, (draw, data) in self.wanted.items():
+            draw(directory / name, *data)
+
+
 def write_report(report: ReportInput, out_dir: Path, estimates: dict | None = None) -> Path:
     """Writes out_dir/report.md and out_dir/figures/*.png, with the analyze stage's estimates when given; returns
     the path of report.md."""
-    figure_dir = out_dir / "figures"
     analysis = analyse(report)
+    wanted = Figures()
     sections = [
         _overview(report, analysis),
-        _estimates_section(estimates, figure_dir) if estimates else [],
-        _weights_section(report, analysis.weights, figure_dir),
-        _clone_section(analysis.weights, figure_dir),
-        _judge_section(report, analysis, figure_dir),
-        _oracle_section(analysis, figure_dir),
+        _estimates_section(estimates, wanted) if estimates else [],
+        _weights_section(report, analysis.weights, wanted),
+        _clone_section(analysis.weights, wanted),
+        _judge_section(report, analysis, wanted),
+        _oracle_section(analysis, wanted),
         _run_section(report.run) if report.run else [],
         _versions_section(report.run),
     ]
+    wanted.draw(out_dir / "figures")
     path = out_dir / "report.md"
     path.write_text("\n".join(line for section in sections for line in section) + "\n", encoding="utf-8")
     return path
@@ -302,17 +295,17 @@ def _weight_findings(weights: dict[str, PolicyWeights]) -> list[str]:
             continue
         if d.ess_fraction is not None and d.ess_fraction < ESS_WARNING:
             findings.append(f"**{policy}: ESS {d.ess_fraction:.1%}**, {d.ess_fraction * d.n:.1f} effective of {d.n} responses; "
-                            f"the heaviest 1% hold {w.top_share:.0%} of the weight. Importance-weighted estimates for it rest "
+                            f"the heaviest 1% hold {d.top_share:.0%} of the weight. Importance-weighted estimates for it rest "
                             "on a handful of responses: rely on its fresh draws (direct method) or get more overlap.")
         elif d.ess_fraction is not None and d.ess_fraction < ESS_GOOD:
             findings.append(f"{policy}: ESS {d.ess_fraction:.1%}, below cje-eval's 30% gate: use calibrated or doubly robust estimators.")
         # Under P0 the weights average at most 1 in expectation; a sample mean far from it is a symptom.
-        if w.log_mean_weight is not None and w.log_mean_weight < -math.log(10):
-            findings.append(f"{policy}: mean weight {_weight(w.log_mean_weight)} instead of about 1: the policy puts its "
+        if d.log_mean_weight is not None and d.log_mean_weight < -math.log(10):
+            findings.append(f"{policy}: mean weight {_weight(d.log_mean_weight)} instead of about 1: the policy puts its "
                             "probability on responses P0 rarely writes (poor overlap), so raw IPS is biased low; only "
                             "self-normalised or calibrated weights are usable, and only with enough ESS.")
-        elif w.log_mean_weight is not None and w.log_mean_weight > math.log(10):
-            findings.append(f"{policy}: mean weight {_weight(w.log_mean_weight)}, though in expectation it is at most 1: "
+        elif d.log_mean_weight is not None and d.log_mean_weight > math.log(10):
+            findings.append(f"{policy}: mean weight {_weight(d.log_mean_weight)}, though in expectation it is at most 1: "
                             "a rare huge weight dominates the sample, or log-probs are wrong; check its heaviest responses.")
         if d.null_logprobs:
             findings.append(f"{policy}: {_responses(d.null_logprobs)} without a log-ratio (see Nulls by reason), left out of its estimate.")
@@ -322,13 +315,12 @@ def _weight_findings(weights: dict[str, PolicyWeights]) -> list[str]:
 def _judge_findings(report: ReportInput, analysis: Analysis) -> list[str]:
     findings = []
     for variant, by_policy in analysis.scores.items():
-        everything = np.concatenate([np.empty(0), *by_policy.values()])
-        if len(everything) == 0:
+        spread = report.diagnostics.judge[variant]
+        if spread.responses == 0:
             findings.append(f"No response has a {variant} judge score: nothing can be estimated (see the coverage table).")
             continue
-        values, counts = np.unique(everything, return_counts=True)
-        if counts.max() > ONE_SCORE_SHARE * len(everything):
-            findings.append(f"The {variant} judge score is {values[counts.argmax()]:.3f} for {counts.max() / len(everything):.0%} "
+        if not spread.tells_apart:
+            findings.append(f"The {variant} judge score is {spread.commonest:.3f} for {spread.commonest_share:.0%} "
                             "of responses: it does not tell responses apart, so no estimate built on it can rank the policies.")
         base = by_policy.get(report.base_policy)
         for policy, score in analysis.reweighted[variant].items():
@@ -377,7 +369,7 @@ def _run_findings(run: RunFacts | None) -> list[str]:
     return findings
 
 
-def _estimates_section(estimates: dict, figure_dir: Path) -> list[str]:
+def _estimates_section(estimates: dict, wanted: Figures) -> list[str]:
     if not estimates["analysed"]:
         return ["## Estimates", "", f"Not made: {estimates['reason']}", ""]
     lines = ["## Estimates", "", f"cje-eval {estimates['cje_version']}'s estimators on these files "
@@ -404,12 +396,12 @@ def _estimates_section(estimates: dict, figure_dir: Path) -> list[str]:
         if warned:
             lines += ["", "<details><summary>cje's warnings</summary>", ""] + [f"- {w}" for w in warned] + ["", "</details>"]
     if drawn:
-        figures.estimates(figure_dir / "estimates.png", drawn)
+        wanted.add("estimates.png", figures.estimates, drawn)
         lines += ["", "![estimates](figures/estimates.png)"]
     return lines + [""]
 
 
-def _weights_section(report: ReportInput, weights: dict[str, PolicyWeights], figure_dir: Path) -> list[str]:
+def _weights_section(report: ReportInput, weights: dict[str, PolicyWeights], wanted: Figures) -> list[str]:
     lines = ["## Importance weights", "",
              "w = p_target(response) / p_P0(response) for each of P0's responses. "
              f"ESS below {ESS_GOOD:.0%} fails cje-eval's gate; below {ESS_WARNING:.0%} it is critical.", "",
@@ -419,8 +411,8 @@ def _weights_section(report: ReportInput, weights: dict[str, PolicyWeights], fig
         d = w.diagnostics
         effective = None if d.ess_fraction is None else d.ess_fraction * d.n
         lines.append(f"| {policy} | {d.n} | {d.null_logprobs} | {_pct(d.ess_fraction)} | {_num(effective, '.1f')} "
-                     f"| {_weight(w.log_mean_weight)} | {_num(d.median_weight, '.3g')} | {_weight(d.max_log_weight)} "
-                     f"| {_pct(w.top_share)} | {d.extreme_weights} |")
+                     f"| {_weight(d.log_mean_weight)} | {_num(d.median_weight, '.3g')} | {_weight(d.max_log_weight)} "
+                     f"| {_pct(d.top_share)} | {d.extreme_weights} |")
     # Weights exactly 0 (a target that cannot give the response) have no place on a log scale; they are counted instead.
     known = {policy: w.known[w.known > LOG_ZERO / 2] for policy, w in weights.items()
              if len(w.known) and w.diagnostics.clone_check is None}
@@ -430,10 +422,10 @@ def _weights_section(report: ReportInput, weights: dict[str, PolicyWeights], fig
                   "`zero_probability_reasons`): " + ", ".join(f"{p} {n}" for p, n in zeros.items() if n) + "."]
     known = {policy: values for policy, values in known.items() if len(values)}
     if known:
-        titles = {p: f"{p}\nESS {_pct(weights[p].diagnostics.ess_fraction)}, top 1% hold {_pct(weights[p].top_share)}, "
+        titles = {p: f"{p}\nESS {_pct(weights[p].diagnostics.ess_fraction)}, top 1% hold {_pct(weights[p].diagnostics.top_share)}, "
                      f"max w {_weight(weights[p].diagnostics.max_log_weight)}" for p in known}
-        figures.log_weight_histograms(figure_dir / "log_weights.png", known, titles)
-        figures.weight_concentration(figure_dir / "weight_concentration.png", known)
+        wanted.add("log_weights.png", figures.log_weight_histograms, known, titles)
+        wanted.add("weight_concentration.png", figures.weight_concentration, known)
         lines += ["", "![log importance weights](figures/log_weights.png)", "",
                   "How much of the total weight the heaviest responses carry; equal weights give the diagonal, and a curve "
                   "hugging the top-left corner means a few responses decide the estimate.", "",
@@ -482,7 +474,7 @@ def _nulls(report: ReportInput, weights: dict[str, PolicyWeights]) -> list[str]:
     return lines
 
 
-def _clone_section(weights: dict[str, PolicyWeights], figure_dir: Path) -> list[str]:
+def _clone_section(weights: dict[str, PolicyWeights], wanted: Figures) -> list[str]:
     clones = [p for p, w in weights.items() if w.diagnostics.clone_check is not None]
     if not clones:
         return ["## Clone check", "", "No clone of the logging policy in this dataset.", ""]
@@ -490,7 +482,7 @@ def _clone_section(weights: dict[str, PolicyWeights], figure_dir: Path) -> list[
     for policy in clones:
         verdict = clone_verdict(policy, weights[policy])
         figure = f"clone_log_ratio_{policy}.png"
-        figures.clone_log_ratios(figure_dir / figure, policy, weights[policy].known, verdict)
+        wanted.add(figure, figures.clone_log_ratios, policy, weights[policy].known, verdict)
         lines += [f"## Clone check ({policy})", "",
                   f"{policy} samples exactly as the logging policy does, so each of its log-ratios must be exactly 0 "
                   "(within the endpoint's measured noise on an API whose log-probs vary from call to call). "
@@ -501,8 +493,8 @@ def _clone_section(weights: dict[str, PolicyWeights], figure_dir: Path) -> list[
     return lines
 
 
-def _judge_section(report: ReportInput, analysis: Analysis, figure_dir: Path) -> list[str]:
-    figures.judge_scores(figure_dir / "judge_scores.png", analysis.scores, analysis.reweighted)
+def _judge_section(report: ReportInput, analysis: Analysis, wanted: Figures) -> list[str]:
+    wanted.add("judge_scores.png", figures.judge_scores, analysis.scores, analysis.reweighted)
     lines = ["## Judge scores", "",
              f"Each policy's own responses ({report.base_policy}: its logged responses; the others: their fresh draws). "
              "Crosses: P0's responses reweighted to the policy (self-normalised importance weights); a cross far from "
@@ -516,7 +508,7 @@ def _judge_section(report: ReportInput, analysis: Analysis, figure_dir: Path) ->
             lines.append(f"| {variant} | {policy} | {len(own)} | {_num(mean, '.3f')} | {_num(sd, '.3f')} "
                          f"| {_num(analysis.reweighted[variant].get(policy), '.3f')} |")
     if analysis.uncertainty:
-        figures.judge_uncertainty(figure_dir / "judge_uncertainty.png", analysis.uncertainty, UNIFORM_SD)
+        wanted.add("judge_uncertainty.png", figures.judge_uncertainty, analysis.uncertainty, UNIFORM_SD)
         lines += ["", "### Judge uncertainty", "",
                   "The spread of the judge's score distribution against its mean, per response. The dotted line is "
                   "the spread of a judge that guesses uniformly.", "", "![judge uncertainty](figures/judge_uncertainty.png)"]
@@ -525,7 +517,7 @@ def _judge_section(report: ReportInput, analysis: Analysis, figure_dir: Path) ->
     return lines + [""]
 
 
-def _oracle_section(analysis: Analysis, figure_dir: Path) -> list[str]:
+def _oracle_section(analysis: Analysis, wanted: Figures) -> list[str]:
     lines = ["## Judge against oracle", ""]
     labelled = {variant: pairs for variant, pairs in analysis.oracle.items() if pairs}
     if not labelled:
@@ -537,7 +529,7 @@ def _oracle_section(analysis: Analysis, figure_dir: Path) -> list[str]:
             pearson, spearman = correlations(judge, oracle)
             rows.append(f"| {variant} | {policy} | {len(judge)} | {_num(pearson, '.2f')} | {_num(spearman, '.2f')} |")
         titles[variant] = f"{variant}: Pearson r {_num(pearson, '.2f')}, Spearman {_num(spearman, '.2f')}, n {len(judge)}"
-    figures.judge_vs_oracle(figure_dir / "judge_vs_oracle.png", labelled, titles)
+    wanted.add("judge_vs_oracle.png", figures.judge_vs_oracle, labelled, titles)
     return lines + ["On the labelled slice (P0's calibration labels and the targets' validation labels).", "",
                     "![judge against oracle](figures/judge_vs_oracle.png)", "", *rows, ""]
 

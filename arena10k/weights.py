@@ -19,6 +19,7 @@ EXTREME_LOG_WEIGHT = math.log(10)  # weights above 10 or below 0.1 count as extr
 # cje-eval's gates for importance weights (cje.diagnostics.gates): below ESS_GOOD a policy fails its ship gate, below
 # ESS_WARNING it is critical.
 ESS_GOOD, ESS_WARNING = 0.30, 0.10
+TOP_FRACTION = 0.01  # the heaviest responses whose share of the total weight is reported
 
 
 @dataclass
@@ -33,6 +34,8 @@ class WeightDiagnostics:
     clone_check: str | None = None  # PASS/FAIL, for clones of the logging policy only
     clone_tolerance: float | None = None  # the |log-ratio| a clone may show: 0 (exact), or a hosted endpoint's noise
     clone_errors: list[str] = field(default_factory=list)
+    top_share: float | None = None  # share of the total weight held by the heaviest TOP_FRACTION of responses
+    log_mean_weight: float | None = None  # log of the mean raw weight; about 0 when the target covers P0's responses
 
 
 def weight_diagnostics(policy: str, log_ratios: list[float | None]) -> WeightDiagnostics:
@@ -50,6 +53,8 @@ def weight_diagnostics(policy: str, log_ratios: list[float | None]) -> WeightDia
         ess_fraction=float(scaled.sum() ** 2 / (len(known) * (scaled ** 2).sum())),
         max_log_weight=float(known.max()),
         extreme_weights=int((np.abs(known) > EXTREME_LOG_WEIGHT).sum()),
+        top_share=float(np.sort(scaled)[::-1][: max(1, math.ceil(TOP_FRACTION * len(scaled)))].sum() / scaled.sum()),
+        log_mean_weight=float(known.max() + np.log(scaled.mean())),
     )
 
 
@@ -91,11 +96,6 @@ def scored_log_ratio(row: dict, policy: str) -> float | None:
     base = as_scored(logging_policy, row["base_policy_logprob"])
     target = as_scored(policy, row["target_policy_logprobs"].get(policy))
     return None if base is None or target is None else target - base
-
-
-def scored(record: dict) -> float:
-    """A teacher-forced log-prob as scored, whether Phase 2 can use it or not (an interval's midpoint, log 0)."""
-    return LOG_ZERO if record.get("zero_probability") else record["logprob"]
 
 
 def bounds(record: dict) -> tuple[float, float]:

@@ -15,14 +15,12 @@ import json
 import math
 import os
 import subprocess
-from collections import Counter
 from pathlib import Path
 
-from arena10k import cje_dataset
 from arena10k.checkpoint import dumps, write_atomic
 from arena10k.config import ExperimentConfig
 from arena10k.errors import AnalysisError, ConfigError
-from arena10k.judging import ONE_SCORE_SHARE
+from arena10k.diagnostics import JudgeSpread
 from arena10k.stages import phase2
 from arena10k.stages.base import Stage, StageRun
 from arena10k.weights import ESS_GOOD
@@ -100,13 +98,6 @@ def run_cje(python: Path, folders: dict[str, Path], end: str | None = None) -> d
             process.kill()  # only the ones still running, after a failure or an interruption
             process.wait()
     return results
-
-
-def judge_spread(scores: list[float]) -> dict:
-    """How the judge's scores of every response in a variant's files are spread: distinct values, the commonest."""
-    counts = Counter(round(score, 6) for score in scores)
-    value, count = counts.most_common(1)[0]
-    return {"responses": len(scores), "distinct": len(counts), "commonest": value, "commonest_share": count / len(scores)}
 
 
 def estimate_flags(row: dict) -> list[str]:
@@ -203,7 +194,7 @@ def findings(estimates: dict, logging_policy: str) -> tuple[str, list[str]]:
     notes, ranked, unsure = [], [], []
     for name, variant in estimates["variants"].items():
         spread = variant["judge"]
-        blind = spread["commonest_share"] > ONE_SCORE_SHARE
+        blind = not JudgeSpread(**spread).tells_apart
         if blind:
             notes.append(f"{name} judge scores: {spread['commonest_share']:.0%} of the {spread['responses']} responses "
                          f"score {spread['commonest']:.3f} ({spread['distinct']} distinct scores); the judge hardly "
@@ -265,9 +256,8 @@ def findings(estimates: dict, logging_policy: str) -> tuple[str, list[str]]:
     return verdict, notes
 
 
-def analyse(config: ExperimentConfig, workspace: Workspace, scores: dict[str, list[float]], info: dict) -> dict:
-    """cje's estimates of each variant's files, whose judge scores (every response's) are `scores` and whose
-    dataset_info is `info`, and the verdict."""
+def analyse(config: ExperimentConfig, workspace: Workspace, info: dict) -> dict:
+    """cje's estimates of each variant's files (their dataset_info is `info`), and the verdict."""
     folders = {variant: workspace.phase2_dir / variant for variant in phase2.VARIANTS}
     results = run_cje(cje_python(config), folders)
     certified = (folders["deterministic"] / "certified_ends").is_dir()
@@ -277,7 +267,7 @@ def analyse(config: ExperimentConfig, workspace: Workspace, scores: dict[str, li
         for estimator in [*result["estimators"].values(), *(e for r in at_ends.values() for e in r[variant]["estimators"].values())]:
             if "policies" in estimator:  # cje sorts the policies by name; every output keeps the config's order
                 estimator["policies"] = {p: estimator["policies"][p] for p in config.target_policies if p in estimator["policies"]}
-        variants[variant] = {"judge": judge_spread(scores[variant]), "estimators": result["estimators"]}
+        variants[variant] = {"judge": info["judge"][variant], "estimators": result["estimators"]}
         if at_ends:
             variants[variant]["certified_ends"] = {end: r[variant]["estimators"] for end, r in at_ends.items()}
             for estimator, made in result["estimators"].items():  # the table, the report and estimates.json read it
@@ -334,10 +324,7 @@ def run(job: StageRun) -> str:
     if inputs_path.exists() and estimates_path.exists() and json.loads(inputs_path.read_text()) == inputs:
         return ("analyze: the Phase 2 files did not change since the estimates were made\n\n"
                 + table(json.loads(estimates_path.read_text())))
-    files = {variant: cje_dataset.read(workspace.phase2_dir / variant / "logged.jsonl") for variant in phase2.VARIANTS}
-    scores = {variant: [row["judge_score"] for row in [*rows.logged, *(r for fresh in rows.fresh.values() for r in fresh)]]
-              for variant, rows in files.items()}
-    estimates = analyse(config, workspace, scores, info)
+    estimates = analyse(config, workspace, info)
     write_atomic(estimates_path, json.dumps(estimates, indent=2) + "\n")
     write_atomic(inputs_path, dumps(inputs) + "\n")
     return f"{table(estimates)}\n\nEstimates: {estimates_path}"

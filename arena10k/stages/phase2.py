@@ -31,21 +31,25 @@ import numpy as np
 
 from arena10k.checkpoint import (ItemState, RecordFields, atomic_writer, dumps, failed_for_good, load_states, tally,
                                  write_atomic)
+from arena10k import cje_dataset
 from arena10k.config import ExperimentConfig
+from arena10k.diagnostics import compute as compute_diagnostics
 from arena10k.errors import Arena10kError
 from arena10k.preflight import measured_noise
 from arena10k.records import SCHEMA_VERSION
-from arena10k.weights import bounds, clone_check, scored, usable_logprob, weight_diagnostics
+from arena10k.weights import bounds, usable_logprob
 from arena10k.stages.base import Plan, Stage, StageRun
 from arena10k.workspace import Workspace, item_key
 
 VARIANTS = {"deterministic": "score", "uncertainty": "score_mean"}
+# What dataset_info.json holds: a version that holds more rebuilds the Phase 2 files an older one made (2: the
+# diagnostics of diagnostics.py, judge spreads included).
+CONTENTS_VERSION = 2
 
 
 def clone_tolerance(workspace: Workspace, config: ExperimentConfig, clone: str, forced: dict[str, dict]) -> float:
     """4 standard deviations of the sum of a response's per-token noise, for the longest response scored (0 on
     an exact endpoint, and on the embedded models, which have no preflight)."""
-
     noise = measured_noise(workspace, config.policies[clone].model)
     longest = max((r["n_tokens"] for r in forced.values() if r["policy"] in (clone, config.logging_policy)), default=0)
     return 4 * noise * math.sqrt(longest)
@@ -166,12 +170,8 @@ def build(config: ExperimentConfig, workspace: Workspace, plan: Plan) -> dict:
     logged_rows, fresh_draws = 0, {p: 0 for p in targets}
     calibration_labels, validation_labels = 0, {p: 0 for p in targets}
     excluded: dict[str, str] = {}
-    log_ratios: dict[str, dict[str, float | None]] = {p: {} for p in targets}
     ratio_bounds: dict[str, dict[str, tuple[float, float]]] = {p: {} for p in targets}
-    # What the clone check reads: every row's log-ratio as scored, a too-wide interval's midpoint included, since it
-    # checks the scoring path, which is the same for rows Phase 2 cannot use.
     clones = config.clones()
-    scored_ratios: dict[str, dict[str, float | None]] = {p: {} for p in clones}
     nulled = {p: 0 for p in config.policy_names}
     stale = remove_stale_fresh_draws(workspace.phase2_dir, targets)
     texts = RecordFields(workspace.checkpoint_path("generate"))
@@ -188,11 +188,6 @@ def build(config: ExperimentConfig, workspace: Workspace, plan: Plan) -> dict:
             for policy in targets:
                 target = logprobs[policy][0]
                 if response is not None:
-                    log_ratios[policy][prompt.prompt_id] = None if base is None or target is None else target - base
-                    if policy in scored_ratios:
-                        both = forced[logging_policy] is not None and forced[policy] is not None
-                        scored_ratios[policy][prompt.prompt_id] = (scored(forced[policy]) - scored(forced[logging_policy])
-                                                                   if both else None)
                     if base is not None and target is not None and policy in clones:
                         # one distribution scored twice by one computation: its ratio is exactly what was scored
                         ratio_bounds[policy][prompt.prompt_id] = (target - base, target - base)
@@ -236,9 +231,9 @@ def build(config: ExperimentConfig, workspace: Workspace, plan: Plan) -> dict:
     else:
         for variant in VARIANTS:
             shutil.rmtree(workspace.phase2_dir / variant / "certified_ends", ignore_errors=True)
-    diagnostics = {policy: weight_diagnostics(policy, list(ratios.values())) for policy, ratios in log_ratios.items()}
-    for policy in config.clones():
-        clone_check(diagnostics[policy], scored_ratios[policy], clone_tolerance(workspace, config, policy, records["teacher_force"]))
+    files = {variant: cje_dataset.read(workspace.phase2_dir / variant / "logged.jsonl", targets) for variant in VARIANTS}
+    tolerance = {clone: clone_tolerance(workspace, config, clone, records["teacher_force"]) for clone in clones}
+    diagnostics = compute_diagnostics(files, targets, clones, tolerance)
     checked = [r for r in records["teacher_force"].values() if r.get("sampled_difference") is not None]
     self_check = {"compared": len(checked),
                   "not_compared": dict(Counter(r["not_compared"] for r in records["teacher_force"].values() if r.get("not_compared"))),
@@ -265,7 +260,8 @@ def build(config: ExperimentConfig, workspace: Workspace, plan: Plan) -> dict:
         "removed_stale_files": stale,  # fresh draws of policies no longer in the config, removed when this was written
         "coverage": {name: {"expected": c.expected, "done": c.done, "failed": dict(c.failed), "missing": c.missing}
                      for name, c in coverage.items()},
-        "weights": {p: d.__dict__ for p, d in diagnostics.items()},
+        # per target its weights' diagnostics, per judge variant its scores' spread (diagnostics.py), of the files as written
+        **diagnostics.to_info(),
         # per policy, its log-probs certified from temperature-1 alternatives: widths (nats), rows nulled as too wide
         "certified": {p: c for p, c in certified.items() if c["rows"]},
         "max_certified_width": config.max_certified_width,
@@ -441,7 +437,7 @@ def file_stamp(path: Path) -> list[int] | None:
 def _inputs(config: ExperimentConfig, workspace: Workspace, plan: Plan) -> dict:
     """What the Phase 2 files are made from: when none of it changed, they are up to date. Checkpoints are
     appended to or rewritten, never changed in place, so their size and modification time tell."""
-    return {"schema": SCHEMA_VERSION, "config": config.model_dump(exclude={"analysis"}), "dry_run": workspace.is_dry_run,
+    return {"schema": SCHEMA_VERSION, "contents": CONTENTS_VERSION, "config": config.model_dump(exclude={"analysis"}), "dry_run": workspace.is_dry_run,
             "endpoints": {name: m.endpoint() for name, m in config.used_models().items()},
             "prompts": file_stamp(workspace.prompts_path),
             "checkpoints": {name: file_stamp(workspace.checkpoint_path(name)) for name in plan.checkpoints}}
