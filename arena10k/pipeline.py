@@ -15,11 +15,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from arena10k import estimate, liveness
+from arena10k import forecast, liveness, preflight
 from arena10k.checkpoint import reset_failed
 from arena10k.config import ExperimentConfig, load_config
 from arena10k.errors import Arena10kError, ConfigError
-from arena10k import preflight
 from arena10k.providers import check_config
 from arena10k.stages import analyze, phase2
 from arena10k.stages.base import Plan, Stage, StageRun, Unit
@@ -132,7 +131,7 @@ def _run(args: argparse.Namespace, stage: str | None, command: str, plan: Plan) 
         selected = plan.stages_from(args.start or plan.names[0])
     forced = plan.forced_units(config, [n for n in args.force if n != "prepare"])
     if args.estimate:
-        print(estimate.describe(estimate.estimate_run(config, workspace, samples, forced)))
+        print(forecast.describe(forecast.forecast(config, workspace, samples, forced)))
         return 0
     check_config(config, plan.models_called(config, selected))
     if any(s.preflighted for s in selected):

@@ -30,7 +30,7 @@ from arena10k.cje_dataset import Rows
 from arena10k.checkpoint import dumps, load_states, may_try, write_atomic
 from arena10k.config import ExperimentConfig
 from arena10k.errors import Arena10kError
-from arena10k.estimate import usage, usage_table
+from arena10k.forecast import usage, usage_table
 from arena10k.providers.local import instruction_sets
 from arena10k.stages.analyze import current_estimates
 from arena10k.stages.base import Plan
@@ -187,7 +187,7 @@ def _pooled(pairs: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray
 
 
 @dataclass
-class Analysis:
+class ReportNumbers:
     weights: dict[str, PolicyWeights]
     scores: dict[str, dict[str, np.ndarray]]  # variant -> policy -> judge scores of its own responses
     reweighted: dict[str, dict[str, float]]  # variant -> target -> mean score of P0's responses reweighted to it
@@ -195,7 +195,7 @@ class Analysis:
     uncertainty: dict[str, tuple[np.ndarray, np.ndarray]]  # policy -> (mean, sd) of the judge's score distributions
 
 
-def analyse(report: ReportInput) -> Analysis:
+def numbers(report: ReportInput) -> ReportNumbers:
     first = next(iter(report.variants.values()))
     weights = {policy: PolicyWeights(log_ratios(first.logged, policy), d) for policy, d in report.diagnostics.weights.items()}
     uncertainty = {}
@@ -204,7 +204,7 @@ def analyse(report: ReportInput) -> Analysis:
             uncertainty = {policy: (np.array([r["judge_score"] for r in policy_rows], dtype=np.float64),
                                     np.sqrt([r["metadata"]["judge_variance"] for r in policy_rows]))
                            for policy, policy_rows in {report.base_policy: rows.logged, **rows.fresh}.items() if policy_rows}
-    return Analysis(
+    return ReportNumbers(
         weights,
         scores={v: _own_scores(rows, report.base_policy) for v, rows in report.variants.items()},
         reweighted={v: {p: s for p, s in reweighted_scores(rows.logged, weights).items() if p not in report.clones}
@@ -236,7 +236,7 @@ class Figures:
 def write_report(report: ReportInput, out_dir: Path, estimates: dict | None = None) -> Path:
     """Writes out_dir/report.md and out_dir/figures/*.png, with the analyze stage's estimates when given; returns
     the path of report.md."""
-    analysis = analyse(report)
+    analysis = numbers(report)
     wanted = Figures()
     sections = [
         _overview(report, analysis),
@@ -270,7 +270,7 @@ def write_for_run(config: ExperimentConfig, workspace: Workspace, plan: Plan = S
     return path
 
 
-def _overview(report: ReportInput, analysis: Analysis) -> list[str]:
+def _overview(report: ReportInput, analysis: ReportNumbers) -> list[str]:
     first = next(iter(report.variants.values()))
     fresh = ", ".join(f"{p} {len(rows)}" for p, rows in first.fresh.items()) or "none"
     labelled = len(_pooled(next(iter(analysis.oracle.values())))[0]) if next(iter(analysis.oracle.values())) else 0
@@ -312,7 +312,7 @@ def _weight_findings(weights: dict[str, PolicyWeights]) -> list[str]:
     return findings
 
 
-def _judge_findings(report: ReportInput, analysis: Analysis) -> list[str]:
+def _judge_findings(report: ReportInput, analysis: ReportNumbers) -> list[str]:
     findings = []
     for variant, by_policy in analysis.scores.items():
         spread = report.diagnostics.judge[variant]
@@ -493,7 +493,7 @@ def _clone_section(weights: dict[str, PolicyWeights], wanted: Figures) -> list[s
     return lines
 
 
-def _judge_section(report: ReportInput, analysis: Analysis, wanted: Figures) -> list[str]:
+def _judge_section(report: ReportInput, analysis: ReportNumbers, wanted: Figures) -> list[str]:
     wanted.add("judge_scores.png", figures.judge_scores, analysis.scores, analysis.reweighted)
     lines = ["## Judge scores", "",
              f"Each policy's own responses ({report.base_policy}: its logged responses; the others: their fresh draws). "
@@ -517,7 +517,7 @@ def _judge_section(report: ReportInput, analysis: Analysis, wanted: Figures) -> 
     return lines + [""]
 
 
-def _oracle_section(analysis: Analysis, wanted: Figures) -> list[str]:
+def _oracle_section(analysis: ReportNumbers, wanted: Figures) -> list[str]:
     lines = ["## Judge against oracle", ""]
     labelled = {variant: pairs for variant, pairs in analysis.oracle.items() if pairs}
     if not labelled:

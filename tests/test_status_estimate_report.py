@@ -9,7 +9,7 @@ import time
 import pytest
 from conftest import PHASE2_FILES, TINY_CONFIG, phase2_bytes
 
-from arena10k import estimate, judging, liveness, report, status
+from arena10k import forecast, judging, liveness, report, status
 from arena10k import tokens as tokens_module
 from arena10k.checkpoint import dumps, scan_states, tally
 from arena10k.stages import analyze, phase2, registry
@@ -199,7 +199,7 @@ def test_estimate_counts_only_what_is_left(tmp_path, hosted_config):
     synthetic_run.write_run(tmp_path, config, 8, settled={"teacher_force": 0.5, "judge": 0, "oracle_calibration": 0, "oracle_validation": 0})
     workspace = Workspace(tmp_path)
     prompts = workspace.load_prompts()
-    result = estimate.estimate_run(config, workspace)
+    result = forecast.forecast(config, workspace)
     generated = {k: s.record for k, s in load_states(workspace.checkpoint_path("generate"))[0].items()}
 
     def tokens(text):
@@ -218,8 +218,8 @@ def test_estimate_counts_only_what_is_left(tmp_path, hosted_config):
     assert result.usage[("teacher_force", "small")].calls + result.usage[("teacher_force", "large")].calls == 20
     oracle = result.usage[("oracle_validation", "large")]
     assert oracle.cost(config.models["large"]) == pytest.approx((5 * oracle.input_tokens + 10 * oracle.output_tokens) / 1e6)
-    assert estimate.rate_limited_minutes(config.models["small"], judge) == pytest.approx(40 / 60)
-    text = estimate.describe(result)
+    assert forecast.rate_limited_minutes(config.models["small"], judge) == pytest.approx(40 / 60)
+    text = forecast.describe(result)
     assert "total fireworks" in text and "total openai" in text and "60 already done" in text
 
 
@@ -228,19 +228,19 @@ def test_a_sampled_judge_costs_its_calls_per_grading_each_with_the_same_input(tm
     raw = hosted_config.model_dump()
     raw["judge"].update(method="sampled", samples=5)
     sampled = ExperimentConfig.model_validate(raw)
-    one = estimate.estimate_run(hosted_config, Workspace(tmp_path)).usage[("judge", "small")]
-    six = estimate.estimate_run(sampled, Workspace(tmp_path)).usage[("judge", "small")]
+    one = forecast.forecast(hosted_config, Workspace(tmp_path)).usage[("judge", "small")]
+    six = forecast.forecast(sampled, Workspace(tmp_path)).usage[("judge", "small")]
     assert (six.calls, six.input_tokens, six.output_tokens) == (6 * one.calls, 6 * one.input_tokens, 6 * one.output_tokens)
 
 
 def test_estimate_of_a_finished_run_and_the_usage_of_its_attempts(tmp_path, hosted_config):
     written = synthetic_run.write_run(tmp_path, hosted_config, 6, fail_every=4)
     workspace = Workspace(tmp_path)
-    left = estimate.estimate_run(hosted_config, workspace)
+    left = forecast.forecast(hosted_config, workspace)
     # Only the preflight, which the synthetic run did not record: a real run keeps its findings in preflight.json.
     assert {stage for stage, _ in left.usage} == {"preflight"}  # every failed item has used its attempts
     states = {name: load_states(workspace.checkpoint_path(name))[0] for name in written}
-    used = estimate.usage(hosted_config, workspace.load_prompts(), states)
+    used = forecast.usage(hosted_config, workspace.load_prompts(), states)
     for name in written:
         assert sum(u.calls for (stage, _), u in used.items() if stage == name) == sum(s.attempts for s in states[name].values())
 

@@ -5,7 +5,7 @@ description alone."""
 import yaml
 from conftest import OWN_CONFIG
 
-from arena10k import estimate, pipeline, providers, status
+from arena10k import forecast, pipeline, providers, status
 from arena10k.config import load_config
 from arena10k.providers.base import GenerationRequest
 from arena10k.records import Prompt
@@ -93,10 +93,10 @@ def test_estimate_status_force_and_the_synthetic_run_handle_a_new_stage(tmp_path
     assert written["summary"].done == 3 * len(config.policies)
     workspace = Workspace(tmp_path)
 
-    left = estimate.estimate_run(config, workspace, plan=PLAN)
+    left = forecast.forecast(config, workspace, plan=PLAN)
     summary = left.usage[("summary", raw["judge"]["model"])]
     assert (summary.calls, summary.output_tokens) == (3 * len(config.policies), 3 * len(config.policies) * SUMMARY_TOKENS)
-    assert "summary" in estimate.describe(left)
+    assert "summary" in forecast.describe(left)
 
     lines = status.describe(status.collect(workspace, config, plan=PLAN))
     assert any(line.strip().startswith("summary") and f"{3 * len(config.policies)}/{6 * len(config.policies)}" in line

@@ -60,7 +60,7 @@ class TeacherForceRequest:
 
 
 @dataclass(frozen=True)
-class TeacherForced:
+class ForcedLogprob:
     logprob: float  # exact, or the midpoint of `interval`
     n_tokens: int
     method: str
@@ -83,4 +83,4 @@ class Provider(Protocol):
 
     def generate(self, request: GenerationRequest) -> Generation: ...
 
-    def teacher_force(self, request: TeacherForceRequest) -> TeacherForced: ...
+    def teacher_force(self, request: TeacherForceRequest) -> ForcedLogprob: ...

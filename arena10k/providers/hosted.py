@@ -34,7 +34,7 @@ from arena10k.providers.certified import Interval, response_interval
 from arena10k.providers.base import (
     Generation,
     GenerationRequest,
-    TeacherForced,
+    ForcedLogprob,
     TeacherForceRequest,
 )
 from arena10k.ratelimit import RateLimiter
@@ -86,7 +86,7 @@ class HostedProvider:
             reported_tokens=_field(_field(response, "usage"), "completion_tokens"),
         )
 
-    def teacher_force(self, request: TeacherForceRequest) -> TeacherForced:
+    def teacher_force(self, request: TeacherForceRequest) -> ForcedLogprob:
         prompt = self._render(request.messages)
         response = request.response_text + (self._end_of_turn if request.ended_turn else "")
         top_k = request.certify_from_top_k
@@ -101,12 +101,12 @@ class HostedProvider:
         n_tokens = len(scored.logprobs) - (len(subtracted.logprobs) if subtracted else 0)
         echoed = scored.total() - (subtracted.total() if subtracted else 0.0)  # at `temperature`
         if not top_k:
-            return TeacherForced(echoed, n_tokens, method)
+            return ForcedLogprob(echoed, n_tokens, method)
         interval = scored.certified(top_k, request.temperature)
         if subtracted:
             other = subtracted.certified(top_k, request.temperature)
             interval = Interval(interval.low - other.high, interval.high - other.low)
-        return TeacherForced(interval.midpoint, n_tokens, f"{method}:certified_from_temperature_1", interval, top_k, echoed)
+        return ForcedLogprob(interval.midpoint, n_tokens, f"{method}:certified_from_temperature_1", interval, top_k, echoed)
 
     def alternatives(self, messages: tuple[dict, ...] | None, text: str, asked: int) -> Echo:
         """The echo of `text` with `asked` temperature-1 alternatives per token: as a response in the context of

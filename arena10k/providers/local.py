@@ -39,7 +39,7 @@ from arena10k.providers.base import (
     TOP_LOGPROBS,
     Generation,
     GenerationRequest,
-    TeacherForced,
+    ForcedLogprob,
     TeacherForceRequest,
 )
 
@@ -362,7 +362,7 @@ class LocalProvider:
     def generate(self, request: GenerationRequest) -> Generation:
         return self.complete(request.messages, request.max_tokens, request.temperature, request.seed, request.top_logprobs)[1]
 
-    def teacher_force(self, request: TeacherForceRequest) -> TeacherForced:
+    def teacher_force(self, request: TeacherForceRequest) -> ForcedLogprob:
         if request.response_tokenizer == self.tokenizer:
             # The exact ids that were sampled: no tokenization boundary to get wrong.
             response, method = list(request.response_token_ids), "sampled_token_ids"
@@ -394,7 +394,7 @@ class LocalProvider:
                     self._decode_steps(sequence, first, len(prompt), forcing)
             finally:
                 self._release(sequence)
-        return TeacherForced(logprob=forcing.logprob, n_tokens=len(targets),
+        return ForcedLogprob(logprob=forcing.logprob, n_tokens=len(targets),
                              method=method + ("+end_of_turn" if stop is not None else ""))
 
     def _retokenize(self, request: TeacherForceRequest) -> tuple[list[int], str]:

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ValidationError
 
 from arena10k.server import protocol
 from arena10k.server.backends import Backend, Completion, RequestError, Tokens
-from arena10k.server.faults import FaultConfig, FaultPlan, RateLimiter, estimate_tokens
+from arena10k.server.faults import FaultConfig, FaultPlan, Quota, estimate_tokens
 
 log = logging.getLogger("arena10k.server")
 
@@ -88,7 +88,7 @@ class Server:
         self.backend = backend
         self.stats = Stats(backend.name)
         self._api_key = api_key  # None: any non-empty key is accepted
-        self._limiter = RateLimiter(faults.rpm, faults.tpm)
+        self._limiter = Quota(faults.rpm, faults.tpm)
         self._plan = FaultPlan(faults)
         self._hold_seconds = faults.timeout_seconds
         self._throttle_wait = faults.throttle_retry_after_ms / 1000

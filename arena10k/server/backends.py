@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-Prompt = tuple[dict, ...] | str | list[int]  # a chat, text, or token ids
+ModelInput = tuple[dict, ...] | str | list[int]  # a chat, text, or token ids
 
 
 @dataclass(frozen=True)
@@ -50,5 +50,5 @@ class Backend(Protocol):
         """Tokens of prompt plus completion; raises RequestError(404) for a model it does not serve."""
         ...
 
-    def complete(self, model: str, prompt: Prompt, max_tokens: int, temperature: float, seed: int,
+    def complete(self, model: str, prompt: ModelInput, max_tokens: int, temperature: float, seed: int,
                  top_logprobs: int, echo: bool) -> Completion: ...

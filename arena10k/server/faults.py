@@ -9,7 +9,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from arena10k.server.backends import Prompt
+from arena10k.server.backends import ModelInput
 
 WINDOW_SECONDS = 60.0
 
@@ -62,7 +62,7 @@ class FaultConfig:
             raise ValueError("latency_jitter_ms must be between 0 and latency_ms")
 
 
-def estimate_tokens(prompt: Prompt, max_tokens: int) -> int:
+def estimate_tokens(prompt: ModelInput, max_tokens: int) -> int:
     """What a request counts against the TPM limit, known before it is served: as OpenAI estimates it,
     a token per 4 characters of text (token ids count as they are), plus max_tokens."""
     if isinstance(prompt, list):
@@ -71,7 +71,7 @@ def estimate_tokens(prompt: Prompt, max_tokens: int) -> int:
     return -(-characters // 4) + max_tokens
 
 
-class RateLimiter:
+class Quota:
     """Requests and tokens admitted in the last WINDOW_SECONDS; a request that would exceed a limit is refused."""
 
     def __init__(self, rpm: int | None, tpm: int | None):

@@ -8,7 +8,7 @@ import time
 from arena10k.errors import ItemError
 from arena10k.providers.base import Generation
 from arena10k.providers.local import LocalProvider
-from arena10k.server.backends import Completion, Prompt, RequestError, Tokens
+from arena10k.server.backends import Completion, ModelInput, RequestError, Tokens
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_CONTEXT = 4096
@@ -30,7 +30,7 @@ class LocalBackend:
     def context_size(self, model: str) -> int:
         return self._provider(model).n_ctx
 
-    def complete(self, model: str, prompt: Prompt, max_tokens: int, temperature: float, seed: int,
+    def complete(self, model: str, prompt: ModelInput, max_tokens: int, temperature: float, seed: int,
                  top_logprobs: int, echo: bool) -> Completion:
         provider = self._provider(model)
         try:

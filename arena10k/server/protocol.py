@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from arena10k.server.backends import Completion, Prompt, Tokens
+from arena10k.server.backends import Completion, ModelInput, Tokens
 
 DEFAULT_CHAT_MAX_TOKENS = 256
 MAX_TOP_LOGPROBS = 20  # chat's top_logprobs, as OpenAI caps it
@@ -41,7 +41,7 @@ class Message(BaseModel):
 
 @dataclass(frozen=True)
 class BackendCall:
-    prompt: Prompt
+    prompt: ModelInput
     max_tokens: int
     top_logprobs: int
     echo: bool  # score the prompt's tokens

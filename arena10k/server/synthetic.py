@@ -34,7 +34,7 @@ import jinja2
 import numpy as np
 
 from arena10k.sampling import Distribution, Sampling
-from arena10k.server.backends import Completion, Prompt, RequestError, Tokens
+from arena10k.server.backends import Completion, ModelInput, RequestError, Tokens
 
 SPECIAL_TOKENS = ("<|end|>", "<|system|>", "<|user|>", "<|assistant|>")
 END, SYSTEM, USER, ASSISTANT, UNKNOWN = range(5)
@@ -172,7 +172,7 @@ class SyntheticBackend:
                                "model_not_found")
         return self._n_ctx
 
-    def complete(self, model: str, prompt: Prompt, max_tokens: int, temperature: float, seed: int,
+    def complete(self, model: str, prompt: ModelInput, max_tokens: int, temperature: float, seed: int,
                  top_logprobs: int, echo: bool) -> Completion:
         n_ctx = self.context_size(model)
         if isinstance(prompt, tuple):

@@ -256,7 +256,7 @@ def findings(estimates: dict, logging_policy: str) -> tuple[str, list[str]]:
     return verdict, notes
 
 
-def analyse(config: ExperimentConfig, workspace: Workspace, info: dict) -> dict:
+def estimate_policies(config: ExperimentConfig, workspace: Workspace, info: dict) -> dict:
     """cje's estimates of each variant's files (their dataset_info is `info`), and the verdict."""
     folders = {variant: workspace.phase2_dir / variant for variant in phase2.VARIANTS}
     results = run_cje(cje_python(config), folders)
@@ -324,7 +324,7 @@ def run(job: StageRun) -> str:
     if inputs_path.exists() and estimates_path.exists() and json.loads(inputs_path.read_text()) == inputs:
         return ("analyze: the Phase 2 files did not change since the estimates were made\n\n"
                 + table(json.loads(estimates_path.read_text())))
-    estimates = analyse(config, workspace, info)
+    estimates = estimate_policies(config, workspace, info)
     write_atomic(estimates_path, json.dumps(estimates, indent=2) + "\n")
     write_atomic(inputs_path, dumps(inputs) + "\n")
     return f"{table(estimates)}\n\nEstimates: {estimates_path}"

@@ -18,7 +18,7 @@ import numpy as np
 
 from arena10k.config import ModelConfig
 from arena10k.providers.base import (GENERATE, TEACHER_FORCE, TOP_LOGPROBS, Generation, GenerationRequest,
-                                     TeacherForced, TeacherForceRequest)
+                                     ForcedLogprob, TeacherForceRequest)
 from arena10k.sampling import Distribution
 
 WORDS = ("the", "answer", "is", "simple", "because", "data", "shows", "it", "so", "we", "can", "see", "why", "here")
@@ -102,10 +102,10 @@ class FakeProvider:
                           token_texts=[str(digit)], token_logprobs=[top[str(digit)]], stop_token_id=END,
                           stop_logprob=0.0, top_logprobs=[top])
 
-    def teacher_force(self, request: TeacherForceRequest) -> TeacherForced:
+    def teacher_force(self, request: TeacherForceRequest) -> ForcedLogprob:
         self._record(Call("teacher_force", self.model, request.messages, request.temperature))
         tokens = list(request.response_token_ids) if request.response_tokenizer == self.tokenizer else [
             WORDS.index(word) for word in request.response_text.split()]
         targets = tokens + ([END] if request.ended_turn else [])
         total = sum(self._distribution(request.messages, targets[:i], request.temperature).logprob(t) for i, t in enumerate(targets))
-        return TeacherForced(total, len(targets), "sampled_token_ids" + ("+end_of_turn" if request.ended_turn else ""))
+        return ForcedLogprob(total, len(targets), "sampled_token_ids" + ("+end_of_turn" if request.ended_turn else ""))

@@ -1,4 +1,5 @@
-"""What a run will take before it starts: calls, tokens, cost and rate-limited time, per stage and model.
+"""The forecast of a run (`--estimate`): what it will take, before it starts: calls, tokens, cost and rate-limited time,
+per stage and model. (cje's estimates of the policies are stage 7's, analyze.py.)
 
 No model is called. Each checkpoint prices its own items (`CheckpointSpec.cost`, with the token accounting of
 tokens.py). Output tokens are the configured max_tokens, an upper bound, except for responses already generated,
@@ -24,7 +25,7 @@ from arena10k.workspace import Workspace, item_key, policy_of
 
 
 @dataclass
-class RunEstimate:
+class Forecast:
     config: ExperimentConfig
     prompts: int
     items: int  # work items of the whole run
@@ -36,8 +37,8 @@ class RunEstimate:
     alternatives: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
-def estimate_run(config: ExperimentConfig, workspace: Workspace, samples: int | str | None = None,
-                 recompute: set[tuple[str, str]] = frozenset(), plan: Plan = STAGES) -> RunEstimate:
+def forecast(config: ExperimentConfig, workspace: Workspace, samples: int | str | None = None,
+                 recompute: set[tuple[str, str]] = frozenset(), plan: Plan = STAGES) -> Forecast:
     """The calls and tokens still needed to finish the run in `workspace` with `samples` prompts
     (default: the prepared prompts, or the config's samples), counting the (checkpoint, policy) units in
     `recompute` as not done."""
@@ -46,25 +47,25 @@ def estimate_run(config: ExperimentConfig, workspace: Workspace, samples: int | 
     states = {name: load_states(workspace.checkpoint_path(name), drop=LARGE_FIELDS)[0] for name in keys}
     for name, policy in recompute:
         states[name] = {key: state for key, state in states[name].items() if policy_of(key) != policy}
-    estimate = RunEstimate(config, len(prompts), items=sum(map(len, keys.values())),
+    result = Forecast(config, len(prompts), items=sum(map(len, keys.values())),
                            done=sum(_done(states[name].get(k)) for name, ks in keys.items() for k in ks),
                            recomputed=[f"{name}: {', '.join(p for p in config.policies if (name, p) in recompute)}"
                                        for name in keys if any((name, p) in recompute for p in config.policies)])
     for model, calls in planned_calls(config, workspace).items():
-        estimate.usage.setdefault(("preflight", model), Usage()).add(
+        result.usage.setdefault(("preflight", model), Usage()).add(
             calls, len(PROBE_TEXT) // CHARS_PER_TOKEN + TOKENS_PER_MESSAGE, calls * PROBE_MAX_TOKENS)
     counts = TokenCounts(config, {p.prompt_id: p for p in prompts}, states[RESPONSES])
     for name, names_keys in keys.items():
         for key in names_keys:
             if plan.will_run(config, states, name, key):
-                _add(estimate.usage, plan.spec[name], counts, key, calls=1, output_known=False)
+                _add(result.usage, plan.spec[name], counts, key, calls=1, output_known=False)
     for name, policy in config.policies.items():
         top_k = certify_from_top_k(workspace, policy.model, policy.temperature)
         left = [key for key in keys["teacher_force"] if policy_of(key) == name and plan.will_run(config, states, "teacher_force", key)]
         if top_k and left:
             tokens = sum(counts.response(item_key(key.partition("|")[0], config.logging_policy)) for key in left)
-            estimate.alternatives[name] = (top_k, top_k * tokens)
-    return estimate
+            result.alternatives[name] = (top_k, top_k * tokens)
+    return result
 
 
 def usage(config: ExperimentConfig, prompts: list[Prompt], states: dict[str, dict[str, ItemState]], plan: Plan = STAGES
@@ -104,28 +105,28 @@ def _done(state: ItemState | None) -> bool:
 # ---------------------------------------------------------------- text
 
 
-def describe(estimate: RunEstimate) -> str:
-    config = estimate.config
-    lines = [f"Estimate for experiment '{config.name}': {estimate.prompts} prompts, {estimate.items} work items, "
-             f"{estimate.done} already done."]
-    lines += [f"Recomputing (--force) {what}" for what in estimate.recomputed]
-    if not estimate.usage:
+def describe(result: Forecast) -> str:
+    config = result.config
+    lines = [f"Estimate for experiment '{config.name}': {result.prompts} prompts, {result.items} work items, "
+             f"{result.done} already done."]
+    lines += [f"Recomputing (--force) {what}" for what in result.recomputed]
+    if not result.usage:
         return "\n".join(lines + ["Nothing is left to run."])
     lines += [
         "What is left, without calling any model (output tokens: max_tokens per call, an upper bound, "
         "except for responses already generated):",
         "",
-        *usage_table(config, estimate.usage),
+        *usage_table(config, result.usage),
         "",
         "Time implied by rate limits (stages run one after another; the slowest model of a stage sets its pace): "
-        + _minutes(_stage_minutes(config, estimate.usage), none="no rate limits configured"),
+        + _minutes(_stage_minutes(config, result.usage), none="no rate limits configured"),
         "Input tokens counted with: " + ", ".join(
             sorted({f"{m} ({'its own tokenizer' if config.models[m].provider == 'local' else f'{CHARS_PER_TOKEN} characters per token'})"
-                    for _, m in estimate.usage})) + f", plus about {TOKENS_PER_MESSAGE} per chat message.",
+                    for _, m in result.usage})) + f", plus about {TOKENS_PER_MESSAGE} per chat message.",
     ]
-    if estimate.alternatives:
+    if result.alternatives:
         lines.append("Certified teacher forcing (the preflight found temperature-1 echo log-probs): " + "; ".join(
-            f"{policy} asks for top-k={k}, {count:,} alternatives in all" for policy, (k, count) in estimate.alternatives.items())
+            f"{policy} asks for top-k={k}, {count:,} alternatives in all" for policy, (k, count) in result.alternatives.items())
             + ". No price is configured for alternatives (they are not input or output tokens); where a provider "
             "bills them, add their cost.")
     return "\n".join(lines)
