@@ -6,6 +6,7 @@ the pipeline evaluates prompt tokens with.
 
     python benchmarks/quick_start.py                 # the three settings, 20 prompts
     python benchmarks/quick_start.py --samples 10
+    python benchmarks/quick_start.py --against 1764cc2 --rounds 2   # this code and that commit's, taking turns
 """
 
 import argparse
@@ -16,13 +17,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
 from arena10k.models import gguf_path  # noqa: E402
-from arena10k.providers.local import N_BATCH  # noqa: E402
+from arena10k.providers.slots import N_BATCH  # noqa: E402
 
 CHILD = """
 import contextlib, io, json, re, sys
@@ -42,15 +44,16 @@ print(json.dumps({{"status": status, "stages": times, "stages in all": phase1, "
 """
 
 
-def run(config: Path, samples: str, **setting) -> dict:
-    """The pipeline in a child process, with `setting` (reuse_prefix, sequences) on every model it names."""
+def run(config: Path, samples: str, root: Path = PROJECT_ROOT, **setting) -> dict:
+    """The pipeline in a child process, with `setting` (reuse_prefix, sequences) on every model it names, on the code
+    in `root` (default: this checkout)."""
     raw = yaml.safe_load(config.read_text())
     for model in raw["models"].values():
         model.update(setting)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.yaml"
         path.write_text(yaml.safe_dump(raw))
-        code = CHILD.format(root=str(PROJECT_ROOT), config=str(path), data_dir=str(Path(tmp) / "run"), samples=samples)
+        code = CHILD.format(root=str(root), config=str(path), data_dir=str(Path(tmp) / "run"), samples=samples)
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -73,11 +76,36 @@ def llama_cpp_prefill_rate(n_batch: int) -> float:
     return len(tokens) / best
 
 
+def compare(config: Path, samples: str, commit: str, rounds: int) -> dict:
+    """The quick start as configured on this code and on `commit`'s (a git worktree of it), one after the other in
+    each round, so that both see the machine as it is; the ratio of their Phase 1 times (prepare to phase2)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        other = Path(tmp) / "other"
+        subprocess.run(["git", "-C", str(PROJECT_ROOT), "worktree", "add", "--detach", str(other), commit],
+                       check=True, capture_output=True)
+        for environment in PROJECT_ROOT.glob(".venv-cje-*"):  # stage 1 checks that stage 7 will find cje-eval
+            (other / environment.name).symlink_to(environment)
+        try:
+            times: dict[str, list[float]] = {"this code": [], commit: []}
+            for _ in range(rounds):
+                times["this code"].append(run(config, samples)["stages in all"])
+                times[commit].append(run(config, samples, root=other)["stages in all"])
+        finally:
+            subprocess.run(["git", "-C", str(PROJECT_ROOT), "worktree", "remove", "--force", str(other)], check=True)
+    return {"Phase 1 seconds (prepare to phase2) per round": times,
+            f"{commit} / this code (medians)": round(float(np.median(times[commit]) / np.median(times["this code"])), 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", default="20")
     parser.add_argument("--config", type=Path, default=PROJECT_ROOT / "configs" / "local.yaml")
+    parser.add_argument("--against", metavar="COMMIT", help="time this code and COMMIT's as configured, taking turns")
+    parser.add_argument("--rounds", type=int, default=2, help="with --against: runs of each")
     args = parser.parse_args()
+    if args.against:
+        print(json.dumps(compare(args.config, args.samples, args.against, args.rounds), indent=2))
+        return
     results = {"as configured": run(args.config, args.samples),
                "without prefix reuse": run(args.config, args.samples, reuse_prefix=False),
                "one sequence at a time": run(args.config, args.samples, sequences=1)}

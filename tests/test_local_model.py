@@ -11,7 +11,8 @@ from arena10k.errors import ItemError
 from arena10k.judging import JUDGE_RUBRIC, ORACLE_RUBRIC, judge_messages
 from arena10k.models import gguf_path
 from arena10k.providers.base import GenerationRequest, TeacherForceRequest
-from arena10k.providers.local import N_BATCH, LocalProvider
+from arena10k.providers.local import LocalProvider
+from arena10k.providers.slots import N_BATCH
 from arena10k.sampling import Distribution
 
 SYSTEM = "You are a helpful assistant."

@@ -7,8 +7,9 @@ With flash attention, micro-batches under 64 tokens (hence N_BATCH), one thread 
 weight repacking nor the tiled K-quant kernel (see LocalProvider.__init__), a registered model gets bit-identical
 logits for a token whether it is decoded alone, in a chunk of its own sequence or beside other sequences' tokens (up
 to `LocalModel.most_sequences` of them), at any context length. So it decodes up to `sequences` responses in one
-llama.cpp batch: calls from several threads join the same steps, each sequence in a cache stream of its own (its
-cells stay in position order, as in a fresh evaluation). It teacher-forces a response in chunks and starts a prompt
+llama.cpp batch: each call is a job of the engine (engine.py), the one thread that runs llama.cpp, and calls from
+several threads join the same steps, each sequence in a cache stream of its own (its cells stay in position order, as
+in a fresh evaluation; slots.py plans them). It teacher-forces a response in chunks and starts a prompt
 after the longest prefix that any of its sequences holds (the judge's rubric and examples). A GGUF path, never
 measured, decodes alone, teacher-forces one token a step, as it samples, and reuses only whole N_BATCH chunks from
 position 0, as a fresh evaluation computes them. Either way P0's teacher-forced log-prob equals the sum of its
@@ -19,11 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +30,8 @@ import numpy as np
 
 from arena10k.errors import ItemError
 from arena10k.models import LOCAL_MODELS, LocalModel, gguf_path, sequences_decoded_together
+from arena10k.providers.engine import Claim, Decode, Job, engine
+from arena10k.providers.slots import N_BATCH, plan_claim, plan_step, reusable
 from arena10k.sampling import Distribution, Forcing, Sampling
 from arena10k.providers.base import (
     GENERATE,
@@ -43,21 +43,10 @@ from arena10k.providers.base import (
     TeacherForceRequest,
 )
 
-N_BATCH = 63
-# Copying a sequence's cache stream (all n_ctx cells) costs about as much as evaluating 5 tokens (measured: 16 ms
-# for SmolLM2 at n_ctx 4096); a cached prefix that saves fewer tokens than this is evaluated again instead.
-COPY_MIN_TOKENS = 16
-
 # From 8 rows llama.cpp multiplies K-quant weights (Gemma's Q4_K and Q6_K) with a tiled kernel whose sums round
 # otherwise than the one-row kernel's, so a token's logits depended on how many tokens were decoded with it (Gemma: up
 # to 1.1 apart, measured). llama.cpp reads this switch once, at the first such multiplication in the process.
 os.environ["GGML_CPU_TILED_MM"] = "0"
-
-# One llama.cpp computation at a time in the process: each one already uses every core.
-_COMPUTE = threading.Lock()
-# And all of them on one thread: llama.cpp's OpenMP build keeps a team of worker threads per calling thread, and
-# the idle teams of threads taking turns spin against the working one (measured: decode steps 60% slower).
-_LLAMA_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama.cpp")
 
 
 # What a decoding sequence does with the logits after each of its tokens: the token to decode next, or None when done.
@@ -67,13 +56,11 @@ NextToken = Callable[[np.ndarray], "int | None"]
 @dataclass
 class _Sequence:
     seq_id: int
-    woken: threading.Condition  # its caller waits on it while other callers' threads run the decode steps
     cached: list[int] = field(default_factory=list)  # the prompt tokens at its positions 0.. that can be reused
     busy: bool = False
     token: int = 0  # while decoding: the token the next step decodes, at `position`
     position: int = 0
     next_token: NextToken | None = None
-    error: BaseException | None = None  # raised by its next_token in another caller's step
 
 
 class ChatFormat:
@@ -156,11 +143,9 @@ class LocalProvider:
         params.n_threads = 1 if registered else params.n_threads_batch
         self._ctx = _internals.LlamaContext(model=self._model, params=params, verbose=False)
         self._batch = _internals.LlamaBatch(n_tokens=N_BATCH, embd=0, n_seq_max=1, verbose=False)
-        self._slots = [_Sequence(i, threading.Condition(_COMPUTE)) for i in range(self.sequences)]
-        self._state = threading.Condition(_COMPUTE)  # a sequence became free
+        self._slots = [_Sequence(i) for i in range(self.sequences)]
         self._decoding: dict[int, _Sequence] = {}  # the sequences with a token waiting for the next step
-        self._arriving = 0  # calls waiting to take the lock: while a sequence is free, a step waits for them
-        self._arrivals = threading.Lock()
+        self._engine = engine()
         self.n_ctx = n_ctx
         self.n_vocab = self._model.n_vocab()
         self.reuse_prefix = reuse_prefix
@@ -187,59 +172,59 @@ class LocalProvider:
                 f"prompt is {len(ids)} tokens; with {room} more it exceeds the model's context of {self.n_ctx} "
                 "(raise n_ctx in the model config)", retryable=False)
 
-    # Sequences. Every method below that touches the context is called with self._state held.
+    # The engine's side (providers/engine.py): every method below that touches the context runs on its thread.
 
-    @contextmanager
-    def _turn(self) -> Iterator[None]:
-        """The lock, for one call. While it waits for it, it is counted, so that decode steps let it start first."""
-        with self._arrivals:
-            self._arriving += 1
-        with self._state:
-            with self._arrivals:
-                self._arriving -= 1
-            yield
+    def has_free_sequence(self) -> bool:
+        return not all(s.busy for s in self._slots)
 
-    def _claim(self, prompt: list[int], reuse: bool) -> tuple[_Sequence, int]:
-        """A free sequence holding the longest start of `prompt` it can, and how many prompt tokens need no evaluation.
+    def claim(self, command: Claim) -> tuple[_Sequence, int]:
+        """A free sequence for the prompt, holding the longest start of it it can (slots.plan_claim), and how many
+        prompt tokens need no evaluation."""
+        plan = plan_claim([s.cached for s in self._slots], [s.busy for s in self._slots], command.prompt,
+                          command.reuse and self.reuse_prefix, self.chunk_invariant)
+        target, memory = self._slots[plan.target], self._ctx.memory
+        if plan.copy_from is not None:
+            self._llama_cpp.llama_memory_seq_cp(memory, plan.copy_from, plan.target, -1, -1)
+        self._llama_cpp.llama_memory_seq_rm(memory, plan.target, plan.held, -1)
+        target.busy, target.cached = True, command.prompt[:plan.held]
+        return target, plan.held
 
-        A free sequence's own cache is used; another sequence's (busy ones too: a prompt's start never changes) is
-        copied over when it holds COPY_MIN_TOKENS more of the prompt, since llama.cpp copies a whole cache stream.
-        """
-        while not (free := [s for s in self._slots if not s.busy]):
-            self._state.wait()
+    def start_decoding(self, command: Decode) -> None:
+        sequence = command.sequence
+        sequence.token, sequence.position, sequence.next_token = command.token, command.position, command.next_token
+        self._decoding[sequence.seq_id] = sequence
 
-        def held_by(sequence: _Sequence) -> int:
-            if not (reuse and self.reuse_prefix):
-                return 0
-            held = min(_common_prefix(sequence.cached, prompt), len(prompt) - 1)  # one token is evaluated, for its logits
-            return held if self.chunk_invariant else held // N_BATCH * N_BATCH
-
-        held = {s.seq_id: held_by(s) for s in self._slots}
-        target = max(free, key=lambda s: held[s.seq_id])
-        source = max(self._slots, key=lambda s: held[s.seq_id])
+    def step(self) -> list[tuple[int, BaseException | None]]:
+        """Decodes the waiting token of every decoding sequence in one llama.cpp micro-batch (slots.plan_step, with
+        placeholders in the free sequences between them), passes each one's logits to its next_token, and returns the
+        sequences that are done, each with the error its next_token raised, if any."""
         memory = self._ctx.memory
-        if held[source.seq_id] >= held[target.seq_id] + COPY_MIN_TOKENS:
-            target_held = held[source.seq_id]
-            self._llama_cpp.llama_memory_seq_cp(memory, source.seq_id, target.seq_id, -1, -1)
-        else:
-            target_held = held[target.seq_id]
-        self._llama_cpp.llama_memory_seq_rm(memory, target.seq_id, target_held, -1)
-        target.busy, target.cached = True, prompt[:target_held]
-        return target, target_held
-
-    def _reusable(self, prompt: list[int]) -> list[int]:
-        """What a later prompt may reuse of an evaluated one: all of it, or (not chunk-invariant) its whole chunks."""
-        return prompt if self.chunk_invariant else prompt[: len(prompt) // N_BATCH * N_BATCH]
+        ends = {s.seq_id: self._llama_cpp.llama_memory_seq_pos_max(memory, s.seq_id) + 1 for s in self._slots
+                if s.seq_id not in self._decoding}
+        plan = plan_step({i: (s.token, s.position) for i, s in self._decoding.items()}, ends, self.n_ctx, self._end_of_turn)
+        self._fill_batch(plan.tokens)
+        self._decode()
+        for seq_id, end in plan.placeholders:
+            self._llama_cpp.llama_memory_seq_rm(memory, seq_id, end, -1)
+        ids = sorted(self._decoding)
+        self.decode_steps, self.decoded_tokens = self.decode_steps + 1, self.decoded_tokens + len(ids)
+        self.placeholder_tokens += len(plan.placeholders)
+        finished = []
+        for seq_id, logits in zip(ids, self._logits(len(ids))):
+            sequence = self._decoding[seq_id]
+            try:
+                token = sequence.next_token(logits)
+            except Exception as error:  # raised in its own job
+                finished.append((self._decoding.pop(seq_id).seq_id, error))
+                continue
+            if token is None:
+                finished.append((self._decoding.pop(seq_id).seq_id, None))
+            else:
+                sequence.token, sequence.position = token, sequence.position + 1
+        return finished
 
     def _release(self, sequence: _Sequence) -> None:
         sequence.busy = False
-        self._state.notify_all()
-        self._hand_over_steps()
-
-    def _hand_over_steps(self) -> None:
-        """A caller that lets the lock go without running the next decode step wakes one that will."""
-        if self._decoding:
-            next(iter(self._decoding.values())).woken.notify()
 
     def _evaluate(self, sequence: _Sequence, tokens: list[int], n_past: int, first_scored: int) -> Iterator[np.ndarray]:
         """Decodes tokens after n_past cached ones, in N_BATCH chunks from n_past, and yields each chunk's logits rows,
@@ -266,7 +251,7 @@ class LocalProvider:
         """An evaluated prompt becomes the sequence's reusable cache, and is counted."""
         self.prompt_tokens += len(prompt)
         self.prompt_tokens_evaluated += len(prompt) - held
-        sequence.cached = self._reusable(prompt)
+        sequence.cached = reusable(prompt, self.chunk_invariant)
 
     def _fill_batch(self, tokens: list[tuple[int, int, int, bool]]) -> None:
         """Tokens as (token, position, sequence, whether its logits are wanted)."""
@@ -276,69 +261,11 @@ class LocalProvider:
             batch.token[i], batch.pos[i], batch.seq_id[i][0], batch.n_seq_id[i], batch.logits[i] = token, position, seq_id, 1, wanted
 
     def _decode(self) -> None:
-        _LLAMA_THREAD.submit(self._ctx.decode, self._batch).result()
+        self._ctx.decode(self._batch)
 
     def _logits(self, n_rows: int) -> np.ndarray:
         """The last decode's logits rows: a view of llama.cpp's buffer."""
         return np.ctypeslib.as_array(self._ctx.get_logits(), shape=(n_rows, self.n_vocab))
-
-    def _decode_steps(self, sequence: _Sequence, token: int, position: int, next_token: NextToken) -> None:
-        """Decodes `token` at `position`, then each token next_token returns given the logits after the one before,
-        until it returns None, in decode steps shared with every other decoding sequence. The caller holding the lock
-        runs the steps for all of them, next_token included: handing the lock from thread to thread for each
-        sequence's sample idled llama.cpp longer than the sampling took (up to 90 ms after a step of 20 Gemma
-        sequences, measured). It lets the lock go when a call waits to start a sequence (which then joins the steps)
-        and when another sequence's call can return."""
-        sequence.token, sequence.position, sequence.next_token, sequence.error = token, position, next_token, None
-        self._decoding[sequence.seq_id] = sequence
-        try:
-            while sequence.seq_id in self._decoding:
-                if self._arriving and not all(s.busy for s in self._slots):
-                    sequence.woken.wait()
-                elif finished := self._step():
-                    for other in finished:
-                        other.woken.notify()
-                    if sequence.seq_id in self._decoding:
-                        sequence.woken.wait()
-        finally:
-            self._decoding.pop(sequence.seq_id, None)
-        if sequence.error is not None:
-            raise sequence.error
-
-    def _step(self) -> list[_Sequence]:
-        """Decodes the waiting token of every decoding sequence in one llama.cpp micro-batch, passes each one's logits
-        to its next_token, and returns the sequences that are done. llama.cpp puts only consecutive sequence ids in
-        one micro-batch (a cache stream per sequence, viewed as one range), and steps across gaps took one
-        micro-batch per run of ids: 8 SmolLM2 sequences at every other id 242 ms, 8 consecutive ones 53 ms
-        (measured). So a free sequence in a gap decodes a placeholder token after its cache, without logits, removed
-        after the step; the other sequences' logits do not depend on it (batch invariance)."""
-        ids = sorted(self._decoding)
-        memory = self._ctx.memory
-        tokens, placeholders = [], []
-        for seq_id in range(ids[0], ids[-1] + 1):
-            if seq_id in self._decoding:
-                tokens.append((self._decoding[seq_id].token, self._decoding[seq_id].position, seq_id, True))
-            elif (end := self._llama_cpp.llama_memory_seq_pos_max(memory, seq_id) + 1) < self.n_ctx:
-                tokens.append((self._end_of_turn, end, seq_id, False))
-                placeholders.append((seq_id, end))
-        self._fill_batch(tokens)
-        self._decode()
-        for seq_id, end in placeholders:
-            self._llama_cpp.llama_memory_seq_rm(memory, seq_id, end, -1)
-        self.decode_steps, self.decoded_tokens = self.decode_steps + 1, self.decoded_tokens + len(ids)
-        self.placeholder_tokens += len(placeholders)
-        finished = []
-        for seq_id, logits in zip(ids, self._logits(len(ids))):
-            sequence = self._decoding[seq_id]
-            try:
-                token = sequence.next_token(logits)
-            except Exception as error:  # its own caller raises it
-                sequence.error, token = error, None
-            if token is None:
-                finished.append(self._decoding.pop(seq_id))
-            else:
-                sequence.token, sequence.position = token, sequence.position + 1
-        return finished
 
     def _echo(self, sequence: _Sequence, ids: list[int], scale: float, top: int, logprobs: list, tops: list) -> np.ndarray:
         """Scores every prompt token after the first into logprobs (and its `top` most likely tokens into tops);
@@ -353,7 +280,7 @@ class LocalProvider:
                     logprobs.append(dist.logprob(ids[position]))
                     if top:
                         tops.append({self._format.piece(t): logprob for t, logprob in dist.top(top)})
-        sequence.cached = self._reusable(ids)
+        sequence.cached = reusable(ids, self.chunk_invariant)
         return logits.copy()
 
     def _is_end(self, token: int) -> bool:
@@ -375,27 +302,47 @@ class LocalProvider:
             raise ItemError("the response has no tokens and did not end its turn: it has no log-probability to compute",
                             retryable=False)
         prompt = self._prompt_ids(request.messages, room=len(targets))
-        with self._turn():
-            sequence, held = self._claim(prompt, reuse=True)
-            try:
-                forcing = Forcing(targets, request.temperature)
-                if self.chunk_invariant:
-                    # The rest of the prompt and the response (each token gives the logits that score the next) in
-                    # one run of chunks, scored from the prompt's last token: a clone's prompt, cached but for its
-                    # last token, then costs no decode of its own.
-                    for chunk in self._evaluate(sequence, prompt[held:] + targets[:-1], held, first_scored=len(prompt) - held - 1):
-                        for row in chunk:
-                            forcing(row)
-                    self._count_prompt(sequence, prompt, held)
-                # A model whose chunks were never measured against its steps decodes the response a token a step, as
-                # it samples (before llama.cpp's tiled kernel and repacking were turned off, Gemma's chunks were 0.49
-                # nats a response off in the median, up to 2.4, on the quick start's P0 responses).
-                elif (first := forcing(self._evaluate_prompt(sequence, prompt, held))) is not None:
-                    self._decode_steps(sequence, first, len(prompt), forcing)
-            finally:
-                self._release(sequence)
+        forcing = Forcing(targets, request.temperature)
+        self._engine.run(self, self._forcing_job(prompt, targets, forcing))
         return ForcedLogprob(logprob=forcing.logprob, n_tokens=len(targets),
                              method=method + ("+end_of_turn" if stop is not None else ""))
+
+    def _forcing_job(self, prompt: list[int], targets: list[int], forcing: Forcing) -> Job:
+        sequence, held = yield Claim(prompt, reuse=True)
+        try:
+            if self.chunk_invariant:
+                # The rest of the prompt and the response (each token gives the logits that score the next) in one
+                # run of chunks, scored from the prompt's last token: a clone's prompt, cached but for its last token,
+                # then costs no decode of its own.
+                for chunk in self._evaluate(sequence, prompt[held:] + targets[:-1], held, first_scored=len(prompt) - held - 1):
+                    for row in chunk:
+                        forcing(row)
+                self._count_prompt(sequence, prompt, held)
+            # A model whose chunks were never measured against its steps decodes the response a token a step, as it
+            # samples (before llama.cpp's tiled kernel and repacking were turned off, Gemma's chunks were 0.49 nats a
+            # response off in the median, up to 2.4, on the quick start's P0 responses).
+            elif (first := forcing(self._evaluate_prompt(sequence, prompt, held))) is not None:
+                yield Decode(sequence, first, len(prompt), forcing)
+        finally:
+            self._release(sequence)
+
+    def _completion_job(self, ids: list[int], max_tokens: int, temperature: float, top_logprobs: int, echo: bool,
+                        sampling: Sampling, prompt_logprobs: list[float], prompt_top: list[dict[str, float]]) -> Job:
+        # Echo needs the logits of every prompt token, so it reuses nothing.
+        sequence, held = yield Claim(ids, reuse=not echo)
+        try:
+            if max_tokens and self.chunk_invariant and held == len(ids) - 1:
+                # All of it cached but its last token (a clone's prompt): that token joins the other sequences' next
+                # step instead of taking a decode of its own.
+                yield Decode(sequence, ids[-1], held, sampling)
+                self._count_prompt(sequence, ids, held)
+            elif echo or max_tokens:
+                logits = (self._echo(sequence, ids, temperature or 1.0, top_logprobs, prompt_logprobs, prompt_top)
+                          if echo else self._evaluate_prompt(sequence, ids, held))
+                if max_tokens and (first := sampling(logits)) is not None:
+                    yield Decode(sequence, first, len(ids), sampling)
+        finally:
+            self._release(sequence)
 
     def _retokenize(self, request: TeacherForceRequest) -> tuple[list[int], str]:
         """Another model's response, in this model's tokens. The boundary is verified: the prompt's
@@ -428,24 +375,8 @@ class LocalProvider:
         sampling = Sampling(temperature, seed, max_tokens, top_logprobs, self._is_end, self._format.piece)
         prompt_logprobs: list[float] = []
         prompt_top: list[dict[str, float]] = []
-        # Sampling holds the lock too: on a machine whose every core runs llama.cpp's threads, Python work beside them
-        # stalls them.
-        with self._turn():
-            # Echo needs the logits of every prompt token, so it reuses nothing.
-            sequence, held = self._claim(ids, reuse=not echo)
-            try:
-                if max_tokens and self.chunk_invariant and held == len(ids) - 1:
-                    # All of it cached but its last token (a clone's prompt): that token joins the other sequences'
-                    # next step instead of taking a decode of its own.
-                    self._decode_steps(sequence, ids[-1], held, sampling)
-                    self._count_prompt(sequence, ids, held)
-                elif echo or max_tokens:
-                    logits = (self._echo(sequence, ids, temperature or 1.0, top_logprobs, prompt_logprobs, prompt_top)
-                              if echo else self._evaluate_prompt(sequence, ids, held))
-                    if max_tokens and (first := sampling(logits)) is not None:
-                        self._decode_steps(sequence, first, len(ids), sampling)
-            finally:
-                self._release(sequence)
+        self._engine.run(self, self._completion_job(ids, max_tokens, temperature, top_logprobs, echo, sampling,
+                                                    prompt_logprobs, prompt_top))
         prompt_generation = Generation(
             text=self._format.text(ids, special=True), finish_reason="length", tokenizer=self.tokenizer, token_ids=ids,
             token_texts=[self._format.piece(t) for t in ids], token_logprobs=prompt_logprobs if echo else None,
@@ -465,10 +396,6 @@ def instruction_sets() -> str:
     info = llama_cpp.llama_print_system_info().decode()
     return ", ".join(name.strip() for name, _, on in (part.partition("=") for part in info.split("|"))
                      if on.strip() == "1" and name.strip().startswith(("AVX", "AMX", "NEON", "SVE")))
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 def _file_digest(path: Path) -> str:
