@@ -160,13 +160,11 @@ def _run(args: argparse.Namespace, stage: str | None, command: str, plan: Plan) 
                 print(each.run(StageRun(config, workspace, samples, plan)), flush=True)
                 timings.append(f"{each.name} {time.monotonic() - started:.1f}s")
             print("stage times: " + ", ".join(timings))
-            if phase2.STAGE in selected or analyze.STAGE in selected:
-                from arena10k import report  # matplotlib takes a second to import; only a run that writes the report needs it
-
-                print(f"Report: {report.write_for_run(config, workspace, plan)}")
+            _report(config, workspace, plan, selected)
         except Arena10kError:
             if new_run and not workspace.prompts_path.exists():
                 workspace.unmark()  # a start refused before it had prompts leaves no run behind
+            _report(config, workspace, plan, selected)  # a failed analysis leaves the report of the Phase 2 files
             raise
     if selected[-1].name in (phase2.STAGE.name, analyze.STAGE.name):
         info = phase2.dataset_info(workspace)
@@ -182,6 +180,15 @@ def _run(args: argparse.Namespace, stage: str | None, command: str, plan: Plan) 
         print(f"error: {left} Continue with: {command}", file=sys.stderr)
         return 3
     return 0
+
+
+def _report(config: ExperimentConfig, workspace: Workspace, plan: Plan, selected: list[Stage]) -> None:
+    """The report, once, at the end of a run that ran stage 6 or 7 (if there are Phase 2 files to report on)."""
+    if phase2.STAGE in selected or analyze.STAGE in selected:
+        from arena10k import report  # matplotlib takes a second to import; only a run that writes the report needs it
+
+        if path := report.write_for_run(config, workspace, plan):
+            print(f"Report: {path}")
 
 
 def _preflight(config: ExperimentConfig, workspace: Workspace) -> None:

@@ -11,9 +11,9 @@ from arena10k import pipeline, providers
 from arena10k import status as status_module
 from arena10k.config import load_config
 from arena10k.checkpoint import dumps
-from arena10k.stages import registry
+from arena10k.stages import analyze, registry
 from arena10k.stages.analyze import MIN_CALIBRATION_LABELS, _inputs, clone_agreement, findings
-from arena10k.errors import ItemError
+from arena10k.errors import AnalysisError, ItemError
 from arena10k.testing.fake_provider import FakeModels, FakeProvider
 from arena10k.workspace import Workspace
 
@@ -138,6 +138,18 @@ def test_a_phase2_dataset_that_is_not_usable_is_not_analysed(tmp_path, capsys, m
     assert status == 3 and estimates_file["analysed"] is False
     assert estimates_file["reason"].startswith("Phase 2 is empty: no logged response has a judge score")
     assert "analyze: no estimates: Phase 2 is empty" in output.out
+
+
+def test_an_analysis_that_fails_leaves_the_report_of_the_phase2_files(tmp_path, capsys, monkeypatch):
+    def cje_fails(python, folders, end=None):
+        raise AnalysisError("cje-eval failed on the files (exit 1):\nValueError: no")
+
+    monkeypatch.setattr(analyze, "run_cje", cje_fails)
+    status, _, output = run(tmp_path, lambda raw: raw.update(analysis={"enabled": True}), capsys)
+    assert status == 2 and "error: cje-eval failed on the files" in output.err and "Traceback" not in output.err
+    report = (tmp_path / "run" / "phase2" / "report.md").read_text()
+    assert "## Importance weights" in report and "## Estimates" not in report
+    assert f"Report: {tmp_path / 'run' / 'phase2' / 'report.md'}" in output.out
 
 
 def test_estimates_of_older_phase2_files_are_removed_when_phase2_is_rebuilt(tmp_path, capsys):
