@@ -197,3 +197,21 @@ def test_an_empty_response_that_did_not_end_its_turn_is_an_error_not_a_log_prob(
     request = TeacherForceRequest(messages(PROMPTS[0]), 0.7, "", smollm.tokenizer, (), None, False)
     with pytest.raises(ItemError, match="no log-probability"):
         smollm.teacher_force(request)
+
+
+def test_a_failed_decode_step_fails_its_call_and_the_model_goes_on(smollm, monkeypatch):
+    request = GenerationRequest(messages(PROMPTS[1]), 0.7, 8, seed=1)
+    expected = smollm.generate(request)
+    decodes, decode = [], smollm._decode
+
+    def third_fails():  # the prompt, a step, then the next step fails
+        decodes.append(1)
+        if len(decodes) == 3:
+            raise RuntimeError("llama_decode returned -1")
+        decode()
+
+    monkeypatch.setattr(smollm, "_decode", third_fails)
+    with pytest.raises(RuntimeError, match="llama_decode returned -1"):
+        smollm.generate(GenerationRequest(messages(PROMPTS[2]), 0.7, 8, seed=1))
+    monkeypatch.undo()
+    assert smollm.generate(request) == expected

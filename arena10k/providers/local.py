@@ -203,7 +203,11 @@ class LocalProvider:
                 if s.seq_id not in self._decoding}
         plan = plan_step({i: (s.token, s.position) for i, s in self._decoding.items()}, ends, self.n_ctx, self._end_of_turn)
         self._fill_batch(plan.tokens)
-        self._decode()
+        try:
+            self._decode()
+        except BaseException:
+            self._decoding.clear()  # the engine fails every job that was decoding on this model
+            raise
         for seq_id, end in plan.placeholders:
             self._llama_cpp.llama_memory_seq_rm(memory, seq_id, end, -1)
         ids = sorted(self._decoding)
