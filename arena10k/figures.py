@@ -8,16 +8,31 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
 
 from arena10k.weights import EXTREME_LOG_WEIGHT
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 PNG_METADATA = {"Software": None}
 DPI = 100
 COLORS = ("tab:blue", "tab:orange", "tab:purple")
+
+
+def _figure(**options) -> Figure:
+    # matplotlib takes over half a second to import: only a command that draws figures pays it.
+    from matplotlib.figure import Figure
+
+    return Figure(**options)
+
+
+def _plain_numbers():
+    from matplotlib.ticker import FuncFormatter
+
+    return FuncFormatter(lambda value, _: f"{value:g}")
 
 
 def _save(figure: Figure, path: Path) -> Path:
@@ -29,7 +44,7 @@ def _save(figure: Figure, path: Path) -> Path:
 def _grid(count: int, width: float = 4.2, height: float = 3.0) -> tuple[Figure, list]:
     columns = min(count, 2)
     rows = math.ceil(count / columns)
-    figure = Figure(figsize=(width * columns, height * rows), layout="tight")
+    figure = _figure(figsize=(width * columns, height * rows), layout="tight")
     axes = figure.subplots(rows, columns, squeeze=False).ravel().tolist()
     for extra in axes[count:]:
         extra.set_visible(False)
@@ -53,7 +68,7 @@ def log_weight_histograms(path: Path, log_ratios: dict[str, np.ndarray], titles:
 
 def weight_concentration(path: Path, log_ratios: dict[str, np.ndarray]) -> Path:
     """How much of each policy's total weight its heaviest responses carry; equal weights give the diagonal."""
-    figure = Figure(figsize=(6.4, 4.2), layout="tight")
+    figure = _figure(figsize=(6.4, 4.2), layout="tight")
     ax = figure.subplots()
     for policy, values in log_ratios.items():
         weights = np.sort(np.exp(values - values.max()))[::-1]
@@ -63,7 +78,7 @@ def weight_concentration(path: Path, log_ratios: dict[str, np.ndarray]) -> Path:
     equal = np.geomspace(smallest, 100, 50)
     ax.plot(equal, equal, color="grey", linestyle=":", label="equal weights")
     ax.set_xscale("log")  # the heaviest few responses are where weights go wrong
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_major_formatter(_plain_numbers())
     ax.set_xlabel("heaviest responses (% of all, heaviest first, log scale)")
     ax.set_ylabel("share of total weight (%)")
     ax.set_title("Weight concentration", fontsize=10)
@@ -72,7 +87,7 @@ def weight_concentration(path: Path, log_ratios: dict[str, np.ndarray]) -> Path:
 
 
 def clone_log_ratios(path: Path, policy: str, ratios: np.ndarray, verdict: str) -> Path:
-    figure = Figure(figsize=(6.4, 3.4), layout="tight")
+    figure = _figure(figsize=(6.4, 3.4), layout="tight")
     ax = figure.subplots()
     spread = float(np.abs(ratios).max()) if len(ratios) and np.abs(ratios).max() > 0 else 1.0
     ax.hist(ratios, bins=41, range=(-spread * 1.05, spread * 1.05), color="tab:green" if verdict.startswith("PASS") else "tab:red")
@@ -85,7 +100,7 @@ def clone_log_ratios(path: Path, policy: str, ratios: np.ndarray, verdict: str) 
 def judge_scores(path: Path, scores: dict[str, dict[str, np.ndarray]], reweighted: dict[str, dict[str, float]]) -> Path:
     """Box plots of judge scores per policy, a box per variant; a cross marks what P0's reweighted responses say."""
     policies = list(dict.fromkeys(p for variant in scores for p in [*scores[variant], *reweighted[variant]]))
-    figure = Figure(figsize=(max(7.0, 0.8 * len(policies) * len(scores) + 3), 4.2), layout="tight")
+    figure = _figure(figsize=(max(7.0, 0.8 * len(policies) * len(scores) + 3), 4.2), layout="tight")
     ax = figure.subplots()
     width = 0.8 / len(scores)
     for index, (variant, by_policy) in enumerate(scores.items()):
@@ -114,7 +129,7 @@ def judge_scores(path: Path, scores: dict[str, dict[str, np.ndarray]], reweighte
 
 
 def judge_uncertainty(path: Path, uncertainty: dict[str, tuple[np.ndarray, np.ndarray]], guessing_sd: float) -> Path:
-    figure = Figure(figsize=(6.4, 4.2), layout="tight")
+    figure = _figure(figsize=(6.4, 4.2), layout="tight")
     ax = figure.subplots()
     for policy, (means, deviations) in uncertainty.items():
         ax.scatter(means, deviations, s=12, alpha=0.7, label=policy)

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from arena10k import forecast, liveness, preflight
+from arena10k import forecast, liveness, preflight, report
 from arena10k.checkpoint import reset_failed
 from arena10k.config import ExperimentConfig, load_config
 from arena10k.errors import Arena10kError, ConfigError
@@ -185,8 +185,6 @@ def _run(args: argparse.Namespace, stage: str | None, command: str, plan: Plan) 
 def _report(config: ExperimentConfig, workspace: Workspace, plan: Plan, selected: list[Stage]) -> None:
     """The report, once, at the end of a run that ran stage 6 or 7 (if there are Phase 2 files to report on)."""
     if phase2.STAGE in selected or analyze.STAGE in selected:
-        from arena10k import report  # matplotlib takes a second to import; only a run that writes the report needs it
-
         if path := report.write_for_run(config, workspace, plan):
             print(f"Report: {path}")
 

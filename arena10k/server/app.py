@@ -23,7 +23,7 @@ from typing import TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from arena10k.server import protocol
+import arena10k.server.protocol as protocol
 from arena10k.server.backends import Backend, Completion, RequestError, Tokens
 from arena10k.server.faults import FaultConfig, FaultPlan, Quota, estimate_tokens
 
