@@ -11,14 +11,15 @@ SHARED_ARENA = PROJECT_ROOT.parent / "shared" / "arena"
 TINY_CONFIG = PROJECT_ROOT / "tests" / "data" / "tiny.yaml"
 OWN_CONFIG = PROJECT_ROOT / "tests" / "data" / "own_policies.yaml"  # a researcher's own policies, seven of them
 PHASE2_FILES = ("deterministic", "uncertainty", "dataset_info.json")
-# The tests that run an embedded model (in process or in a pipeline they start).
-EMBEDDED_MODEL_TESTS = ("tests/test_pipeline.py", "tests/test_local_model.py", "tests/test_third_party_server.py",
-                        "tests/test_server.py::test_the_local_model_serves")
-# The slow tier (`-m slow`, which .ci/run runs after the default one): the embedded models, whole pipelines through the
-# loopback server, and tests that start many processes. The default tier is what a change is checked with in minutes.
-SLOW_TESTS = (*EMBEDDED_MODEL_TESTS, "tests/test_api_path.py",
+# The slow tier (`-m slow`): the embedded models, whole pipelines through the loopback server, and tests that start
+# many processes. The default tier is what a change is checked with in minutes.
+SLOW_TESTS = ("tests/test_pipeline.py", "tests/test_local_model.py", "tests/test_third_party_server.py",
+              "tests/test_server.py::test_the_local_model_serves", "tests/test_api_path.py",
               "tests/test_safety.py::test_two_pipelines_started_together_run_one_in_each_of_20_rounds",
               "tests/test_messages.py::test_ctrl_c_in_a_dry_run_stops_it_cleanly_and_names_the_dry_run_to_resume")
+# The files that take longest start first, so that the last file to finish is a short one (BENCHMARKS.md, tests).
+LONGEST_FIRST = ("tests/test_pipeline.py", "tests/test_local_model.py", "tests/test_api_path.py",
+                 "tests/test_third_party_server.py", "tests/test_safety.py")
 
 
 def pipeline_command(data_dir: Path, *args: str, config: Path = TINY_CONFIG) -> list[str]:
@@ -60,24 +61,23 @@ def shared_arena() -> Path:
     return SHARED_ARENA
 
 
+def pytest_configure(config):
+    """Each xdist worker, and every process it starts, runs on a core of its own. llama.cpp's threads spin while they
+    wait for each other, so a model process sharing its cores with another worker's work slowed several times over
+    (a decode test: 44 s alone on 2 cores, 107 s beside the other worker, 62 s on one core of its own); on one core a
+    model process has one thread, and the two workers' models run side by side."""
+    worker, workers = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    cores = sorted(os.sched_getaffinity(0))
+    if worker and len(cores) >= workers:
+        os.sched_setaffinity(0, {cores[int(worker.removeprefix("gw")) % len(cores)]})
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.nodeid.startswith(SLOW_TESTS):
             item.add_marker(pytest.mark.slow)
-
-
-def pytest_xdist_make_scheduler(config, log):
-    """Test files are shared out between the workers, except that the embedded-model tests all go to one worker:
-    llama.cpp's threads spin while they wait for each other, so two model processes on 2 cores slow each other
-    several times over (a clean run of the own-policies config took 12 minutes instead of 73 s). xdist's own
-    `--dist loadgroup` would do this, but with pytest 9 its group marks are lost (it renames `item._nodeid`)."""
-    from xdist.scheduler import LoadFileScheduling
-
-    class EmbeddedModelsTogether(LoadFileScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return "embedded models" if nodeid.startswith(EMBEDDED_MODEL_TESTS) else super()._split_scope(nodeid)
-
-    return EmbeddedModelsTogether(config, log)
+    items.sort(key=lambda item: next((i for i, path in enumerate(LONGEST_FIRST) if item.nodeid.startswith(path)),
+                                     len(LONGEST_FIRST)))
 
 
 def run_cje(version: str, script: str, *args: str) -> dict:
