@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ def policy_of(key: str) -> str:
 
 
 RUN_MARKER = ".arena10k-run"
+# Made and deleted by a pipeline starting here, before it takes the lock: one per process, as two may start at once.
+WRITE_CHECK = ".arena10k-write-check"
 # Everything a run writes; --fresh deletes these and nothing else (the lock and marker stay, the run goes on).
 RUN_FILES = ("prompts.jsonl", "filter_report.json", "prepare.meta.json", "config.json", "config_source.txt", "pipeline.pid",
              "checkpoints", "progress", "logs", "phase2", "analysis", "quarantine")
@@ -49,7 +52,8 @@ class Workspace:
         """Before anything is written: a directory of other files is never made a run (nor emptied by --fresh)."""
         if not self.root.is_dir():
             return
-        names = {path.name for path in self.root.iterdir()}  # one listing: a pipeline starting here creates the lock first
+        # One listing, taken while another pipeline may be starting here.
+        names = {path.name for path in self.root.iterdir() if not path.name.startswith(WRITE_CHECK)}
         if not names or names & {RUN_MARKER, "pipeline.lock", "prompts.jsonl", "checkpoints"}:
             return  # new, a run, a run starting, or a run from before the marker
         raise ConfigError(f"{self.root} is not empty and holds no arena10k run (no {RUN_MARKER} file); nothing was "
@@ -61,7 +65,7 @@ class Workspace:
             raise ConfigError(f"--data-dir {self.root} is a file, not a directory: pass a directory (a new one is made).")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / ".arena10k-write-check"
+            probe = self.root / f"{WRITE_CHECK}-{os.getpid()}"
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as error:

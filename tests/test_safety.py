@@ -43,6 +43,12 @@ def test_fresh_refuses_a_directory_that_holds_no_run(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".git", "notes.txt"]
 
 
+def test_a_directory_another_pipeline_is_starting_in_is_not_taken_for_a_foreign_one(tmp_path):
+    # The instant between a starting pipeline's write check and its lock (seen in CI: round 17 of the test below).
+    (tmp_path / ".arena10k-write-check-123").write_bytes(b"")
+    Workspace(tmp_path).refuse_foreign_directory()  # raises ConfigError if it takes the directory for someone else's
+
+
 def test_fresh_deletes_the_runs_files_and_nothing_else(tmp_path):
     data_dir = tmp_path / "run"
     assert run(data_dir, "4")[0] == 0
