@@ -32,8 +32,12 @@ CMAKE_ARGS="$LLAMA_FLAGS" .venv/bin/python -m pip install --quiet --no-cache-dir
 # cje-eval, which reads the Phase 2 files, in environments of its own, so that the product is not held to its
 # pins: 0.3.0, the last release with the off-policy estimators (IPS, DR), needs numpy<2.1; 0.9.3, the current
 # one, estimates from fresh draws only (Direct mode). The tests load a run's Phase 2 files with both.
-for cje in 0.3.0 0.9.3; do
-    "$PYTHON" -m venv ".venv-cje-$cje"
-    ".venv-cje-$cje/bin/python" -m pip install --quiet "cje-eval==$cje"
+# 0.3.0 with scikit-learn 1.7.2: 1.8 and later check every array for a dataframe (narwhals) on each isotonic predict,
+# which cje calls hundreds of thousands of times; stacked DR took 76 s at 10,000 prompts with 1.9.1, 52 s with 1.7.2,
+# the same estimates (BENCHMARKS.md).
+for pins in "0.3.0 scikit-learn==1.7.2" "0.9.3"; do
+    set -- $pins
+    "$PYTHON" -m venv ".venv-cje-$1"
+    ".venv-cje-$1/bin/python" -m pip install --quiet "cje-eval==$1" ${2:+"$2"}
 done
 echo "arena10k installed in $(pwd)/.venv"

@@ -262,7 +262,7 @@ def write_for_run(config: ExperimentConfig, workspace: Workspace, plan: Plan = S
         return None
     inputs_path, path = workspace.phase2_dir / "report_inputs.json", workspace.phase2_dir / "report.md"
     inputs = json.loads(dumps({"dataset_info": file_stamp(info_path), "estimates": file_stamp(estimates_path),
-                               "config": config.model_dump()}))
+                               "config": config.model_dump(mode="json")}))
     if path.exists() and inputs_path.exists() and json.loads(inputs_path.read_text()) == inputs:
         return path
     write_report(phase2_input(workspace.phase2_dir, config, plan), workspace.phase2_dir, current_estimates(workspace))

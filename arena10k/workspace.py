@@ -153,7 +153,7 @@ class Workspace:
 
     def save_config(self, config: ExperimentConfig, source: Path) -> None:
         """The config in use, in its own order of policies (status lists them so), and the file it was read from."""
-        write_atomic(self.config_path, json.dumps(config.model_dump(), indent=2, ensure_ascii=False) + "\n")
+        write_atomic(self.config_path, json.dumps(config.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n")
         write_atomic(self.root / "config_source.txt", str(Path(source).resolve()) + "\n")
 
     def made_with(self) -> Path | None:

@@ -6,6 +6,7 @@ provider, which counts calls: a rerun must make none.
     python benchmarks/run_10k.py                        # 10,000 prompts, 512 tokens
     python benchmarks/run_10k.py --prompts 30000        # the growth rate
     python benchmarks/run_10k.py --max-tokens 64        # does memory grow with response length?
+    python benchmarks/run_10k.py --max-tokens 32 --analyze   # and stage 7 (cje-eval's estimators) alone, at the end
 """
 
 import argparse
@@ -59,11 +60,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=10_000)
     parser.add_argument("--max-tokens", type=int, default=512)
+    parser.add_argument("--analyze", action="store_true", help="also stage 7 alone, on the Phase 2 files built")
     args = parser.parse_args()
     config_path = PROJECT_ROOT / "configs" / "local.yaml"
     config = load_config(config_path)
-    # Without stage 7: cje-eval's estimators on 10,000 prompts computed for over 9 minutes before this benchmark was
-    # stopped (stop 16); what is measured here is reading a run and building Phase 2.
+    # Stage 7 only with --analyze, and alone: what the rest measures is reading a run and building Phase 2.
     config = config.model_copy(update={"policies": {name: policy.model_copy(update={"max_tokens": args.max_tokens})
                                                     for name, policy in config.policies.items()},
                                        "analysis": config.analysis.model_copy(update={"enabled": False})})
@@ -83,6 +84,10 @@ def main() -> None:
                    "rerun (nothing changed)": measured(argv)}
         (root / "phase2" / "inputs.json").unlink()
         results["Phase 2 alone, rebuilt"] = measured(argv[:4] + ["--only", "phase2"])
+        if args.analyze:
+            with_analysis = config.model_copy(update={"analysis": config.analysis.model_copy(update={"enabled": True})})
+            (Path(directory) / "config.json").write_text(json.dumps(with_analysis.model_dump(mode="json") | {"samples": args.prompts}))
+            results["stage 7 alone"] = measured(argv[:4] + ["--only", "analyze"])
     print(json.dumps(results, indent=2))
 
 

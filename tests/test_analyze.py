@@ -128,6 +128,14 @@ def test_a_missing_cje_environment_stops_the_run_before_any_model_call(tmp_path,
     assert "Traceback" not in output.err
 
 
+def test_a_cje_environment_of_the_users_choice_is_used_and_the_run_records_it(tmp_path, capsys):
+    chosen = PROJECT_ROOT / ".venv-cje-0.3.0" / "bin" / "python"
+    status, _, output = run(tmp_path, lambda raw: raw.update(analysis={"cje_python": str(chosen)}), capsys)
+    assert status == 0, output.err  # the run's config.json once could not be written with a path in it
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["analysis"]["cje_python"] == str(chosen)
+    assert json.loads((tmp_path / "run" / "analysis" / "estimates.json").read_text())["analysed"]
+
+
 def test_a_phase2_dataset_that_is_not_usable_is_not_analysed(tmp_path, capsys, monkeypatch):
     def no_digit(self, request):
         raise ItemError("the judge's reply contains no score digit", retryable=False)

@@ -269,7 +269,7 @@ def build(config: ExperimentConfig, workspace: Workspace, plan: Plan) -> dict:
         "zero_probability": {p: counts for p, counts in zero.items() if counts},
         # teacher-forced minus sampled log-probs of the logging policy's own responses, where they were sampled with some
         "self_check": self_check,
-        "config": config.model_dump(),
+        "config": config.model_dump(mode="json"),
     }
     write_atomic(workspace.phase2_dir / "dataset_info.json", json.dumps(info, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
     return info
