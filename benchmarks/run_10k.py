@@ -66,18 +66,22 @@ def main() -> None:
     config = load_config(config_path)
     # Stage 7 only with --analyze, and alone: what the rest measures is reading a run and building Phase 2.
     config = config.model_copy(update={"policies": {name: policy.model_copy(update={"max_tokens": args.max_tokens})
-                                                    for name, policy in config.policies.items()},
-                                       "analysis": config.analysis.model_copy(update={"enabled": False})})
+                                                    for name, policy in config.policies.items()}})
     with tempfile.TemporaryDirectory() as directory:
-        root = Path(directory) / "run"
-        (Path(directory) / "config.json").write_text(json.dumps(config.model_dump() | {"samples": args.prompts}))
+        root, config_file = Path(directory) / "run", Path(directory) / "config.json"
+
+        def write_config(analysis_enabled: bool) -> None:
+            chosen = config.model_copy(update={"analysis": config.analysis.model_copy(update={"enabled": analysis_enabled})})
+            config_file.write_text(json.dumps(chosen.model_dump(mode="json") | {"samples": args.prompts}))
+
+        write_config(analysis_enabled=False)
         started = time.perf_counter()
         # In a process of its own: a child's peak memory on Linux starts from its parent's at the fork.
-        subprocess.run([sys.executable, "-c", WRITER.format(root=str(PROJECT_ROOT), config=str(Path(directory) / "config.json"),
+        subprocess.run([sys.executable, "-c", WRITER.format(root=str(PROJECT_ROOT), config=str(config_file),
                                                             run=str(root), prompts=args.prompts)], check=True)
         written = time.perf_counter() - started
         sizes = {p.stem: round(p.stat().st_size / 1e6) for p in sorted((root / "checkpoints").glob("*.jsonl"))}
-        argv = ["--config", str(Path(directory) / "config.json"), "--data-dir", str(root), "--from", "generate"]
+        argv = ["--config", str(config_file), "--data-dir", str(root), "--from", "generate"]
         results = {"prompts": args.prompts, "max_tokens": args.max_tokens, "written_seconds": round(written),
                    "checkpoint_mb": sizes,
                    "first run (Phase 2 built)": measured(argv),
@@ -85,8 +89,7 @@ def main() -> None:
         (root / "phase2" / "inputs.json").unlink()
         results["Phase 2 alone, rebuilt"] = measured(argv[:4] + ["--only", "phase2"])
         if args.analyze:
-            with_analysis = config.model_copy(update={"analysis": config.analysis.model_copy(update={"enabled": True})})
-            (Path(directory) / "config.json").write_text(json.dumps(with_analysis.model_dump(mode="json") | {"samples": args.prompts}))
+            write_config(analysis_enabled=True)
             results["stage 7 alone"] = measured(argv[:4] + ["--only", "analyze"])
     print(json.dumps(results, indent=2))
 
