@@ -182,6 +182,11 @@ class AnalysisConfig(_Strict):
     cje_python: Path | None = Field(
         None, description="The Python interpreter of an environment with cje-eval 0.3 installed; null means the "
         "`.venv-cje-0.3.0` that install.sh makes in the project root.")
+    bootstrap_replicates: int = Field(
+        1000, ge=200,
+        description="Replicates of the Direct estimator's cluster bootstrap (cje's n_bootstrap; its default is 2000). "
+        "They set its standard error and interval, never its estimate; the Monte Carlo error of the standard error is "
+        "about 1/sqrt(2 x replicates): 2.2% at 1000, 1.6% at 2000, at half the time (BENCHMARKS.md, stage 7).")
 
 
 class ExperimentConfig(_Strict):

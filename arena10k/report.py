@@ -373,7 +373,8 @@ def _estimates_section(estimates: dict, wanted: Figures) -> list[str]:
     if not estimates["analysed"]:
         return ["## Estimates", "", f"Not made: {estimates['reason']}", ""]
     lines = ["## Estimates", "", f"cje-eval {estimates['cje_version']}'s estimators on these files "
-             "(`analysis/estimates.json`; `arena10k/cje_estimates.py` makes the same calls by hand).", "",
+             "(`analysis/estimates.json`; `arena10k/cje_estimates.py` makes the same calls by hand). "
+             f"Settings: {estimates['settings']}.", "",
              f"**Verdict: {estimates['verdict']}**", ""] + [f"- {note}" for note in estimates["notes"]]
     if estimates["dry_run"]:
         lines += ["", "**A dry run: these are estimates of synthetic responses from the loopback server, not a result.**"]

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import yaml
-from conftest import OWN_CONFIG, PROJECT_ROOT
+from conftest import OWN_CONFIG, PROJECT_ROOT, run_cje
 
 from arena10k import pipeline, providers
 from arena10k import status as status_module
@@ -149,7 +149,7 @@ def test_a_phase2_dataset_that_is_not_usable_is_not_analysed(tmp_path, capsys, m
 
 
 def test_an_analysis_that_fails_leaves_the_report_of_the_phase2_files(tmp_path, capsys, monkeypatch):
-    def cje_fails(python, folders, end=None):
+    def cje_fails(python, folders, replicates, end=None):
         raise AnalysisError("cje-eval failed on the files (exit 1):\nValueError: no")
 
     monkeypatch.setattr(analyze, "run_cje", cje_fails)
@@ -185,3 +185,42 @@ def test_runs_as_small_as_the_quick_checks_users_make_cannot_claim_a_ranking(con
     labels = len(registry.STAGES.spec["oracle_calibration"].prompts(config, [f"p{i}" for i in range(prompts)]))
     verdict, _ = findings(estimates({"direct": SEPARATED}, labels=labels), "p0")
     assert labels < MIN_CALIBRATION_LABELS and verdict.startswith("These estimates cannot rank the policies; gates not passed: oracle labels")
+
+
+# scikit-learn's isotonic regression with and without arena10k/cje_estimates.py's fast path, on the inputs cje gives it
+# (judge scores with ties, labels, predictions outside the fitted range) and on inputs the fast path must leave to it.
+ISOTONIC = """
+import json, runpy, sys
+import numpy as np
+from sklearn.isotonic import IsotonicRegression
+speedups = runpy.run_path(sys.argv[1])
+fast, checked = (IsotonicRegression.fit, IsotonicRegression._transform), (speedups["_checked_fit"], speedups["_checked_transform"])
+rng = np.random.default_rng(0)
+same, errors = [], []
+for n in (1, 2, 7, 50, 2500):
+    scores = np.round(rng.random(n) * 9) / 9  # digits: many ties
+    labels = np.clip(scores + rng.normal(0, 0.2, n), 0, 1)
+    queries = np.concatenate([rng.random(300) * 1.4 - 0.2, scores])
+    results = []
+    for fit, transform in (fast, checked):
+        IsotonicRegression.fit, IsotonicRegression._transform = fit, transform
+        for kwargs in ({"out_of_bounds": "clip"}, {"y_min": 0.0, "y_max": 1.0, "out_of_bounds": "clip"}):
+            model = IsotonicRegression(**kwargs).fit(scores, labels)
+            results.append((model.predict(queries).tolist(), model.predict(list(queries[:5])).tolist()))
+    same.append(results[:2] == results[2:])
+    for fit, transform in (fast, checked):
+        IsotonicRegression.fit, IsotonicRegression._transform = fit, transform
+        for bad in (np.array([np.nan] * n), np.array([], dtype=float)):
+            try:
+                IsotonicRegression(out_of_bounds="clip").fit(scores, labels).predict(bad)
+                errors.append("none")
+            except ValueError as error:
+                errors.append(type(error).__name__)
+print(json.dumps({"same": same, "errors": errors}))
+"""
+
+
+def test_the_isotonic_fast_path_gives_scikit_learns_numbers_and_errors():
+    result = run_cje("0.3.0", ISOTONIC, str(PROJECT_ROOT / "arena10k" / "cje_estimates.py"))
+    assert result["same"] == [True] * 5
+    assert result["errors"] == ["ValueError"] * 20

@@ -105,7 +105,8 @@ def test_killed_and_resumed_run_gives_byte_identical_phase2_files(tmp_path):
         assert len(keys) == len(set(keys)), f"duplicate lines in {name}"
 
 
-# cje-eval 0.3.0's estimators on each variant's files, called by hand as the README shows them.
+# cje-eval 0.3.0's estimators on each variant's files, called by hand as the README shows them, with the settings the
+# run used (its report names them), and without the speed-ups of arena10k/cje_estimates.py.
 CJE_0_3 = """
 import json, sys, warnings
 from cje import analyze_dataset
@@ -117,7 +118,7 @@ with warnings.catch_warnings():
         "stacked-dr": analyze_dataset(logged_data_path=folder + "/logged.jsonl", fresh_draws_dir=folder + "/fresh_draws",
                                       estimator="stacked-dr", estimator_config={"parallel": False}),
         "direct": analyze_dataset(fresh_draws_dir=folder + "/fresh_draws", calibration_data_path=folder + "/logged.jsonl",
-                                  estimator="direct"),
+                                  estimator="direct", estimator_config={"n_bootstrap": int(sys.argv[2])}),
     }
 out = {}
 for name, r in results.items():
@@ -132,7 +133,7 @@ def test_the_analyze_stage_reports_what_cje_0_3_gives_by_hand_with_a_verdict(cle
     estimates = json.loads((clean_run / "analysis" / "estimates.json").read_text())
     assert estimates["analysed"] and estimates["cje_version"] == "0.3.0"
     for variant in ("deterministic", "uncertainty"):
-        by_hand = run_cje("0.3.0", CJE_0_3, str(clean_run / "phase2" / variant))
+        by_hand = run_cje("0.3.0", CJE_0_3, str(clean_run / "phase2" / variant), "1000")
         stage = estimates["variants"][variant]["estimators"]
         assert sorted(by_hand) == sorted(stage) == ["calibrated-ips", "direct", "stacked-dr"]
         for estimator, policies in by_hand.items():
@@ -143,6 +144,7 @@ def test_the_analyze_stage_reports_what_cje_0_3_gives_by_hand_with_a_verdict(cle
                 assert [row["estimate"], row["standard_error"], row["ci_low"], row["ci_high"]] == [estimate, se, low, high]
                 assert 0.0 <= estimate <= 1.0
         assert set(estimates["variants"][variant]["clones"]) == {"twin", "twin_2"}
+    assert "bootstrap with 1000 replicates" in estimates["settings"]
     assert estimates["verdict"] and estimates["notes"]
     report = (clean_run / "phase2" / "report.md").read_text()
     assert f"**Verdict: {estimates['verdict']}**" in report and (clean_run / "phase2" / "figures" / "estimates.png").is_file()

@@ -15,6 +15,8 @@ import json
 import math
 import os
 import subprocess
+import sys
+import threading
 from pathlib import Path
 
 from arena10k.checkpoint import dumps, write_atomic
@@ -57,7 +59,7 @@ def _inputs(config: ExperimentConfig, workspace: Workspace) -> dict:
     """What the estimates are made from: the Phase 2 files (their sizes and times), the interpreter and the script."""
     files = sorted(p for p in workspace.phase2_dir.rglob("*") if p.suffix == ".jsonl" or p.name == "dataset_info.json")
     return {"phase2": {str(p.relative_to(workspace.phase2_dir)): phase2.file_stamp(p) for p in files},
-            "cje_python": str(cje_python(config)),
+            "cje_python": str(cje_python(config)), "bootstrap_replicates": config.analysis.bootstrap_replicates,
             "script": hashlib.sha256(CJE_SCRIPT.read_bytes()).hexdigest()}
 
 
@@ -77,27 +79,54 @@ def current_estimates(workspace: Workspace) -> dict | None:
     return estimates if now == recorded else None
 
 
-def run_cje(python: Path, folders: dict[str, Path], end: str | None = None) -> dict[str, dict]:
+def _progress(variant: str, end: str | None, stream, kept: list[str]) -> None:
+    """Says each estimator's end as cje_estimates.py reports it (stage 7 takes minutes at 10,000 prompts); keeps the
+    rest of the process's standard error for an error message."""
+    for line in stream:
+        if line.startswith("progress "):
+            _, estimator, seconds = line.split()
+            print(f"  analyze: {variant}{f' ({end} end)' if end else ''}: {estimator} done in {seconds} s",
+                  file=sys.stderr, flush=True)
+        else:
+            kept.append(line)
+
+
+def run_cje(python: Path, folders: dict[str, Path], replicates: int, end: str | None = None) -> dict[str, dict]:
     """cje_estimates.py on every variant's folder (at one end of the certified intervals, if given), the variants at
     once (cje's bootstrap keeps one core busy)."""
     # cje's stacked DR sums over sets of prompt ids, whose order follows Python's string hashing: fixed here, the same
     # files give the same estimates to the last digit (measured: standard errors 1e-16 apart under other seeds).
     environment = {**os.environ, "PYTHONHASHSEED": "0"}
-    processes = {variant: subprocess.Popen([str(python), str(CJE_SCRIPT), str(folder), *([end] if end else [])], stdout=subprocess.PIPE,
-                                           stderr=subprocess.PIPE, text=True, env=environment)
+    processes = {variant: subprocess.Popen([str(python), str(CJE_SCRIPT), str(folder), str(replicates), *([end] if end else [])],
+                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
                  for variant, folder in folders.items()}
+    errors = {variant: [] for variant in processes}
+    readers = [threading.Thread(target=_progress, args=(variant, end, process.stderr, errors[variant]), daemon=True)
+               for variant, process in processes.items()]
+    for reader in readers:
+        reader.start()
     results = {}
     try:
         for variant, process in processes.items():
-            out, err = process.communicate()
+            out = process.stdout.read()
+            process.wait()
+            readers[list(processes).index(variant)].join()
             if process.returncode != 0:
-                raise AnalysisError(f"cje-eval failed on {folders[variant]} (exit {process.returncode}):\n{err.strip()[-2000:]}")
+                message = "".join(errors[variant]).strip()[-2000:]
+                raise AnalysisError(f"cje-eval failed on {folders[variant]} (exit {process.returncode}):\n{message}")
             results[variant] = json.loads(out.strip().splitlines()[-1])
     finally:
         for process in processes.values():
             process.kill()  # only the ones still running, after a failure or an interruption
             process.wait()
     return results
+
+
+def settings(config: ExperimentConfig) -> str:
+    """How cje was called, where it differs from its defaults: the report and the table say it."""
+    return (f"cje's defaults, but Direct's cluster bootstrap with {config.analysis.bootstrap_replicates} replicates "
+            "(cje's default 2000: the same estimates, standard errors and intervals within their Monte Carlo error; "
+            "analysis.bootstrap_replicates)")
 
 
 def estimate_flags(row: dict) -> list[str]:
@@ -259,9 +288,10 @@ def findings(estimates: dict, logging_policy: str) -> tuple[str, list[str]]:
 def estimate_policies(config: ExperimentConfig, workspace: Workspace, info: dict) -> dict:
     """cje's estimates of each variant's files (their dataset_info is `info`), and the verdict."""
     folders = {variant: workspace.phase2_dir / variant for variant in phase2.VARIANTS}
-    results = run_cje(cje_python(config), folders)
+    replicates = config.analysis.bootstrap_replicates
+    results = run_cje(cje_python(config), folders, replicates)
     certified = (folders["deterministic"] / "certified_ends").is_dir()
-    at_ends = {end: run_cje(cje_python(config), folders, end) for end in phase2.CERTIFIED_ENDS} if certified else {}
+    at_ends = {end: run_cje(cje_python(config), folders, replicates, end) for end in phase2.CERTIFIED_ENDS} if certified else {}
     variants = {}
     for variant, result in results.items():
         for estimator in [*result["estimators"].values(), *(e for r in at_ends.values() for e in r[variant]["estimators"].values())]:
@@ -278,6 +308,7 @@ def estimate_policies(config: ExperimentConfig, workspace: Workspace, info: dict
                 row["flags"] = estimate_flags(row)
         variants[variant]["clones"] = {clone: clone_agreement(variants[variant], clone) for clone in config.clones()}
     estimates = {"analysed": True, "cje_version": next(iter(results.values()))["cje_version"],
+                 "settings": settings(config),
                  "dry_run": workspace.is_dry_run, "logging_policy": config.logging_policy, "variants": variants,
                  # what the run-level gates of the verdict read (run_gates)
                  "oracle_calibration_labels": info["oracle_labels"]["calibration"],
@@ -290,7 +321,8 @@ def table(estimates: dict) -> str:
     if not estimates["analysed"]:
         return f"analyze: no estimates: {estimates['reason']}"
     lines = [f"Estimates (cje-eval {estimates['cje_version']}; 95% intervals)"
-             + ("  DRY RUN: synthetic responses from the loopback server, not a result" if estimates["dry_run"] else "")]
+             + ("  DRY RUN: synthetic responses from the loopback server, not a result" if estimates["dry_run"] else ""),
+             f"  settings: {estimates['settings']}"]
     for name, variant in estimates["variants"].items():
         lines += [f"  {name} judge score", f"    {'policy':<17}{'estimator':<16}{'estimate':>9}{'SE':>8} {'95% interval':>20}{'ESS':>7}  cje"]
         for estimator, result in variant["estimators"].items():
