@@ -101,16 +101,16 @@ def run_cje(python: Path, folders: dict[str, Path], replicates: int, end: str | 
                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
                  for variant, folder in folders.items()}
     errors = {variant: [] for variant in processes}
-    readers = [threading.Thread(target=_progress, args=(variant, end, process.stderr, errors[variant]), daemon=True)
-               for variant, process in processes.items()]
-    for reader in readers:
+    readers = {variant: threading.Thread(target=_progress, args=(variant, end, process.stderr, errors[variant]), daemon=True)
+               for variant, process in processes.items()}
+    for reader in readers.values():
         reader.start()
     results = {}
     try:
         for variant, process in processes.items():
             out = process.stdout.read()
             process.wait()
-            readers[list(processes).index(variant)].join()
+            readers[variant].join()
             if process.returncode != 0:
                 message = "".join(errors[variant]).strip()[-2000:]
                 raise AnalysisError(f"cje-eval failed on {folders[variant]} (exit {process.returncode}):\n{message}")
