@@ -187,6 +187,19 @@ class AnalysisConfig(_Strict):
         description="Replicates of the Direct estimator's cluster bootstrap (cje's n_bootstrap; its default is 2000). "
         "They set its standard error and interval, never its estimate; the Monte Carlo error of the standard error is "
         "about 1/sqrt(2 x replicates): 2.2% at 1000, 1.6% at 2000, at half the time (BENCHMARKS.md, stage 7).")
+    oracle_fractions: list[float] = Field(
+        [0.05, 0.1, 0.25, 0.5, 1.0],
+        description="The oracle coverage ablation: calibrated IPS and Direct re-estimated with these shares of the logged "
+        "responses' oracle labels (seeded by `seed`, each share inside the next) and none of the target policies' own, "
+        "whose mean is the truth each estimate is checked against. Each share costs about as much as those two "
+        "estimators in the main analysis; [] leaves the ablation out.")
+
+    @field_validator("oracle_fractions")
+    @classmethod
+    def _increasing_shares(cls, fractions: list[float]) -> list[float]:
+        if any(not 0 < f <= 1 for f in fractions) or fractions != sorted(set(fractions)):
+            raise ValueError(f"must be increasing shares in (0, 1], such as [0.05, 0.25, 1.0]; got {fractions}")
+        return fractions
 
 
 class ExperimentConfig(_Strict):

@@ -191,3 +191,28 @@ def estimates(path: Path, variants: dict[str, dict[str, dict]]) -> Path:
         ax.set_title(f"{variant} judge score: estimates, 95% intervals", fontsize=9)
         ax.legend(fontsize=7)
     return _save(figure, path)
+
+
+def oracle_ablation(path: Path, curves: dict[str, dict[str, list[tuple[float, float | None, bool]]]]) -> Path:
+    """A panel per judge variant: each estimator's RMSE against the oracle's truth over the share of oracle labels it
+    was given. A hollow marker: no policy's truth has labels enough to judge it, so the error is as uncertain as the
+    truth. A share where it failed or gave no number has no point (the report's table says why)."""
+    figure, axes = _grid(len(curves), width=5.2, height=3.6)
+    for ax, (variant, by_estimator) in zip(axes, curves.items()):
+        for index, (estimator, points) in enumerate(by_estimator.items()):
+            color = COLORS[index % len(COLORS)]
+            drawn = [(share, rmse, judged) for share, rmse, judged in points if rmse is not None]
+            ax.plot([share for share, _, _ in drawn], [rmse for _, rmse, _ in drawn], color=color, label=estimator)
+            for share, rmse, judged in drawn:
+                ax.plot(share, rmse, "o", color=color, markerfacecolor=color if judged else "white")
+        shares = sorted({share for points in by_estimator.values() for share, _, _ in points})
+        ax.set_xscale("log")
+        ax.set_xticks(shares, [f"{share:.0%}" for share in shares], fontsize=8)
+        ax.minorticks_off()
+        ax.set_xlim(shares[0] / 1.3, shares[-1] * 1.3)
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("share of the logged responses' oracle labels")
+        ax.set_ylabel("RMSE against the oracle truth")
+        ax.set_title(f"{variant} judge score: coverage ablation", fontsize=9)
+        ax.legend(fontsize=7)
+    return _save(figure, path)

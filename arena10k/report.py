@@ -31,6 +31,7 @@ from arena10k.checkpoint import dumps, load_states, may_try, write_atomic
 from arena10k.config import ExperimentConfig
 from arena10k.errors import Arena10kError
 from arena10k.forecast import usage, usage_table
+from arena10k.oracle_truth import MIN_TRUTH_LABELS
 from arena10k.providers.local import instruction_sets
 from arena10k.stages.analyze import current_estimates
 from arena10k.stages.base import Plan
@@ -399,6 +400,58 @@ def _estimates_section(estimates: dict, wanted: Figures) -> list[str]:
     if drawn:
         wanted.add("estimates.png", figures.estimates, drawn)
         lines += ["", "![estimates](figures/estimates.png)"]
+    return lines + [""] + _truth_section(estimates, wanted)
+
+
+def _truth_section(estimates: dict, wanted: Figures) -> list[str]:
+    """Each estimator against the on-policy value the oracle's labels give each target, and as oracle labels are
+    taken away (the coverage ablation)."""
+    truths = estimates.get("oracle_truth")
+    if not truths:
+        return []
+    lines = ["### Against the oracle's truth", "",
+             "A target's truth is the mean oracle label of its own responses (the validation slice), with a normal 95% "
+             f"interval; with fewer than {MIN_TRUTH_LABELS} labels it is too uncertain to judge an estimator. "
+             "\"Covers\": the estimator's 95% interval contains the truth. \"Agrees\": the two differ by less than their "
+             "joint 95% margin, which counts the truth's own uncertainty. The Direct estimates above calibrate the judge "
+             "with these very labels too (cje's default); the ablation below re-estimates without them.", "",
+             "| policy | truth | 95% interval | labels | judges estimators |", "|---|---:|---|---:|---|"]
+    for policy, truth in truths.items():
+        lines.append(f"| {policy} | {_num(truth['mean'], '.3f')} | {_range(None if truth['ci_low'] is None else [truth['ci_low'], truth['ci_high']])} "
+                     f"| {truth['n']} | {'yes' if truth['judged'] else 'no: ' + truth['reason']} |")
+    curves = {}
+    for variant, result in estimates["variants"].items():
+        lines += ["", f"**{variant} judge score**", "",
+                  "| policy | estimator | estimate | truth | error | covers | agrees |", "|---|---|---:|---:|---:|---|---|"]
+        for estimator, check in result.get("against_truth", {}).items():
+            for policy, c in check["policies"].items():
+                lines.append(f"| {policy} | {estimator} | {result['estimators'][estimator]['policies'][policy]['estimate']:.3f} "
+                             f"| {_num(truths[policy]['mean'], '.3f')} | {_num(c['error'], '+.3f')} | {_yes_no(c['covers'])} "
+                             f"| {_yes_no(c['agrees'])} |")
+        shares = result.get("coverage_ablation")
+        if not shares:
+            continue
+        lines += ["", f"Coverage ablation ({variant}): re-estimated with a seeded share of the logged responses' oracle "
+                  "labels (each share inside the next) and none of the targets' own.", "",
+                  "| share of labels | labels | estimator | RMSE against the truth | intervals covering a truth that judges | per policy error |",
+                  "|---:|---:|---|---:|---|---|"]
+        for share in shares:
+            for estimator, made in share["estimators"].items():
+                points = curves.setdefault(variant, {}).setdefault(estimator, [])
+                if "error" in made:
+                    points.append((share["fraction"], None, False))
+                    lines.append(f"| {share['fraction']:.0%} | {share['labels']} | {estimator} | failed: {made['error']} | | |")
+                    continue
+                check = made["against_truth"]
+                points.append((share["fraction"], check["rmse"], check["judged"] > 0))
+                errors = ", ".join(f"{p} {_num(c['error'], '+.3f')}" for p, c in check["policies"].items())
+                covered = f"{check['covered']} of {check['judged']}" if check["judged"] else "none judges"
+                rmse = "no estimate (NaN)" if check["rmse"] is None else f"{check['rmse']:.3f}"
+                lines.append(f"| {share['fraction']:.0%} | {share['labels']} | {estimator} | {rmse} "
+                             f"| {covered} | {errors} |")
+    if curves:
+        wanted.add("oracle_ablation.png", figures.oracle_ablation, curves)
+        lines += ["", "![coverage ablation](figures/oracle_ablation.png)"]
     return lines + [""]
 
 
@@ -571,6 +624,10 @@ def _responses(count: int) -> str:
 
 def _range(ends: list[float] | None) -> str:
     return "-" if ends is None else f"[{ends[0]:.3f}, {ends[1]:.3f}]"
+
+
+def _yes_no(value: bool | None) -> str:
+    return "-" if value is None else "yes" if value else "**no**"
 
 
 def _pct(value: float | None) -> str:

@@ -149,7 +149,7 @@ def test_a_phase2_dataset_that_is_not_usable_is_not_analysed(tmp_path, capsys, m
 
 
 def test_an_analysis_that_fails_leaves_the_report_of_the_phase2_files(tmp_path, capsys, monkeypatch):
-    def cje_fails(python, folders, replicates, end=None):
+    def cje_fails(python, folders, arguments):
         raise AnalysisError("cje-eval failed on the files (exit 1):\nValueError: no")
 
     monkeypatch.setattr(analyze, "run_cje", cje_fails)

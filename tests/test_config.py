@@ -48,3 +48,13 @@ def test_truncated_sampling_is_refused(tmp_path):
     path.write_text(text)
     with pytest.raises(ConfigError, match="top_p must be 1.0"):
         load_config(path)
+
+
+@pytest.mark.parametrize("fractions", ["[0.5, 0.1]", "[0, 0.5]", "[0.5, 1.5]", "[0.5, 0.5]"])
+def test_oracle_fractions_must_be_increasing_shares(tmp_path, fractions):
+    text = (PROJECT_ROOT / "configs" / "local.yaml").read_text().replace(
+        "oracle_fractions: [0.05, 0.1, 0.25, 0.5, 1.0]", f"oracle_fractions: {fractions}", 1)
+    path = tmp_path / "fractions.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"analysis\.oracle_fractions.*must be increasing shares in \(0, 1\]"):
+        load_config(path)

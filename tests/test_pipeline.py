@@ -150,6 +150,30 @@ def test_the_analyze_stage_reports_what_cje_0_3_gives_by_hand_with_a_verdict(cle
     assert f"**Verdict: {estimates['verdict']}**" in report and (clean_run / "phase2" / "figures" / "estimates.png").is_file()
 
 
+def test_the_estimates_are_checked_against_the_oracle_truth_and_with_fewer_labels(clean_run):
+    """The truth per target is its validation labels' mean; the ablation's 100% share, which keeps every logged label
+    and drops the targets' own, gives calibrated IPS exactly (it never reads the fresh draws)."""
+    estimates = json.loads((clean_run / "analysis" / "estimates.json").read_text())
+    info = json.loads((clean_run / "phase2" / "dataset_info.json").read_text())
+    truths = estimates["oracle_truth"]
+    assert list(truths) == IN_CONFIG_ORDER
+    assert {p: t["n"] for p, t in truths.items()} == info["oracle_labels"]["validation"]
+    for variant in ("deterministic", "uncertainty"):
+        shares = estimates["variants"][variant]["coverage_ablation"]
+        assert [s["fraction"] for s in shares] == [0.05, 0.1, 0.25, 0.5, 1.0]
+        assert [s["labels"] for s in shares] == sorted(s["labels"] for s in shares)
+        assert shares[-1]["labels"] == info["oracle_labels"]["calibration"]
+        main = estimates["variants"][variant]["estimators"]["calibrated-ips"]["policies"]
+        held_out = shares[-1]["estimators"]["calibrated-ips"]["policies"]
+        assert list(held_out) == IN_CONFIG_ORDER
+        for policy, row in held_out.items():
+            assert [row[k] for k in ("estimate", "standard_error", "ci_low", "ci_high")] == \
+                   [main[policy][k] for k in ("estimate", "standard_error", "ci_low", "ci_high")]
+    report = (clean_run / "phase2" / "report.md").read_text()
+    assert "### Against the oracle's truth" in report and "Coverage ablation (uncertainty)" in report
+    assert (clean_run / "phase2" / "figures" / "oracle_ablation.png").is_file()
+
+
 # cje-eval 0.9.3's Direct mode: the fresh draws, calibrated with the oracle labels of the logged file too; every
 # warning it logs or raises is kept.
 CJE_0_9 = """

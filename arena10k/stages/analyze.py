@@ -19,6 +19,7 @@ import sys
 import threading
 from pathlib import Path
 
+from arena10k import cje_dataset, oracle_truth
 from arena10k.checkpoint import dumps, write_atomic
 from arena10k.config import ExperimentConfig
 from arena10k.errors import AnalysisError, ConfigError
@@ -60,6 +61,7 @@ def _inputs(config: ExperimentConfig, workspace: Workspace) -> dict:
     files = sorted(p for p in workspace.phase2_dir.rglob("*") if p.suffix == ".jsonl" or p.name == "dataset_info.json")
     return {"phase2": {str(p.relative_to(workspace.phase2_dir)): phase2.file_stamp(p) for p in files},
             "cje_python": str(cje_python(config)), "bootstrap_replicates": config.analysis.bootstrap_replicates,
+            "oracle_fractions": config.analysis.oracle_fractions, "seed": config.seed,
             "script": hashlib.sha256(CJE_SCRIPT.read_bytes()).hexdigest()}
 
 
@@ -79,29 +81,28 @@ def current_estimates(workspace: Workspace) -> dict | None:
     return estimates if now == recorded else None
 
 
-def _progress(variant: str, end: str | None, stream, kept: list[str]) -> None:
+def _progress(variant: str, stream, kept: list[str]) -> None:
     """Says each estimator's end as cje_estimates.py reports it (stage 7 takes minutes at 10,000 prompts); keeps the
     rest of the process's standard error for an error message."""
     for line in stream:
         if line.startswith("progress "):
-            _, estimator, seconds = line.split()
-            print(f"  analyze: {variant}{f' ({end} end)' if end else ''}: {estimator} done in {seconds} s",
-                  file=sys.stderr, flush=True)
+            _, *what, seconds = line.split()
+            print(f"  analyze: {variant}: {' '.join(what)} done in {seconds} s", file=sys.stderr, flush=True)
         else:
             kept.append(line)
 
 
-def run_cje(python: Path, folders: dict[str, Path], replicates: int, end: str | None = None) -> dict[str, dict]:
-    """cje_estimates.py on every variant's folder (at one end of the certified intervals, if given), the variants at
-    once (cje's bootstrap keeps one core busy)."""
+def run_cje(python: Path, folders: dict[str, Path], arguments: list[str]) -> dict[str, dict]:
+    """cje_estimates.py with these arguments (after the folder) on every variant's folder, the variants at once (cje's
+    bootstrap keeps one core busy)."""
     # cje's stacked DR sums over sets of prompt ids, whose order follows Python's string hashing: fixed here, the same
     # files give the same estimates to the last digit (measured: standard errors 1e-16 apart under other seeds).
     environment = {**os.environ, "PYTHONHASHSEED": "0"}
-    processes = {variant: subprocess.Popen([str(python), str(CJE_SCRIPT), str(folder), str(replicates), *([end] if end else [])],
+    processes = {variant: subprocess.Popen([str(python), str(CJE_SCRIPT), str(folder), *arguments],
                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
                  for variant, folder in folders.items()}
     errors = {variant: [] for variant in processes}
-    readers = {variant: threading.Thread(target=_progress, args=(variant, end, process.stderr, errors[variant]), daemon=True)
+    readers = {variant: threading.Thread(target=_progress, args=(variant, process.stderr, errors[variant]), daemon=True)
                for variant, process in processes.items()}
     for reader in readers.values():
         reader.start()
@@ -218,6 +219,25 @@ def holds_over_certified_range(variant: dict, estimator: str, pairs: list[tuple[
     return all("policies" in end and set(pairs) <= set(separated_pairs(end)) for end in at_ends)
 
 
+def truth_notes(estimates: dict) -> list[str]:
+    """What the oracle's truth says of each estimator, or why it cannot say."""
+    truths = estimates.get("oracle_truth", {})
+    if not any(truth["judged"] for truth in truths.values()):
+        reasons = sorted({truth["reason"] for truth in truths.values()})
+        return [f"The oracle's truth cannot judge any estimator here: {'; '.join(reasons)}."] if truths else []
+    notes = []
+    for name, variant in estimates["variants"].items():
+        for estimator, check in variant.get("against_truth", {}).items():
+            if not check["judged"]:
+                continue
+            missed = [p for p, c in check["policies"].items() if c["agrees"] is False]
+            held_out = "" if estimator != "direct" else " (calibrated with these very labels too: the coverage ablation's 100% row is the independent check)"
+            notes.append(f"{name}, {estimator}: against the oracle's truth{held_out}, RMSE {check['rmse']:.3f}; its 95% "
+                         f"interval covers the truth for {check['covered']} of {check['judged']} policies"
+                         + (f"; it DISAGREES with the truth beyond their joint 95% margin for {', '.join(missed)}." if missed else "."))
+    return notes
+
+
 def findings(estimates: dict, logging_policy: str) -> tuple[str, list[str]]:
     """The verdict (one sentence) and the notes behind it, for the report and the terminal."""
     notes, ranked, unsure = [], [], []
@@ -269,6 +289,7 @@ def findings(estimates: dict, logging_policy: str) -> tuple[str, list[str]]:
             notes.append(f"{name}: {clone} (sampling exactly as {logging_policy}) {verb} with {logging_policy}: Direct "
                          f"{agreement['direct']:.3f} vs {agreement['logged_value']:.3f} from the logged responses "
                          f"(difference {agreement['difference']:+.3f}, 95% margin {agreement['margin_95']:.3f}).")
+    notes += truth_notes(estimates)
     failed = run_gates(estimates)
     if failed:
         verdict = ("These estimates cannot rank the policies; gates not passed: " + "; ".join(failed) + "."
@@ -285,16 +306,31 @@ def findings(estimates: dict, logging_policy: str) -> tuple[str, list[str]]:
     return verdict, notes
 
 
+def on_policy_values(folder: Path, targets: tuple[str, ...]) -> dict[str, dict]:
+    """Each target's truth: the oracle labels of its own responses (its fresh draws), the same in every variant."""
+    fresh = cje_dataset.read(folder / "logged.jsonl", targets).fresh
+    return {policy: oracle_truth.on_policy_value(row["oracle_label"] for row in fresh.get(policy, [])
+                                                 if row["oracle_label"] is not None)
+            for policy in targets}
+
+
 def estimate_policies(config: ExperimentConfig, workspace: Workspace, info: dict) -> dict:
     """cje's estimates of each variant's files (their dataset_info is `info`), and the verdict."""
     folders = {variant: workspace.phase2_dir / variant for variant in phase2.VARIANTS}
-    replicates = config.analysis.bootstrap_replicates
-    results = run_cje(cje_python(config), folders, replicates)
+    python, replicates = cje_python(config), str(config.analysis.bootstrap_replicates)
+    results = run_cje(python, folders, [replicates])
     certified = (folders["deterministic"] / "certified_ends").is_dir()
-    at_ends = {end: run_cje(cje_python(config), folders, replicates, end) for end in phase2.CERTIFIED_ENDS} if certified else {}
+    at_ends = {end: run_cje(python, folders, [replicates, end]) for end in phase2.CERTIFIED_ENDS} if certified else {}
+    truths = on_policy_values(folders["deterministic"], config.target_policies)
+    ablation = {}
+    if config.analysis.oracle_fractions and any(truth["mean"] is not None for truth in truths.values()):
+        fractions = ",".join(f"{f:g}" for f in config.analysis.oracle_fractions)
+        ablation = run_cje(python, folders, [replicates, "--oracle-fractions", fractions, "--seed", str(config.seed)])
     variants = {}
     for variant, result in results.items():
-        for estimator in [*result["estimators"].values(), *(e for r in at_ends.values() for e in r[variant]["estimators"].values())]:
+        shares = ablation.get(variant, {}).get("coverage", [])
+        for estimator in [*result["estimators"].values(), *(e for r in at_ends.values() for e in r[variant]["estimators"].values()),
+                          *(e for share in shares for e in share["estimators"].values())]:
             if "policies" in estimator:  # cje sorts the policies by name; every output keeps the config's order
                 estimator["policies"] = {p: estimator["policies"][p] for p in config.target_policies if p in estimator["policies"]}
         variants[variant] = {"judge": info["judge"][variant], "estimators": result["estimators"]}
@@ -307,11 +343,18 @@ def estimate_policies(config: ExperimentConfig, workspace: Workspace, info: dict
             for row in made.get("policies", {}).values():
                 row["flags"] = estimate_flags(row)
         variants[variant]["clones"] = {clone: clone_agreement(variants[variant], clone) for clone in config.clones()}
+        variants[variant]["against_truth"] = {estimator: oracle_truth.summary(made["policies"], truths)
+                                              for estimator, made in result["estimators"].items() if "policies" in made}
+        if shares:
+            for made in (e for share in shares for e in share["estimators"].values() if "policies" in e):
+                made["against_truth"] = oracle_truth.summary(made["policies"], truths)
+            variants[variant]["coverage_ablation"] = shares
     estimates = {"analysed": True, "cje_version": next(iter(results.values()))["cje_version"],
                  "settings": settings(config),
                  "dry_run": workspace.is_dry_run, "logging_policy": config.logging_policy, "variants": variants,
                  # what the run-level gates of the verdict read (run_gates)
                  "oracle_calibration_labels": info["oracle_labels"]["calibration"],
+                 "oracle_truth": truths,
                  "clone_checks": {clone: info["weights"][clone]["clone_check"] for clone in info["clones"]}}
     estimates["verdict"], estimates["notes"] = findings(estimates, config.logging_policy)
     return estimates
@@ -337,7 +380,50 @@ def table(estimates: dict) -> str:
                              f" {interval:>20}{ess:>7}  {row['status'] or result['status'] or ''}"
                              + ("" if ends is None else f"  certified range [{ends[0]:.3f}, {ends[1]:.3f}]")
                              + "".join(f"  FLAG: {flag}" for flag in row.get("flags", [])))
+    lines += truth_table(estimates)
     return "\n".join(lines + ["", f"Verdict: {estimates['verdict']}"] + [f"  - {note}" for note in estimates["notes"]])
+
+
+def _fraction(value: float) -> str:
+    return f"{value * 100:g}%"
+
+
+def _ablation_cell(made: dict) -> str:
+    """One estimator at one share of the labels: its error against the truth, and how often it covers a truth that
+    can judge; or why there is no error."""
+    if "error" in made:
+        return "failed"
+    check = made["against_truth"]
+    if check["rmse"] is None:
+        return "no estimate (NaN)"
+    return f"RMSE {check['rmse']:.3f}, " + (f"{check['covered']}/{check['judged']} covered" if check["judged"] else "not judged")
+
+
+def truth_table(estimates: dict) -> list[str]:
+    """The oracle's truth per policy and, per variant, each ablation estimator's error as oracle labels are taken away."""
+    truths = estimates.get("oracle_truth")
+    if not truths:
+        return []
+    lines = ["  oracle truth (mean oracle label of the policy's own responses, 95% interval)"]
+    for policy, truth in truths.items():
+        value = "-" if truth["mean"] is None else f"{truth['mean']:.3f}"
+        interval = "" if truth["ci_low"] is None else f"[{truth['ci_low']:.3f}, {truth['ci_high']:.3f}]"
+        lines.append(f"    {policy:<17}{value:>9} {interval:>20}  n={truth['n']}" + ("" if truth["judged"] else "  too few to judge"))
+    for name, variant in estimates["variants"].items():
+        shares = variant.get("coverage_ablation")
+        if not shares:
+            continue
+        estimators = list(shares[0]["estimators"])
+        lines.append(f"  {name}: error against the truth with a share of the logged responses' oracle labels and none of the targets'")
+        lines.append(f"    {'oracle labels':<18}" + "".join(f"{e:>28}" for e in estimators))
+        for share in shares:
+            cells = []
+            for estimator in estimators:
+                made = share["estimators"][estimator]
+                cells.append(_ablation_cell(made))
+            labels = f"{_fraction(share['fraction'])} ({share['labels']})"
+            lines.append(f"    {labels:<18}" + "".join(f"{c:>28}" for c in cells))
+    return lines
 
 
 def run(job: StageRun) -> str:
