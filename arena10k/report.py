@@ -413,8 +413,10 @@ def _truth_section(estimates: dict, wanted: Figures) -> list[str]:
              "A target's truth is the mean oracle label of its own responses (the validation slice), with a normal 95% "
              f"interval; with fewer than {MIN_TRUTH_LABELS} labels it is too uncertain to judge an estimator. "
              "\"Covers\": the estimator's 95% interval contains the truth. \"Agrees\": the two differ by less than their "
-             "joint 95% margin, which counts the truth's own uncertainty. The Direct estimates above calibrate the judge "
-             "with these very labels too (cje's default); the ablation below re-estimates without them.", "",
+             "joint 95% margin, which counts the truth's own uncertainty. cje's Direct estimates above calibrate and "
+             "debias with these very labels (its bootstrap refits on the targets' own labels), so they are close to the "
+             "truth by construction; the ablation below re-estimates without them, Direct with cluster-robust "
+             "inference, which calibrates on the logged labels only.", "",
              "| policy | truth | 95% interval | labels | judges estimators |", "|---|---:|---|---:|---|"]
     for policy, truth in truths.items():
         lines.append(f"| {policy} | {_num(truth['mean'], '.3f')} | {_range(None if truth['ci_low'] is None else [truth['ci_low'], truth['ci_high']])} "

@@ -9,7 +9,7 @@ import pytest
 from conftest import PROJECT_ROOT, run_cje
 
 from arena10k.oracle_truth import MIN_TRUTH_LABELS, Z_95, against_truth, on_policy_value, summary
-from arena10k.stages.analyze import findings, truth_table
+from arena10k.stages.analyze import DIRECT_SAW_THE_TRUTH, findings, truth_table
 
 
 def test_the_truth_is_the_mean_label_with_a_normal_interval_and_judges_from_its_minimum():
@@ -71,7 +71,7 @@ def test_the_notes_say_which_estimator_disagrees_with_the_truth_and_that_direct_
                                          "direct": {"good": estimate(0.5, 0.03), "bad": estimate(0.21, 0.03)}}), "p0")
     assert ("uncertainty, calibrated-ips: against the oracle's truth, RMSE 0.212; its 95% interval covers the truth for "
             "1 of 2 policies; it DISAGREES with the truth beyond their joint 95% margin for bad.") in notes
-    assert any(n.startswith("uncertainty, direct: against the oracle's truth (calibrated with these very labels too")
+    assert any(n.startswith(f"uncertainty, direct: against the oracle's truth{DIRECT_SAW_THE_TRUTH}")
                and n.endswith("covers the truth for 2 of 2 policies.") for n in notes)
 
 
@@ -95,7 +95,7 @@ def record(arguments):
     logged = [json.loads(line) for line in open(arguments.get("logged_data_path") or arguments["calibration_data_path"])]
     fresh = [json.loads(line) for path in sorted(Path(arguments.get("fresh_draws_dir") or "/nonexistent").glob("*.jsonl"))
              for line in open(path)]
-    seen.append({"estimator": arguments["estimator"], "labelled": sorted(r["prompt_id"] for r in logged if r["oracle_label"] is not None),
+    seen.append({"estimator": arguments["estimator"], "config": arguments.get("estimator_config"), "labelled": sorted(r["prompt_id"] for r in logged if r["oracle_label"] is not None),
                  "logged": [{k: v for k, v in r.items() if k != "oracle_label"} for r in logged],
                  "fresh_labels": [r["oracle_label"] for r in fresh], "fresh": len(fresh)})
     return {"policies": {}}
@@ -122,6 +122,7 @@ def test_the_ablation_keeps_nested_seeded_shares_of_the_logged_labels_and_none_o
     assert all(seen["logged"] == [{k: v for k, v in r.items() if k != "oracle_label"} for r in logged] for seen in result["seen"])
     direct = [seen for seen in result["seen"] if seen["estimator"] == "direct"]
     assert all(seen["fresh"] == 80 and seen["fresh_labels"] == [None] * 80 for seen in direct)
+    assert all(seen["config"] == {"inference_method": "cluster_robust"} for seen in direct)
     # the same seed keeps the same labels
     again = run_cje("0.3.0", HELD_OUT, str(PROJECT_ROOT / "arena10k" / "cje_estimates.py"), str(folder))
     assert [seen["labelled"] for seen in again["seen"]] == [seen["labelled"] for seen in result["seen"]]

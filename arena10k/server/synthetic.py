@@ -18,9 +18,13 @@ hash of every token so far (so a different system prompt changes every token's d
 LocalProvider's: numpy's generator seeded with the request seed; greedy at temperature 0, log-probs then at
 temperature 1.
 
-Judging: an assistant turn that follows a user turn containing SCORE_MARKER starts with a digit, centred on a
-quality drawn from a hash of that user turn (so judges of the same answer roughly agree), then ends. Other tokens
-there get PENALTY nats less: in practice never sampled, yet finite, so any text can be scored.
+Judging: an assistant turn that follows a user turn containing SCORE_MARKER starts with a digit, then ends. Other
+tokens there get PENALTY nats less: in practice never sampled, yet finite, so any text can be scored. The digit is
+centred on the answer's `quality` (how much it looks like words: vowels, and spaces between words) as that model sees
+it: each model id grades through a monotone distortion of its own (a slope and an offset drawn from a hash of the id)
+with noise from a hash of the model and the request. So every model is a judge that tracks one true quality
+imperfectly, as an LLM judge tracks a stronger oracle, and policies whose texts differ have different true values
+(at the loopback test config's settings: the bigger model above P0, the unhelpful policy below it).
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ DEFAULT_MODEL = "synthetic"
 DEFAULT_CONTEXT = 32768
 PENALTY = 100.0  # nats taken from the tokens a scoring answer cannot have at its position
 SCORE_SPREAD = 2.0  # standard deviation of a judge's digit around the answer's quality
+JUDGE_NOISE = 0.15  # amplitude of a model's uniform error in grading one answer, on the 0-1 scale of quality
+_ANSWER = re.compile(r"Assistant answer:\n(.*)\n\nScore \(one digit, 0-9\):\s*$", re.DOTALL)
 # Amplitudes of the uniform perturbations of the logits. Contexts differ less than models, so that a different
 # system prompt gives importance weights that vary, but not so much that a few of them carry all the mass.
 MODEL_SPREAD = 1.0
@@ -102,10 +108,33 @@ def _model_logits(model: str) -> np.ndarray:
     return _BASE + MODEL_SPREAD * _uniform(np.uint64(_digest("model:" + model)) ^ _TOKEN_KEYS)
 
 
+def quality(answer: str) -> float:
+    """What every synthetic judge grades, in [0, 1]: twice the share of vowels plus the share of spaces, rescaled (at
+    the loopback config's settings, about 0.5 for P0's answers with a spread of 0.25 between answers)."""
+    if not answer:
+        return 0.0
+    vowels, spaces = sum(c in "aeiou" for c in answer) / len(answer), answer.count(" ") / len(answer)
+    return min(max((2 * vowels + spaces - 0.3) / 0.9, 0.0), 1.0)
+
+
+def _unit(text: str) -> float:
+    return _digest(text) / _MASK
+
+
+def score_centre(model: str, request: str) -> float:
+    """The digit a model's grade of this request centres on: the answer's quality through the model's own distortion,
+    plus its noise for this request. A request not in judging.py's shape is graded as a whole."""
+    match = _ANSWER.search(request)
+    slope, offset = 0.6 + 0.4 * _unit("judge slope:" + model), 0.2 * _unit("judge offset:" + model)
+    seen = slope * quality(match.group(1) if match else request) + offset + JUDGE_NOISE * (2 * _unit(model + ":" + request) - 1)
+    return 9 * min(max(seen, 0.0), 1.0)
+
+
 class _Context:
     """What the next token's distribution depends on, fed one token at a time."""
 
     def __init__(self, model: str):
+        self.model = model
         self.hash = _digest("context:" + model)
         self.score_centre: float | None = None  # right after <|assistant|> that answers a scoring request
         self.must_end = False  # right after that answer's digit
@@ -119,7 +148,7 @@ class _Context:
         self.score_centre = None
         if token in (SYSTEM, USER, ASSISTANT):
             if token == ASSISTANT and SCORE_MARKER in self._last_user:
-                self.score_centre = 9 * (_digest(self._last_user) / _MASK)
+                self.score_centre = score_centre(self.model, self._last_user)
             self._role, self._content = token, []
         elif token == END:
             if self._role == USER:
