@@ -122,6 +122,12 @@ class PolicyConfig(_Strict):
         "and nucleus truncation would give target policies zero probability for some P0 tokens.",
     )
     max_tokens: int = Field(gt=0, description="Responses longer than this are cut and recorded with finish_reason=length.")
+    fresh_draws: int = Field(
+        1, ge=1, le=100,
+        description="Responses per prompt from a target policy, each judged and written to the fresh-draw files with its "
+        "draw_idx (cje's Direct estimator averages them: narrower estimates without more prompts). Teacher forcing and "
+        "the oracle's validation slice use the first. Raising it later generates and judges only the new draws. The "
+        "logging policy has one.")
 
     @field_validator("temperature")
     @classmethod
@@ -242,6 +248,9 @@ class ExperimentConfig(_Strict):
             raise ValueError(f"logging_policy '{self.logging_policy}' is not a key of policies ({', '.join(self.policies)})")
         if len(self.policies) < 2:
             raise ValueError("policies needs at least one target policy besides the logging policy")
+        if self.policies[self.logging_policy].fresh_draws != 1:
+            raise ValueError(f"policies.{self.logging_policy}.fresh_draws: the logging policy has one response per prompt "
+                             "(its logged response); fresh_draws is for target policies")
         references = {f"policies.{n}": p.model for n, p in self.policies.items()}
         references |= {"judge": self.judge.model, "oracle": self.oracle.model}
         for where, model in references.items():
@@ -261,11 +270,15 @@ class ExperimentConfig(_Strict):
     def policy_identity(self, name: str) -> dict:
         """Everything that decides what a policy samples: its model's settings, its context and its sampling."""
         policy = self.policies[name]
-        return {**policy.model_dump(), "model": self.models[policy.model].model_dump()}
+        # How many responses are drawn is not how they are sampled: more draws later reuse the first ones.
+        return {**policy.model_dump(exclude={"fresh_draws"}), "model": self.models[policy.model].model_dump()}
 
     def responses_fingerprint(self, policy: str) -> dict:
         """What a policy's responses depend on; every stage that reads them includes it in its own fingerprint."""
         return {"seed": self.seed, "policies": {policy: self.policy_identity(policy)}}
+
+    def draws(self, policy: str) -> int:
+        return self.policies[policy].fresh_draws
 
     def policy_models(self) -> set[str]:
         return {p.model for p in self.policies.values()}

@@ -55,8 +55,10 @@ def judge_messages(rubric: str, prompt: str, response: str) -> tuple[dict, ...]:
 
 
 def digit(token_text: str) -> int | None:
+    """The score a token gives: one of the ASCII digits 0-9, spaces around it aside. Not any character Python calls a
+    digit: a top alternative "²" (seen from SmolLM2) is no score and int() refuses it."""
     text = token_text.strip()
-    return int(text) if len(text) == 1 and text.isdigit() else None
+    return "0123456789".index(text) if len(text) == 1 and text in "0123456789" else None
 
 
 def score_reply(generation: Generation) -> dict:

@@ -18,7 +18,7 @@ from arena10k.checkpoint import ItemState
 from arena10k.config import ExperimentConfig, ModelConfig
 from arena10k.providers.local import chat_format
 from arena10k.records import Prompt
-from arena10k.workspace import policy_of
+from arena10k.workspace import policy_of, prompt_of
 
 CHARS_PER_TOKEN = 4  # the usual rule of thumb for English text with GPT-style tokenizers
 TOKENS_PER_MESSAGE = 5  # role markers and separators that a chat template wraps around each message
@@ -68,7 +68,7 @@ class TokenCounts:
 
     def prompt(self, key: str) -> str:
         """The prompt text of an item."""
-        return self.prompts[key.partition("|")[0]].prompt
+        return self.prompts[prompt_of(key)].prompt
 
     def response(self, key: str) -> int:
         """Tokens of the response an item's policy gave (generated, or its max_tokens while it is not)."""

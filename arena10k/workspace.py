@@ -32,6 +32,23 @@ def policy_of(key: str) -> str:
     return key.rpartition("|")[2]
 
 
+def draw_prompt(prompt_id: str, draw: int) -> str:
+    """The prompt part of the key of a policy's `draw`-th response to a prompt (its fresh_draws). The first keeps the
+    prompt id itself, so a run's keys stay what they were before a policy had more draws; a later one is
+    `prompt_id#draw`, and reads its own response (generate's item of the same key)."""
+    return prompt_id if draw == 0 else f"{prompt_id}#{draw}"
+
+
+def prompt_of(key: str) -> str:
+    """The prompt id of an item, whichever draw it is of."""
+    return key.partition("|")[0].partition("#")[0]
+
+
+def draw_of(key: str) -> int:
+    draw = key.partition("|")[0].partition("#")[2]
+    return int(draw) if draw else 0
+
+
 RUN_MARKER = ".arena10k-run"
 # Made and deleted by a pipeline starting here, before it takes the lock: one per process, as two may start at once.
 WRITE_CHECK = ".arena10k-write-check"

@@ -104,6 +104,12 @@ def test_each_model_keeps_its_own_calls_in_flight_and_its_items_in_order(tmp_pat
     assert [k for k in started if k[0] == "a"] == keys[:6] and [k for k in started if k[0] == "b"] == keys[6:]
 
 
+def test_a_judge_token_is_a_score_only_if_it_is_one_ascii_digit():
+    from arena10k.judging import digit
+
+    assert [digit(t) for t in ("7", " 0", "9 ", "²", "٣", "७", "10", "", " ", "a")] == [7, 0, 9, None, None, None, None, None, None, None]
+
+
 def test_sampled_judge_replies_are_scored_by_their_first_standalone_digit():
     from arena10k.judging import first_digit, score_samples
 

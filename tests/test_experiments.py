@@ -325,3 +325,57 @@ def test_a_targets_max_tokens_gives_weight_0_to_responses_it_cannot_give(tmp_pat
         assert "roomy" in result["policies"] and all(math.isfinite(e) for e in result["estimates"])
         if version == "0.3.0":
             assert result["used"]["roomy"] == len(rows)
+
+
+DIRECT_DRAWS = """
+import json, sys, warnings
+from cje import analyze_dataset
+folder = sys.argv[1]
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    result = analyze_dataset(fresh_draws_dir=folder + "/fresh_draws", calibration_data_path=folder + "/logged.jsonl",
+                             estimator="direct", estimator_config={"n_bootstrap": 200})
+print(json.dumps({"policies": list(result.metadata["target_policies"]), "estimates": [float(e) for e in result.estimates],
+                  "used": {p: int(n) for p, n in (getattr(result, "n_samples_used", None) or {}).items()}}))
+"""
+
+
+def test_more_fresh_draws_later_generate_and_judge_only_the_new_ones_and_cje_reads_them(run_copy, tmp_path, capsys):
+    def three_draws(raw):
+        for policy in ("step_by_step", "gemma"):
+            raw["policies"][policy]["fresh_draws"] = 3
+
+    config = write_config(tmp_path / "draws.yaml", three_draws)
+    status, fake = run(run_copy, config, "--estimate")
+    assert status == 0 and fake.calls == []
+    # the new draws: 2 targets x 10 prompts x 2, generated and judged
+    assert f"{PROMPTS} prompts, 312 work items, 232 already done" in capsys.readouterr().out
+    before = {p: (run_copy / "phase2" / "deterministic" / "fresh_draws" / f"{p}_responses.jsonl").read_bytes() for p in ("twin", "terse")}
+    status, fake = run(run_copy, config)
+    assert status == 0
+    # two targets x 10 prompts x 2 new draws, each generated and judged; nothing teacher-forced or labelled again
+    assert fake.count("generate") == 2 * PROMPTS * 2 * 2 and fake.count("teacher_force") == 0
+    assert all(c.system_prompt in (system_prompt(config, "step_by_step"), system_prompt(config, "gemma"), JUDGE_RUBRIC)
+               for c in fake.calls)
+    fresh = run_copy / "phase2" / "deterministic" / "fresh_draws"
+    rows = [json.loads(line) for line in (fresh / "step_by_step_responses.jsonl").read_text().splitlines()]
+    assert sorted((r["prompt_id"], r["draw_idx"]) for r in rows) == sorted((p, d) for p in {r["prompt_id"] for r in rows} for d in range(3))
+    assert len({r["observation_id"] for r in rows}) == len(rows) == 3 * PROMPTS
+    by_prompt = {}
+    for r in rows:
+        by_prompt.setdefault(r["prompt_id"], set()).add(r["response"])
+    assert sum(len(texts) > 1 for texts in by_prompt.values()) > PROMPTS // 2  # draws are sampled anew, not copied
+    assert all(r["oracle_label"] is None for r in rows if r["draw_idx"] > 0)  # the validation slice labels the first
+    assert {p: (fresh / f"{p}_responses.jsonl").read_bytes() for p in ("twin", "terse")} == before
+    info = json.loads((run_copy / "phase2" / "dataset_info.json").read_text())
+    assert info["fresh_draws"]["gemma"] == 3 * PROMPTS and info["fresh_draws"]["twin"] == PROMPTS
+    for version in ("0.3.0", "0.9.3"):
+        result = run_cje(version, DIRECT_DRAWS, str(run_copy / "phase2" / "deterministic"))
+        assert sorted(result["policies"]) == sorted(load_config(config).target_policies)
+        assert all(0.0 <= e <= 1.0 for e in result["estimates"]), result
+        assert result["used"]["gemma"] == 3 * PROMPTS and result["used"]["twin"] == PROMPTS, result  # every draw counted
+    status, fake = run(run_copy, config)  # finished: nothing to do
+    assert status == 0 and fake.calls == []
+    status, fake = run(run_copy, OWN_CONFIG)  # back to one draw: the first draws are the ones they were
+    assert status == 0 and fake.calls == []
+    assert len((fresh / "gemma_responses.jsonl").read_text().splitlines()) == PROMPTS

@@ -24,7 +24,7 @@ from arena10k.config import ExperimentConfig
 from arena10k.errors import CheckpointMismatchError, ConfigError
 from arena10k.records import Prompt
 from arena10k.tokens import Calls, TokenCounts
-from arena10k.workspace import Workspace, item_key
+from arena10k.workspace import Workspace, draw_prompt, item_key
 
 RESPONSES = "generate"  # the checkpoint of the generated responses, which the items of other checkpoints read
 Unit = tuple[str, str]  # (checkpoint name, policy)
@@ -34,9 +34,13 @@ def every_prompt(config: ExperimentConfig, prompt_ids: list[str]) -> list[str]:
     return prompt_ids
 
 
+def one_draw(config: ExperimentConfig, policy: str) -> int:
+    return 1
+
+
 @dataclass(frozen=True)
 class CheckpointSpec:
-    """One JSONL checkpoint: an item per (prompt, policy), a configuration fingerprint per policy.
+    """One JSONL checkpoint: an item per (prompt, policy, draw), a configuration fingerprint per policy.
 
     A fingerprint holds exactly the configuration a policy's items depend on, so a change recomputes only
     the policies it touches; `reads` names the policy whose generated response an item works on, so
@@ -48,6 +52,8 @@ class CheckpointSpec:
     fingerprint: Callable[[ExperimentConfig, str], dict]
     reads: Callable[[ExperimentConfig, str], str | None]  # None: works on no generated response
     prompts: Callable[[ExperimentConfig, list[str]], list[str]] = every_prompt  # the oracle labels seeded slices
+    # Items per prompt and policy: a target's fresh_draws where the checkpoint holds every response (generate, judge).
+    draws: Callable[[ExperimentConfig, str], int] = one_draw
     # What an item costs, for the estimate and the report's usage: (token counts, key, attempts, whether its output is
     # on record) -> the calls it makes. None: it calls no model.
     cost: Callable[[TokenCounts, str, int, bool], Calls] | None = None
@@ -56,7 +62,8 @@ class CheckpointSpec:
 
     def keys(self, config: ExperimentConfig, prompt_ids: list[str]) -> list[str]:
         """The items this checkpoint must hold, prompt by prompt, in the order the stage works on them."""
-        return [item_key(pid, policy) for pid in self.prompts(config, prompt_ids) for policy in self.policies(config)]
+        return [item_key(draw_prompt(pid, draw), policy) for pid in self.prompts(config, prompt_ids)
+                for policy in self.policies(config) for draw in range(self.draws(config, policy))]
 
     def fingerprints(self, config: ExperimentConfig) -> dict[str, dict]:
         return {policy: self.fingerprint(config, policy) for policy in self.policies(config)}

@@ -12,7 +12,7 @@ from arena10k.records import Prompt, Response, from_dict, to_dict
 from arena10k.runner import run_items
 from arena10k.stages.base import CheckpointSpec, Stage, StageRun, SyntheticItem
 from arena10k.tokens import Calls, TokenCounts
-from arena10k.workspace import Workspace, derive_seed, policy_of
+from arena10k.workspace import Workspace, derive_seed, draw_of, draw_prompt, policy_of, prompt_of
 
 
 def policy_lanes(config: ExperimentConfig) -> tuple[dict[str, int], Callable[[str], str]]:
@@ -26,19 +26,18 @@ def run(job: StageRun) -> str:
     prompts = {p.prompt_id: p for p in workspace.load_prompts()}
 
     def make_work(key: str):
-        prompt_id, _, policy = key.rpartition("|")
-        return _work(config, policy, prompts[prompt_id])
+        return _work(config, policy_of(key), prompts[prompt_of(key)], draw_of(key))
 
     with CHECKPOINT.open(workspace, config) as checkpoint:
         return run_items("generate", checkpoint, CHECKPOINT.keys(config, list(prompts)), make_work, config.max_attempts,
                          *policy_lanes(config)).describe()
 
 
-def _work(config: ExperimentConfig, name: str, prompt: Prompt):
+def _work(config: ExperimentConfig, name: str, prompt: Prompt, draw: int):
     policy = config.policies[name]
 
     def work() -> dict:
-        seed = derive_seed(config.seed, "generate", name, prompt.prompt_id)
+        seed = derive_seed(config.seed, "generate", name, draw_prompt(prompt.prompt_id, draw))
         request = GenerationRequest(policy.messages(prompt.prompt), policy.temperature, policy.max_tokens, seed)
         result = get_provider(config, policy.model).generate(request)
         return to_dict(Response(
@@ -86,6 +85,7 @@ CHECKPOINT = CheckpointSpec(
     reads=lambda config, policy: None,
     cost=_cost,
     synthetic=_synthetic,
+    draws=ExperimentConfig.draws,
 )
-STAGE = Stage("generate", "a response from every policy to every prompt", run, (CHECKPOINT,), ExperimentConfig.policy_models,
+STAGE = Stage("generate", "a response from every policy to every prompt (fresh_draws of them from a target)", run, (CHECKPOINT,), ExperimentConfig.policy_models,
               preflighted=True)

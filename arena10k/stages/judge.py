@@ -96,6 +96,7 @@ JUDGE_CHECKPOINT = CheckpointSpec(
     reads=lambda config, policy: policy,
     cost=_cost(lambda config: config.judge),
     synthetic=_synthetic_judge,
+    draws=ExperimentConfig.draws,
 )
 ORACLE_CALIBRATION = CheckpointSpec(
     name="oracle_calibration",

@@ -39,7 +39,7 @@ from arena10k.preflight import measured_noise
 from arena10k.records import SCHEMA_VERSION
 from arena10k.weights import bounds, usable_logprob
 from arena10k.stages.base import Plan, Stage, StageRun
-from arena10k.workspace import Workspace, item_key
+from arena10k.workspace import Workspace, draw_of, draw_prompt, item_key
 
 VARIANTS = {"deterministic": "score", "uncertainty": "score_mean"}
 # What dataset_info.json holds: a version that holds more rebuilds the Phase 2 files an older one made (2: the
@@ -143,11 +143,12 @@ ANSWER_CHECKPOINTS = ("generate", "teacher_force", "judge")  # a prompt is in th
 
 def excluded_prompts(config: ExperimentConfig, expected: dict[str, list[str]], states: dict[str, dict[str, ItemState]]
                      ) -> dict[str, list[str]]:
-    """Per prompt left out of the answer, its items that failed for good, each with its error."""
+    """Per prompt left out of the answer, its items that failed for good, each with its error. A target's later draw
+    that failed leaves out that draw only (excluded), as the prompt's other responses still estimate it."""
     reasons: dict[str, list[str]] = {}
     for name in ANSWER_CHECKPOINTS:
         for key in expected[name]:
-            if failed_for_good(states[name].get(key), config.max_attempts):
+            if draw_of(key) == 0 and failed_for_good(states[name].get(key), config.max_attempts):
                 prompt_id, _, policy = key.rpartition("|")
                 reasons.setdefault(prompt_id, []).append(f"{name} {policy}: {states[name][key].last_error}")
     return reasons
@@ -205,17 +206,17 @@ def build(config: ExperimentConfig, workspace: Workspace, plan: Plan) -> dict:
                     write(variant, None, _logged_row(config, prompt, response, text, judgement, score_field, forced, logprobs,
                                                      oracle, states))
                 logged_rows, calibration_labels = logged_rows + 1, calibration_labels + (oracle is not None)
-            for policy in targets:
-                key = item_key(prompt.prompt_id, policy)
+            for policy, index in ((p, i) for p in targets for i in range(config.draws(p))):
+                key = item_key(draw_prompt(prompt.prompt_id, index), policy)
                 draw, draw_judgement = records["generate"].get(key), records["judge"].get(key)
                 if draw is None or draw_judgement is None:
-                    excluded[f"{prompt.prompt_id} ({policy} fresh draw)"] = (
+                    excluded[f"{prompt.prompt_id} ({policy} fresh draw{f' {index}' if index else ''})"] = (
                         _reason(states["generate"], key, "generate") if draw is None else _reason(states["judge"], key, "judge"))
                     continue
-                oracle = records["oracle_validation"].get(key)
+                oracle = records["oracle_validation"].get(key)  # the validation slice labels the first draw
                 text = texts.get(states["generate"][key], "text")
                 for variant, score_field in VARIANTS.items():
-                    write(variant, policy, _fresh_row(prompt, draw, text, draw_judgement, score_field, oracle))
+                    write(variant, policy, _fresh_row(prompt, draw, index, text, draw_judgement, score_field, oracle))
                 fresh_draws[policy] += 1
                 validation_labels[policy] += oracle is not None
 
@@ -307,12 +308,12 @@ def _logged_row(config, prompt, response, text, judgement, score_field, forced, 
     }
 
 
-def _fresh_row(prompt, draw, text, judgement, score_field, oracle) -> dict:
+def _fresh_row(prompt, draw, index, text, judgement, score_field, oracle) -> dict:
     return {
         "prompt_id": prompt.prompt_id,
-        "observation_id": item_key(prompt.prompt_id, draw["policy"]),
+        "observation_id": item_key(draw_prompt(prompt.prompt_id, index), draw["policy"]),
         "target_policy": draw["policy"],
-        "draw_idx": 0,
+        "draw_idx": index,
         "response": text,
         "judge_score": judgement[score_field],
         "oracle_label": None if oracle is None else oracle["score_mean"],

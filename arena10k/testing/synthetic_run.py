@@ -22,7 +22,7 @@ from arena10k.stages.registry import STAGES
 from arena10k.data import prompt_id_for
 from arena10k.liveness import progress_line
 from arena10k.records import SCHEMA_VERSION, Prompt
-from arena10k.workspace import Workspace, policy_of
+from arena10k.workspace import Workspace, policy_of, prompt_of
 
 WORDS = tuple("the a model answer question explain why how data city river light music code test simple about".split())
 # (mean log-ratio to the logging policy in nats, its spread, mean judge score): the logging policy and its
@@ -68,7 +68,7 @@ def write_run(root: Path, config: ExperimentConfig, n_prompts: int, *, settled: 
         lines, counts = [], Written()
         done = records[name] = {}
         for index, key in enumerate(keys):
-            prompt, policy = by_id[key.partition("|")[0]], policy_of(key)
+            prompt, policy = by_id[prompt_of(key)], policy_of(key)
             needs = plan.response_needed(config, name, key)
             if needs is not None and needs not in records["generate"]:
                 counts.blocked += 1  # a real run never tries an item whose response failed
