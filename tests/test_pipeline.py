@@ -157,6 +157,7 @@ def test_the_estimates_are_checked_against_the_oracle_truth_and_with_fewer_label
     info = json.loads((clean_run / "phase2" / "dataset_info.json").read_text())
     truths = estimates["oracle_truth"]
     assert list(truths) == IN_CONFIG_ORDER
+    assert "the coverage ablation at 5%, 10%, 25%, 50%, 100% of the logged oracle labels" in estimates["settings"]
     assert {p: t["n"] for p, t in truths.items()} == info["oracle_labels"]["validation"]
     for variant in ("deterministic", "uncertainty"):
         shares = estimates["variants"][variant]["coverage_ablation"]

@@ -127,7 +127,10 @@ def settings(config: ExperimentConfig) -> str:
     """How cje was called, where it differs from its defaults: the report and the table say it."""
     return (f"cje's defaults, but Direct's cluster bootstrap with {config.analysis.bootstrap_replicates} replicates "
             "(cje's default 2000: the same estimates, standard errors and intervals within their Monte Carlo error; "
-            "analysis.bootstrap_replicates)")
+            "analysis.bootstrap_replicates)"
+            + ("; the coverage ablation at " + ", ".join(f"{f:.0%}" for f in config.analysis.oracle_fractions)
+               + " of the logged oracle labels (seed " + str(config.seed) + "), with Direct's cluster-robust inference "
+               "(analysis.oracle_fractions)" if config.analysis.oracle_fractions else ""))
 
 
 def estimate_flags(row: dict) -> list[str]:
