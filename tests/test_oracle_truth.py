@@ -75,6 +75,18 @@ def test_the_notes_say_which_estimator_disagrees_with_the_truth_and_that_direct_
                and n.endswith("covers the truth for 2 of 2 policies.") for n in notes)
 
 
+def test_no_ranking_claim_rests_on_an_estimate_that_disagrees_with_the_truth():
+    truths = {"good": TRUTH, "bad": {**TRUTH, "mean": 0.2, "ci_low": 0.15, "ci_high": 0.25}, "mid": {**TRUTH, "mean": 0.35}}
+    separated = {"good": estimate(0.5, 0.03), "bad": estimate(0.42, 0.01), "mid": estimate(0.36, 0.01)}
+    verdict, notes = findings(made_up(truths, {"calibrated-ips": separated}), "p0")
+    assert ("uncertainty, calibrated-ips: what it tells apart of bad is not claimed: its estimates disagree with the "
+            "oracle's truth (below).") in notes
+    assert "good above mid" in verdict and "bad" not in verdict.partition("passing")[2]
+    agreeing = {"good": estimate(0.5, 0.03), "bad": estimate(0.2, 0.03), "mid": estimate(0.36, 0.01)}
+    verdict, notes = findings(made_up(truths, {"calibrated-ips": agreeing}), "p0")
+    assert "good above bad" in verdict and not any("is not claimed" in n for n in notes)
+
+
 def test_a_truth_too_uncertain_everywhere_is_said_once_and_the_table_marks_it():
     few = on_policy_value([0.2, 0.4, 0.9])
     made = made_up({"a": few, "b": few}, {"direct": {"a": estimate(0.5, 0.1), "b": estimate(0.5, 0.1)}})

@@ -227,6 +227,13 @@ DIRECT_SAW_THE_TRUTH = (" (cje's Direct calibrates and debiases with these very 
                         "independent check)")
 
 
+def contradicted_by_truth(variant: dict, estimator: str) -> list[str]:
+    """The policies whose estimate by this estimator differs from a truth that can judge it by more than their joint
+    95% margin: no ranking claim rests on them."""
+    check = variant.get("against_truth", {}).get(estimator)
+    return [] if check is None else [p for p, c in check["policies"].items() if c["agrees"] is False]
+
+
 def truth_notes(estimates: dict) -> list[str]:
     """What the oracle's truth says of each estimator, or why it cannot say."""
     truths = estimates.get("oracle_truth", {})
@@ -272,6 +279,11 @@ def findings(estimates: dict, logging_policy: str) -> tuple[str, list[str]]:
             if weakening and pairs:
                 notes.append(f"{name}, {estimator}: what it tells apart is not claimed, for cje's warnings: " + " | ".join(weakening))
                 pairs = []
+            contradicted = contradicted_by_truth(variant, estimator)
+            if contradicted and any(a in contradicted or b in contradicted for a, b in pairs):
+                notes.append(f"{name}, {estimator}: what it tells apart of {', '.join(contradicted)} is not claimed: its "
+                             "estimates disagree with the oracle's truth (below).")
+                pairs = [(a, b) for a, b in pairs if a not in contradicted and b not in contradicted]
             holds = holds_over_certified_range(variant, estimator, pairs)
             if holds is False:
                 unsure.append(f"{name}, {estimator}")
