@@ -7,6 +7,7 @@ provider, which counts calls: a rerun must make none.
     python benchmarks/run_10k.py --prompts 30000        # the growth rate
     python benchmarks/run_10k.py --max-tokens 64        # does memory grow with response length?
     python benchmarks/run_10k.py --max-tokens 32 --analyze   # and stage 7 (cje-eval's estimators) alone, at the end
+    python benchmarks/run_10k.py --max-tokens 32 --analyze --by-hand   # and stage 7's numbers against cje by hand
 """
 
 import argparse
@@ -56,11 +57,33 @@ def measured(argv: list[str]) -> dict:
     return {"seconds": round(seconds, 2), "peak_memory_mb": round(usage.ru_maxrss / 1024), "result": last}
 
 
+def by_hand_differences(root: Path, replicates: int) -> dict:
+    """Per variant and estimator, the largest difference between stage 7's estimate, SE and interval ends and those of
+    benchmarks/cje_by_hand.py (cje called without the speed-ups), both variants at once; 0.0 is the same numbers."""
+    python = PROJECT_ROOT / ".venv-cje-0.3.0" / "bin" / "python"
+    stage = json.loads((root / "analysis" / "estimates.json").read_text())["variants"]
+    processes = {variant: subprocess.Popen([str(python), str(PROJECT_ROOT / "benchmarks" / "cje_by_hand.py"),
+                                            str(root / "phase2" / variant), str(replicates)],
+                                           stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+                 for variant in stage}
+    differences = {}
+    for variant, process in processes.items():
+        by_hand = json.loads(process.stdout.read().strip().splitlines()[-1])
+        assert process.wait() == 0, f"cje by hand failed on {variant}"
+        differences[variant] = {
+            estimator: max(abs(a - b) for policy, numbers in policies.items() for a, b in zip(numbers, (
+                stage[variant]["estimators"][estimator]["policies"][policy][k] for k in ("estimate", "standard_error", "ci_low", "ci_high"))))
+            for estimator, policies in by_hand.items()}
+    return differences
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=10_000)
     parser.add_argument("--max-tokens", type=int, default=512)
     parser.add_argument("--analyze", action="store_true", help="also stage 7 alone, on the Phase 2 files built")
+    parser.add_argument("--by-hand", action="store_true",
+                        help="with --analyze: the largest difference between stage 7's numbers and cje's called by hand")
     args = parser.parse_args()
     config_path = PROJECT_ROOT / "configs" / "local.yaml"
     config = load_config(config_path)
@@ -91,6 +114,8 @@ def main() -> None:
         if args.analyze:
             write_config(analysis_enabled=True)
             results["stage 7 alone"] = measured(argv[:4] + ["--only", "analyze"])
+            if args.by_hand:
+                results["stage 7 against cje by hand"] = by_hand_differences(root, config.analysis.bootstrap_replicates)
     print(json.dumps(results, indent=2))
 
 

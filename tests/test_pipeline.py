@@ -107,26 +107,7 @@ def test_killed_and_resumed_run_gives_byte_identical_phase2_files(tmp_path):
 
 # cje-eval 0.3.0's estimators on each variant's files, called by hand as the README shows them, with the settings the
 # run used (its report names them), and without the speed-ups of arena10k/cje_estimates.py.
-CJE_0_3 = """
-import json, sys, warnings
-from cje import analyze_dataset
-folder = sys.argv[1]
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    results = {
-        "calibrated-ips": analyze_dataset(logged_data_path=folder + "/logged.jsonl", estimator="calibrated-ips"),
-        "stacked-dr": analyze_dataset(logged_data_path=folder + "/logged.jsonl", fresh_draws_dir=folder + "/fresh_draws",
-                                      estimator="stacked-dr", estimator_config={"parallel": False}),
-        "direct": analyze_dataset(fresh_draws_dir=folder + "/fresh_draws", calibration_data_path=folder + "/logged.jsonl",
-                                  estimator="direct", estimator_config={"n_bootstrap": int(sys.argv[2])}),
-    }
-out = {}
-for name, r in results.items():
-    low, high = r.confidence_interval(alpha=0.05)
-    out[name] = {p: [float(r.estimates[i]), float(r.standard_errors[i]), float(low[i]), float(high[i])]
-                 for i, p in enumerate(r.metadata["target_policies"])}
-print(json.dumps(out))
-"""
+CJE_0_3 = (PROJECT_ROOT / "benchmarks" / "cje_by_hand.py").read_text()
 
 
 def test_the_analyze_stage_reports_what_cje_0_3_gives_by_hand_with_a_verdict(clean_run):
