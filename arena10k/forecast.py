@@ -21,7 +21,7 @@ from arena10k.stages import prompts
 from arena10k.stages.base import CheckpointSpec, Plan, RESPONSES
 from arena10k.stages.registry import STAGES
 from arena10k.tokens import CHARS_PER_TOKEN, LARGE_FIELDS, TOKENS_PER_MESSAGE, TokenCounts, Usage
-from arena10k.workspace import Workspace, item_key, policy_of
+from arena10k.workspace import Workspace, item_key, policy_of, prompt_of
 
 
 @dataclass
@@ -63,7 +63,7 @@ def forecast(config: ExperimentConfig, workspace: Workspace, samples: int | str 
         top_k = certify_from_top_k(workspace, policy.model, policy.temperature)
         left = [key for key in keys["teacher_force"] if policy_of(key) == name and plan.will_run(config, states, "teacher_force", key)]
         if top_k and left:
-            tokens = sum(counts.response(item_key(key.partition("|")[0], config.logging_policy)) for key in left)
+            tokens = sum(counts.response(item_key(prompt_of(key), config.logging_policy)) for key in left)
             result.alternatives[name] = (top_k, top_k * tokens)
     return result
 

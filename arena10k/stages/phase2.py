@@ -39,7 +39,7 @@ from arena10k.preflight import measured_noise
 from arena10k.records import SCHEMA_VERSION
 from arena10k.weights import bounds, usable_logprob
 from arena10k.stages.base import Plan, Stage, StageRun
-from arena10k.workspace import Workspace, draw_of, draw_prompt, item_key
+from arena10k.workspace import Workspace, draw_of, draw_prompt, item_key, prompt_of
 
 VARIANTS = {"deterministic": "score", "uncertainty": "score_mean"}
 # What dataset_info.json holds: a version that holds more rebuilds the Phase 2 files an older one made (2: the
@@ -161,7 +161,7 @@ def build(config: ExperimentConfig, workspace: Workspace, plan: Plan) -> dict:
     left_out = excluded_prompts(config, expected, states)
     lost_labels = {key: states[name][key].last_error for name in ("oracle_calibration", "oracle_validation")
                    for key in expected[name] if failed_for_good(states[name].get(key), config.max_attempts)
-                   and key.rpartition("|")[0] not in left_out}
+                   and prompt_of(key) not in left_out}
     # Only the items the config asks for: a label of a prompt no longer in the oracle slice is not used.
     records = {name: {k: states[name][k].record for k in keys if k in states[name] and states[name][k].record is not None}
                for name, keys in expected.items()}

@@ -15,7 +15,7 @@ from arena10k.runner import run_items
 from arena10k.stages.base import CheckpointSpec, Stage, StageRun, SyntheticItem
 from arena10k.stages.generate import policy_lanes, responses
 from arena10k.tokens import Calls, TokenCounts
-from arena10k.workspace import item_key, policy_of
+from arena10k.workspace import item_key, policy_of, prompt_of
 
 
 EARLY_ROWS = 5  # when the first this many logging-policy rows disagree with their sampled log-probs, the stage stops
@@ -43,7 +43,7 @@ def run(job: StageRun) -> str:
 
 
 def _logged_key(config: ExperimentConfig, key: str) -> str:
-    return item_key(key.rpartition("|")[0], config.logging_policy)
+    return item_key(prompt_of(key), config.logging_policy)
 
 
 class _SelfCheck:
@@ -141,7 +141,7 @@ def _cost(counts: TokenCounts, key: str, calls: int, output_known: bool) -> Call
     """The logged response is scored in the policy's context: it is input, and nothing is generated."""
     config = counts.config
     policy = config.policies[policy_of(key)]
-    logged = counts.response(item_key(key.partition("|")[0], config.logging_policy))
+    logged = counts.response(item_key(prompt_of(key), config.logging_policy))
     return Calls(policy.model, calls, counts.messages(policy.model, policy.messages(counts.prompt(key))) + logged, 0)
 
 
