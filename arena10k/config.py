@@ -72,6 +72,22 @@ class ModelConfig(_Strict):
         60.0, gt=0, exclude=True,
         description="Hosted only: how long calls may fail (5xx, timeouts, connection errors) with none succeeding before "
         "the endpoint counts as down and the stage stops, charging no item with the outage.")
+    batch: bool = Field(
+        False, exclude=True,
+        description="Hosted (openai provider) only: generation, judge and oracle calls to this model go through the "
+        "provider's Batch API (Files + Batches in OpenAI's shape, which OpenAI, Together and DeepInfra serve at their "
+        "base_url) at its batch price, with results within batch_window instead of seconds and no online rate limit. "
+        "Teacher forcing and the preflight stay online (no Batch API documents echo log-probs). The same request "
+        "bodies as online calls, so the results are those an online run would get.")
+    batch_window: str = Field("24h", exclude=True, description="batch only: the completion window asked for (OpenAI offers 24h).")
+    batch_price_factor: float = Field(
+        0.5, gt=0, le=1, exclude=True,
+        description="batch only: the batch price as a share of the online prices below (0.5 at OpenAI, Together, Fireworks).")
+    batch_max_requests: int = Field(50_000, ge=1, exclude=True, description="batch only: most requests in one input file (OpenAI: 50,000).")
+    batch_max_bytes: int = Field(200_000_000, ge=1000, exclude=True, description="batch only: largest input file in bytes (OpenAI: 200 MB).")
+    batch_poll_seconds: float = Field(
+        60.0, gt=0, exclude=True,
+        description="batch only: the longest wait between two looks at a batch's state (the first after 1 s, then twice as long each time).")
     # Prices and rate limits change no result, so they are left out of model_dump() and with it out of every
     # checkpoint fingerprint and dataset_info.json: updating them never forces a recompute.
     price_per_million_input_tokens: float = Field(
@@ -88,6 +104,15 @@ class ModelConfig(_Strict):
         description="Hosted only: the provider's limit on input + output tokens per minute for this model; null means none.",
     )
 
+
+    @model_validator(mode="after")
+    def _batch_where_served(self) -> ModelConfig:
+        if self.batch and self.provider != "openai":
+            raise ValueError(f"batch: true is for the openai provider (OpenAI, or Together, DeepInfra and other servers of "
+                             f"OpenAI's Batch API by base_url); provider {self.provider} "
+                             + ("computes in-process and has no batches" if self.provider == "local" else
+                                "has batch inference jobs of its own, which arena10k does not send yet"))
+        return self
 
     @model_validator(mode="after")
     def _key_is_named_not_given(self) -> ModelConfig:

@@ -138,14 +138,24 @@ def calls_per_grading(judge: JudgeConfig) -> int:
     return 1 if judge.method == "top_logprobs" else 1 + judge.samples
 
 
-def grade(config: ExperimentConfig, judge: JudgeConfig, prompt: str, response: str) -> tuple[str, dict]:
-    """One grading: the judge's (greedy) reply and its scores (ItemError when the reply holds no score)."""
+def grading_requests(judge: JudgeConfig, prompt: str, response: str) -> tuple[GenerationRequest, ...]:
+    """The calls of one grading: a greedy reply, and for the sampled method `samples` replies at its temperature."""
     messages = judge_messages(rubric(judge), prompt, response)
-    provider = get_provider(config, judge.model)
     if judge.method == "top_logprobs":
-        reply = provider.generate(GenerationRequest(messages, 0, judge.max_tokens, seed=0, top_logprobs=judge.top_logprobs))
-        return reply.text, score_reply(reply)
-    greedy = provider.generate(GenerationRequest(messages, 0, judge.max_tokens, seed=0, logprobs=False))
-    sampled = [provider.generate(GenerationRequest(messages, judge.temperature, judge.max_tokens, seed, logprobs=False)).text
-               for seed in range(1, judge.samples + 1)]
-    return greedy.text, score_samples(greedy.text, sampled, judge.temperature)
+        return (GenerationRequest(messages, 0, judge.max_tokens, seed=0, top_logprobs=judge.top_logprobs),)
+    return (GenerationRequest(messages, 0, judge.max_tokens, seed=0, logprobs=False),
+            *(GenerationRequest(messages, judge.temperature, judge.max_tokens, seed, logprobs=False)
+              for seed in range(1, judge.samples + 1)))
+
+
+def scores(judge: JudgeConfig, replies: list[Generation]) -> tuple[str, dict]:
+    """The judge's (greedy) reply and its scores, from the replies to grading_requests (ItemError when it holds no score)."""
+    if judge.method == "top_logprobs":
+        return replies[0].text, score_reply(replies[0])
+    return replies[0].text, score_samples(replies[0].text, [reply.text for reply in replies[1:]], judge.temperature)
+
+
+def grade(config: ExperimentConfig, judge: JudgeConfig, prompt: str, response: str) -> tuple[str, dict]:
+    """One grading, online."""
+    provider = get_provider(config, judge.model)
+    return scores(judge, [provider.generate(request) for request in grading_requests(judge, prompt, response)])

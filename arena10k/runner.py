@@ -46,6 +46,21 @@ class StageReport:
     def missing(self) -> int:
         return self.expected - self.done
 
+    def tally(self, checkpoint: Checkpoint, keys: list[str]) -> None:
+        """Counts what the checkpoint holds of these items: done, or failed by their last error."""
+        for key in keys:
+            state = checkpoint.items.get(key)
+            if state and state.record is not None:
+                self.done += 1
+            elif state:
+                self.failed[state.last_error] += 1
+
+    def __add__(self, other: StageReport) -> StageReport:
+        """Two reports of one stage over separate items (its online items and its batched ones)."""
+        return StageReport(self.stage, self.expected + other.expected, self.done + other.done, self.failed + other.failed,
+                           self.blocked + other.blocked, self.unreached + other.unreached,
+                           self.attempted + other.attempted, self.seconds + other.seconds)
+
     def describe(self) -> str:
         text = (f"{self.stage}: {self.done}/{self.expected} done, {self.failed_total} failed, "
                 f"{self.attempted} tried in this run ({self.seconds:.1f}s)")
@@ -126,12 +141,7 @@ def run_items(stage: str, checkpoint: Checkpoint, keys: list[str], make_work: Ma
                       "results not kept; nothing new starts, every finished item is saved", file=sys.stderr, flush=True)
             raise
     report.attempted = len(tried)
-    for key in keys:
-        state = checkpoint.items.get(key)
-        if state and state.record is not None:
-            report.done += 1
-        elif state:
-            report.failed[state.last_error] += 1
+    report.tally(checkpoint, keys)
     report.seconds = time.monotonic() - started
     log.info("%s: %d/%d done, %d failed, %d blocked, %d tried this run, %.1fs", stage, report.done,
              report.expected, report.failed_total, sum(report.blocked.values()), report.attempted, report.seconds)

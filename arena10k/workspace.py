@@ -54,7 +54,7 @@ RUN_MARKER = ".arena10k-run"
 WRITE_CHECK = ".arena10k-write-check"
 # Everything a run writes; --fresh deletes these and nothing else (the lock and marker stay, the run goes on).
 RUN_FILES = ("prompts.jsonl", "filter_report.json", "prepare.meta.json", "config.json", "config_source.txt", "pipeline.pid",
-             "checkpoints", "progress", "logs", "phase2", "analysis", "quarantine")
+             "checkpoints", "progress", "logs", "phase2", "analysis", "quarantine", "batches.jsonl", "batches")
 
 
 @dataclass(frozen=True)
@@ -125,6 +125,15 @@ class Workspace:
         returns one line per damaged line, for the user."""
         return [line for name in names
                 for line in quarantine_damaged_lines(self.checkpoint_path(name), self.root / "quarantine" / f"{name}.jsonl")]
+
+    @property
+    def batches_path(self) -> Path:
+        """The ledger of the batches sent to providers' Batch APIs (arena10k/batches.py)."""
+        return self.root / "batches.jsonl"
+
+    def batch_input_path(self, batch_id: str) -> Path:
+        """A batch's input file, from when it is written until the provider has it."""
+        return self.root / "batches" / f"{batch_id}.jsonl"
 
     @property
     def prompts_path(self) -> Path:

@@ -6,6 +6,7 @@ by teacher forcing. Everything else (stages, checkpoints, judging) is built on t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -76,6 +77,16 @@ class ForcedLogprob:
             return self.logprob - sampled
         inside = min(max(sampled, self.interval.low), self.interval.high)
         return min(inside - sampled, self.temperature_one_logprob - sampled, key=abs)
+
+
+@dataclass(frozen=True)
+class ItemCalls:
+    """A work item's generation requests to one model (a key of the config's models), and the item's record made from
+    their results in order: sent online one after another, or in a provider's batch (arena10k/batches.py)."""
+
+    model: str
+    requests: tuple[GenerationRequest, ...]
+    record: Callable[[list[Generation]], dict]  # raises ItemError when the results make no record (a reply without a score)
 
 
 class Provider(Protocol):

@@ -30,6 +30,7 @@ from typing import Any
 import jinja2
 
 from arena10k.errors import AuthenticationError, EndpointDownError, ItemError
+from arena10k.providers.batch_api import BatchAPI
 from arena10k.providers.certified import Interval, response_interval
 from arena10k.providers.base import (
     Generation,
@@ -63,18 +64,28 @@ class HostedProvider:
     # ------------------------------------------------------------ the provider interface
 
     def generate(self, request: GenerationRequest) -> Generation:
+        arguments = self.chat_arguments(request)
+        tokens = _estimate_tokens(json.dumps(request.messages)) + request.max_tokens
+        return self.generation(self._call(lambda: self._client.chat.completions.create(**arguments), tokens), request)
+
+    def chat_arguments(self, request: GenerationRequest) -> dict:
+        """The chat completion's body, the same online and in a batch's input file."""
         arguments = dict(model=self.model, messages=list(request.messages), temperature=request.temperature,
                          max_tokens=request.max_tokens, seed=request.seed)
         if request.logprobs:
             # llama-cpp-python's server returns token log-probs only when alternatives are asked for too.
             arguments |= dict(logprobs=True, top_logprobs=max(1, request.top_logprobs))
-        tokens = _estimate_tokens(json.dumps(request.messages)) + request.max_tokens
-        response = self._call(lambda: self._client.chat.completions.create(**arguments), tokens)
-        choice = response.choices[0]
+        return arguments
+
+    def generation(self, response: Any, request: GenerationRequest) -> Generation:
+        """A chat completion, as the SDK parsed it online or as a batch's output line holds it (a dict)."""
+        choice = (_field(response, "choices") or [None])[0]
+        if choice is None:
+            raise ItemError("malformed response body: no choices", retryable=True)
         content = _field(_field(choice, "logprobs"), "content") or []
         return Generation(
-            text=choice.message.content or "",
-            finish_reason="length" if choice.finish_reason == "length" else "stop",
+            text=_field(_field(choice, "message"), "content") or "",
+            finish_reason="length" if _field(choice, "finish_reason") == "length" else "stop",
             tokenizer=self.tokenizer,
             token_ids=[],  # an API returns token texts, not ids
             token_texts=[_field(t, "token") for t in content],
@@ -85,6 +96,10 @@ class HostedProvider:
                           for t in content] if request.top_logprobs else [],
             reported_tokens=_field(_field(response, "usage"), "completion_tokens"),
         )
+
+    def batch_api(self) -> BatchAPI:
+        """The provider's Batch API for this model (Files + Batches, OpenAI's shape), through this provider's retries."""
+        return BatchAPI(self._client, self.model, self._call)
 
     def teacher_force(self, request: TeacherForceRequest) -> ForcedLogprob:
         prompt = self._render(request.messages)
@@ -197,7 +212,8 @@ class HostedProvider:
             raise ItemError("the server's echo left a token of the text without a log-prob", retryable=False)
         return Echo(echo.offsets, echo.tokens, [float(v) for v in echo.logprobs], echo.alternatives)
 
-    def _call(self, send: Callable[[], Any], tokens: int) -> Any:
+    def _call(self, send: Callable[[], Any], tokens: int, valid: Callable[[Any], bool] = lambda r: bool(getattr(r, "choices", None))
+              ) -> Any:
         sdk = self._sdk
         started = self._limiter.now()
         unreachable = True  # every attempt so far failed for the endpoint, none for the request
@@ -225,7 +241,7 @@ class HostedProvider:
                 self._failed(reason, started=None)
             else:
                 self._limiter.release()
-                if not getattr(response, "choices", None):
+                if not valid(response):
                     reason, unreachable = "malformed response body", False
                     self._failed(reason, started=None)
                 else:

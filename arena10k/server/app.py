@@ -25,6 +25,7 @@ from pydantic import BaseModel, ValidationError
 
 import arena10k.server.protocol as protocol
 from arena10k.server.backends import Backend, Completion, RequestError, Tokens
+from arena10k.server.batches import BatchService, Refused
 from arena10k.server.faults import FaultConfig, FaultPlan, Quota, estimate_tokens
 
 log = logging.getLogger("arena10k.server")
@@ -101,6 +102,7 @@ class Server:
         self._colliding_alternatives = faults.colliding_alternatives
         self._logprob_noise = faults.logprob_noise
         self._noise = random.Random(faults.fault_seed)
+        self.batches = BatchService(self._serve_batch_line, faults)
 
     def application(self) -> web.Application:
         app = web.Application(middlewares=[self._counted])
@@ -112,6 +114,7 @@ class Server:
             web.post(DETOKENIZE, functools.partial(self._handle, parse=protocol.DetokenizeRequest, serve=self._detokenize)),
             web.get(MODELS, self._models),
             web.get("/stats", self._stats),
+            *self.batches.routes(),
         ])
         return app
 
@@ -119,6 +122,14 @@ class Server:
     async def _counted(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Counts, authenticates, and turns refusals and unexpected errors into OpenAI-style error responses."""
         endpoint = request.path
+        if endpoint.startswith(("/v1/files", "/v1/batches")):
+            try:
+                self._authenticate(request)
+                return await handler(request)
+            except Refused as refusal:
+                return web.json_response(protocol.error_body(str(refusal), "invalid_request_error"), status=refusal.status)
+            except _Refusal as refusal:
+                return web.json_response(refusal.body, status=refusal.status)
         if endpoint not in ENDPOINTS:
             return await handler(request)
         self.stats.received(endpoint)
@@ -216,6 +227,15 @@ class Server:
                                              completion=self._noisy(completion.completion))
         return parsed.response(completion)
 
+    async def _serve_batch_line(self, body: dict) -> tuple[int, dict]:
+        """A batch's line, answered as the chat endpoint answers it, without the online limits and faults."""
+        try:
+            return 200, await self._generate(protocol.ChatRequest.model_validate(body))
+        except ValidationError as error:
+            return 400, protocol.error_body(protocol.describe(error), "invalid_request_error")
+        except _Refusal as refusal:
+            return refusal.status, refusal.body
+
     def _noisy(self, tokens: Tokens) -> Tokens:
         if tokens.logprobs is None:
             return tokens
@@ -236,7 +256,7 @@ class Server:
         return web.json_response({"object": "list", "data": self.backend.model_cards()})
 
     async def _stats(self, request: web.Request) -> web.Response:
-        return web.json_response(self.stats.snapshot())
+        return web.json_response(self.stats.snapshot() | {"batch_api": self.batches.stats()})
 
 
 def _collided(tokens: Tokens) -> Tokens:

@@ -54,6 +54,12 @@ class FaultConfig:
     logprob_noise: float = _option(
         0.0, "standard deviation (nats) of seeded noise added to every log-prob returned, as batched GPU servers vary")
 
+    batch_step_seconds: float = _option(0.2, "Batch API: seconds a batch spends validating, and finalizing")
+    batch_line_ms: float = _option(0.0, "Batch API: time each line of a batch takes (ms; four lines at a time)")
+    batch_expire_first: int = _option(0, "Batch API: the first this many batches expire with half their lines done")
+    batch_line_error_rate: float = _option(0.0, "Batch API: share of lines answered 500 in the error file (seeded by custom_id)")
+    batch_fail: bool = _option(False, "Batch API: every batch fails validation")
+
     def __post_init__(self) -> None:
         rates = (self.throttle_rate, self.error_rate, self.timeout_rate, self.drop_rate, self.malformed_rate)
         if any(not 0 <= rate <= 1 for rate in rates) or sum(rates) > 1:

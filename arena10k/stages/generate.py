@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from arena10k.batches import run_calls
 from arena10k.checkpoint import read_records
 from arena10k.config import ExperimentConfig
-from arena10k.providers import get_provider, stage_lanes
-from arena10k.providers.base import GenerationRequest
+from arena10k.providers import stage_lanes
+from arena10k.providers.base import Generation, GenerationRequest, ItemCalls
 from arena10k.records import Prompt, Response, from_dict, to_dict
-from arena10k.runner import run_items
 from arena10k.stages.base import CheckpointSpec, Stage, StageRun, SyntheticItem
 from arena10k.tokens import Calls, TokenCounts
 from arena10k.workspace import Workspace, derive_seed, draw_of, draw_prompt, policy_of, prompt_of
@@ -25,21 +25,20 @@ def run(job: StageRun) -> str:
     config, workspace = job.config, job.workspace
     prompts = {p.prompt_id: p for p in workspace.load_prompts()}
 
-    def make_work(key: str):
-        return _work(config, policy_of(key), prompts[prompt_of(key)], draw_of(key))
+    def make_calls(key: str) -> ItemCalls:
+        return _calls(config, policy_of(key), prompts[prompt_of(key)], draw_of(key))
 
     with CHECKPOINT.open(workspace, config) as checkpoint:
-        return run_items("generate", checkpoint, CHECKPOINT.keys(config, list(prompts)), make_work, config.max_attempts,
+        return run_calls("generate", checkpoint, CHECKPOINT.keys(config, list(prompts)), make_calls, config, workspace,
                          *policy_lanes(config)).describe()
 
 
-def _work(config: ExperimentConfig, name: str, prompt: Prompt, draw: int):
+def _calls(config: ExperimentConfig, name: str, prompt: Prompt, draw: int) -> ItemCalls:
     policy = config.policies[name]
+    seed = derive_seed(config.seed, "generate", name, draw_prompt(prompt.prompt_id, draw))
 
-    def work() -> dict:
-        seed = derive_seed(config.seed, "generate", name, draw_prompt(prompt.prompt_id, draw))
-        request = GenerationRequest(policy.messages(prompt.prompt), policy.temperature, policy.max_tokens, seed)
-        result = get_provider(config, policy.model).generate(request)
+    def record(results: list[Generation]) -> dict:
+        result = results[0]
         return to_dict(Response(
             prompt_id=prompt.prompt_id, policy=name, text=result.text, finish_reason=result.finish_reason,
             n_tokens=result.n_tokens, model=config.models[policy.model].model, temperature=policy.temperature,
@@ -48,7 +47,8 @@ def _work(config: ExperimentConfig, name: str, prompt: Prompt, draw: int):
             stop_logprob=result.stop_logprob,
         ))
 
-    return work
+    request = GenerationRequest(policy.messages(prompt.prompt), policy.temperature, policy.max_tokens, seed)
+    return ItemCalls(policy.model, (request,), record)
 
 
 def responses(workspace: Workspace, keys: set[str]) -> dict[str, Response]:

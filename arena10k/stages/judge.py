@@ -7,10 +7,11 @@ import hashlib
 from collections.abc import Callable
 
 from arena10k import judging
+from arena10k.batches import run_calls
 from arena10k.config import ExperimentConfig, JudgeConfig
 from arena10k.providers import stage_lanes
+from arena10k.providers.base import Generation, ItemCalls
 from arena10k.records import Judgement, Prompt, Response, to_dict
-from arena10k.runner import run_items
 from arena10k.stages.base import CheckpointSpec, Stage, StageRun, SyntheticItem
 from arena10k.stages.generate import responses
 from arena10k.tokens import Calls, TokenCounts
@@ -23,12 +24,12 @@ def _fingerprint(config: ExperimentConfig, judge: JudgeConfig, policy: str) -> d
             "judge_prompt": hashlib.sha256(repr(instructions).encode()).hexdigest()[:16]}
 
 
-def _work(config: ExperimentConfig, judge: JudgeConfig, prompt: Prompt, response: Response):
-    def work() -> dict:
-        reply, scores = judging.grade(config, judge, prompt.prompt, response.text)
+def _calls(config: ExperimentConfig, judge: JudgeConfig, prompt: Prompt, response: Response) -> ItemCalls:
+    def record(replies: list[Generation]) -> dict:
+        reply, scores = judging.scores(judge, replies)
         return to_dict(Judgement(prompt.prompt_id, response.policy, config.models[judge.model].model, reply, **scores))
 
-    return work
+    return ItemCalls(judge.model, judging.grading_requests(judge, prompt.prompt, response.text), record)
 
 
 def _run(spec: CheckpointSpec, judge: JudgeConfig, config: ExperimentConfig, workspace: Workspace) -> str:
@@ -37,11 +38,11 @@ def _run(spec: CheckpointSpec, judge: JudgeConfig, config: ExperimentConfig, wor
     with spec.open(workspace, config) as checkpoint:
         generated = responses(workspace, set(checkpoint.todo(keys, config.max_attempts)))
 
-        def make_work(key: str):
+        def make_calls(key: str) -> ItemCalls | str:
             response = generated.get(key)
-            return "no response" if response is None else _work(config, judge, prompts[response.prompt_id], response)
+            return "no response" if response is None else _calls(config, judge, prompts[response.prompt_id], response)
 
-        return run_items(spec.name, checkpoint, keys, make_work, config.max_attempts,
+        return run_calls(spec.name, checkpoint, keys, make_calls, config, workspace,
                          stage_lanes(config, {judge.model}), lambda key: judge.model).describe()
 
 

@@ -15,10 +15,12 @@ def write_loopback_config(path: Path, base_url: str, *, samples: int, dataset: s
                           concurrency: int = 8, requests_per_minute: int | None = None, request_timeout: float = 1.5,
                           calibration_fraction: float = 1.0, validation_fraction: float = 0.25,
                           outage_seconds: float = 60.0, max_retries: int = 10, max_attempts: int = 3,
-                          analysed: bool = False) -> Path:
+                          analysed: bool = False, batch: bool = False) -> Path:
     model = {"provider": "openai", "base_url": base_url, "api_key_env": KEY_ENV, "chat_template": CHAT_TEMPLATE,
              "end_of_turn": "<|end|>", "concurrency": concurrency, "request_timeout": request_timeout, "max_retries": max_retries,
              "requests_per_minute": requests_per_minute, "outage_seconds": outage_seconds}
+    if batch:  # generation, judging and oracle labels through the server's Batch API, looked at every second at most
+        model |= {"batch": True, "batch_poll_seconds": 1.0}
     policy = {"model": "small", "system_prompt": "You are a helpful assistant.", "temperature": 0.7, "max_tokens": 24}
     config = {
         "name": "loopback", "seed": 42, "samples": samples, "dataset": dataset, "max_attempts": max_attempts, "logging_policy": "p0",
