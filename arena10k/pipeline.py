@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from arena10k import forecast, liveness, preflight, report
+from arena10k import batches, forecast, liveness, preflight, report
 from arena10k.checkpoint import reset_failed
 from arena10k.config import ExperimentConfig, load_config
 from arena10k.errors import Arena10kError, ConfigError
@@ -90,6 +90,9 @@ def run_parser(description: str, stage: str | None = None, plan: Plan = STAGES) 
     parser.add_argument("--preflight", action="store_true",
                         help="only measure whether the hosted endpoints' log-probs can give valid weights (every run "
                              "that generates or teacher-forces on a hosted model does this first)")
+    parser.add_argument("--cancel-batches", action="store_true",
+                        help="cancel this run's batches that are running at a provider (batch: true) and stop; a rerun "
+                             "collects what they finished and submits the rest again")
     parser.add_argument("--estimate", action="store_true",
                         help="print the calls, tokens, cost and rate-limited time of what is left (with --force: of "
                              "recomputing it), without calling any model")
@@ -143,6 +146,9 @@ def _run(args: argparse.Namespace, stage: str | None, command: str, plan: Plan) 
     workspace.refuse_foreign_directory()
     workspace.create()
     with liveness.claim(workspace):  # a second pipeline on the same directory is refused
+        if args.cancel_batches:
+            print(batches.cancel_all(config, workspace))
+            return 0
         new_run = not workspace.marker_path.exists()
         try:
             _open(args, config, workspace, selected, forced, plan)

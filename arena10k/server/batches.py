@@ -168,7 +168,7 @@ class BatchService:
         queue = list(lines)
 
         async def worker() -> None:
-            while queue and not batch.cancel and len(answered) < stop_after:
+            while queue and not batch.cancel and len(lines) - len(queue) < stop_after:
                 line = queue.pop(0)
                 await asyncio.sleep(faults.batch_line_ms / 1000)
                 status, body = await self._answer(line)
@@ -188,8 +188,8 @@ class BatchService:
         self._end(batch, "cancelled" if batch.cancel else "expired" if expiring else "completed")
 
     async def _answer(self, line: dict) -> tuple[int, dict]:
-        if self._faults.batch_line_error_rate and random.Random(
-                f"{self._faults.fault_seed}:{line['custom_id']}").random() < self._faults.batch_line_error_rate:
+        first_time = self.submitted[line["custom_id"]] == 1
+        if first_time and random.Random(f"{self._faults.fault_seed}:{line['custom_id']}").random() < self._faults.batch_line_error_rate:
             return 500, protocol.error_body("The server had an error processing this request (injected).", "server_error")
         return await self._serve_line(line["body"])
 

@@ -1,0 +1,163 @@
+"""Batch mode (models with batch: true) through the loopback server's Files and Batches endpoints: the same Phase 2 files
+as online, every batch on record, resumed after a kill at any moment of a batch's life without sending a request twice,
+expired batches finished, failed lines retried, Ctrl-C and --cancel-batches."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from arena10k.batches import Ledger
+from arena10k.server import FaultConfig, ServerConfig, run_in_thread
+from arena10k.testing.loopback_config import KEY_ENV, write_loopback_config
+from conftest import PROJECT_ROOT, phase2_bytes, pipeline_command, run_pipeline
+
+KEY = "batch-test-key"
+PROMPTS = 6
+CHECKPOINTS = ("generate", "teacher_force", "judge", "oracle_calibration", "oracle_validation")
+# Items sent in batches: 5 policies' responses, their 5 judgements, 6 + 2 oracle labels (validation: 1 prompt, 4 targets).
+BATCHED_REQUESTS = 5 * PROMPTS + 5 * PROMPTS + PROMPTS + 4 * 2
+QUICK = dict(batch_step_seconds=0.05)
+
+
+@pytest.fixture(autouse=True)
+def key(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+
+
+def config(path, server, **settings):
+    return write_loopback_config(path, server.base_url, samples=PROMPTS, batch=True, **settings)
+
+
+@pytest.fixture(scope="module")
+def online_run(tmp_path_factory):
+    """The same experiment made online: what every batch run must give."""
+    root = tmp_path_factory.mktemp("online")
+    os.environ[KEY_ENV] = KEY
+    with run_in_thread(ServerConfig("synthetic", api_key=KEY)) as server:
+        result = run_pipeline(root / "data", config=write_loopback_config(root / "config.yaml", server.base_url,
+                                                                          samples=PROMPTS))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root / "data"
+
+
+def assert_same_as_online(data_dir, online_run):
+    assert phase2_bytes(data_dir) == phase2_bytes(online_run)
+    for name in CHECKPOINTS:
+        lines = [json.loads(line) for line in (data_dir / "checkpoints" / f"{name}.jsonl").read_text().splitlines()]
+        keys = [line["key"] for line in lines if line["status"] == "ok"]
+        assert len(keys) == len(set(keys)), f"an item of {name} was written twice"
+
+
+def test_a_batch_run_gives_the_online_runs_phase2_files_with_every_batch_on_record(online_run, tmp_path):
+    with run_in_thread(ServerConfig("synthetic", api_key=KEY, faults=FaultConfig(**QUICK))) as server:
+        result = run_pipeline(tmp_path / "data", config=config(tmp_path / "config.yaml", server))
+        stats = server.stats()
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_as_online(tmp_path / "data", online_run)
+    ledger = Ledger(tmp_path / "data" / "batches.jsonl")
+    # generate: a batch per model (small, big); judge; the oracle's two slices.
+    assert sorted((b.checkpoint, b.model) for b in ledger.batches.values()) == [
+        ("generate", "big"), ("generate", "small"), ("judge", "small"), ("oracle_calibration", "oracle"),
+        ("oracle_validation", "oracle")]
+    assert all(b.collected and b.status == "completed" and b.batch_id and b.records == b.requests
+               for b in ledger.batches.values())
+    assert stats["batch_api"]["requests_submitted"] == stats["batch_api"]["custom_ids"] == BATCHED_REQUESTS
+    # Online: the preflight and teacher forcing only.
+    assert stats["endpoints"]["/v1/chat/completions"]["received"] < 30
+    assert "completed, 30/30 requests done" in result.stderr  # judge: one batch of every response
+    assert not (tmp_path / "data" / "batches").exists() or not any((tmp_path / "data" / "batches").iterdir())
+
+
+def test_a_run_killed_at_every_moment_of_a_batchs_life_resumes_without_sending_a_request_twice(online_run, tmp_path):
+    data_dir = tmp_path / "data"
+    # Slow enough lines that a look at a running batch finds it running.
+    with run_in_thread(ServerConfig("synthetic", api_key=KEY, faults=FaultConfig(batch_step_seconds=0.3,
+                                                                                  batch_line_ms=40))) as server:
+        settings = config(tmp_path / "config.yaml", server)
+        for point in ("writing", "uploaded", "before_submit", "submitted", "polling", "collecting"):
+            killed = subprocess.run([sys.executable, str(PROJECT_ROOT / "tests" / "kill_at.py"), point,
+                                     *pipeline_command(data_dir, config=settings)[2:]],
+                                    cwd=PROJECT_ROOT, capture_output=True, text=True)
+            assert killed.returncode == -signal.SIGKILL, (point, killed.stderr[-2000:])
+        result = run_pipeline(data_dir, config=settings)
+        stats = server.stats()["batch_api"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_as_online(data_dir, online_run)
+    assert stats["requests_submitted"] == stats["custom_ids"] == BATCHED_REQUESTS  # none sent twice
+    assert stats["lines_served"] == BATCHED_REQUESTS
+    ledger = Ledger(data_dir / "batches.jsonl")
+    assert all(b.collected for b in ledger.batches.values())
+    assert len({b.batch_id for b in ledger.batches.values()}) == 5  # the batch submitted before its id was written, found again
+
+
+def test_an_expired_batch_gives_what_it_finished_and_the_rest_is_sent_again(online_run, tmp_path):
+    faults = FaultConfig(**QUICK, batch_expire_first=1)  # the first batch (generate, small: 4 policies) expires half done
+    with run_in_thread(ServerConfig("synthetic", api_key=KEY, faults=faults)) as server:
+        result = run_pipeline(tmp_path / "data", config=config(tmp_path / "config.yaml", server))
+        stats = server.stats()["batch_api"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_as_online(tmp_path / "data", online_run)
+    expired = [b for b in Ledger(tmp_path / "data" / "batches.jsonl").batches.values() if b.status == "expired"]
+    assert len(expired) == 1 and expired[0].requests == 4 * PROMPTS and expired[0].records == 2 * PROMPTS
+    assert stats["requests_submitted"] - stats["custom_ids"] == 2 * PROMPTS  # only what it did not finish, again
+    assert stats["lines_served"] == stats["custom_ids"] == BATCHED_REQUESTS
+
+
+def test_lines_a_batch_failed_are_recorded_with_the_reason_and_sent_again_in_a_later_batch(online_run, tmp_path):
+    faults = FaultConfig(**QUICK, batch_line_error_rate=0.3)  # each fails the first time it is sent, not after
+    with run_in_thread(ServerConfig("synthetic", api_key=KEY, faults=faults)) as server:
+        result = run_pipeline(tmp_path / "data", config=config(tmp_path / "config.yaml", server))
+        stats = server.stats()["batch_api"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_as_online(tmp_path / "data", online_run)
+    failures = [json.loads(line) for name in CHECKPOINTS
+                for line in (tmp_path / "data" / "checkpoints" / f"{name}.jsonl").read_text().splitlines()
+                if '"failed"' in line]
+    assert failures and {f["error"] for f in failures} == {
+        "batch line HTTP 500: The server had an error processing this request (injected)."}
+    assert stats["requests_submitted"] - stats["custom_ids"] == len(failures)
+
+
+def test_ctrl_c_leaves_the_batches_running_and_cancel_batches_cancels_them_then_a_rerun_finishes(online_run, tmp_path):
+    data_dir = tmp_path / "data"
+    ledger_path = data_dir / "batches.jsonl"
+    with run_in_thread(ServerConfig("synthetic", api_key=KEY, faults=FaultConfig(**QUICK, batch_line_ms=500))) as server:
+        settings = config(tmp_path / "config.yaml", server)
+        process = subprocess.Popen(pipeline_command(data_dir, config=settings), cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not (ledger_path.exists() and ledger_path.read_text().count('"submitted"') == 2):
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _, error = process.communicate(timeout=60)
+        assert process.returncode == 130
+        assert "2 batches stay submitted at the provider and are paid for" in error and "--cancel-batches" in error
+        assert "Traceback" not in error
+        cancel = run_pipeline(data_dir, "--cancel-batches", config=settings)
+        assert cancel.returncode == 0, cancel.stderr[-2000:]
+        # The small model's batch (24 lines, 4 at a time, 0.5 s each) is still running; the big one's 6 lines may be done.
+        assert "(generate, small, 24 requests): cancelling" in cancel.stdout and cancel.stdout.count("\n") == 2
+        deadline = time.monotonic() + 10
+        while "cancelling" in server.stats()["batch_api"]["by_status"]:  # it ends once its lines in flight return
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert server.stats()["batch_api"]["by_status"]["cancelled"] >= 1
+        result = run_pipeline(data_dir, config=config(tmp_path / "config.yaml", server))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_as_online(data_dir, online_run)
+    cancelled = [b for b in Ledger(ledger_path).batches.values() if b.status == "cancelled"]
+    assert cancelled and all(b.collected and b.records < b.requests for b in cancelled)
+
+
+def test_batch_mode_is_refused_where_no_batch_api_is_sent_to(tmp_path):
+    from arena10k.config import ModelConfig
+    with pytest.raises(ValueError, match="batch: true is for the openai provider"):
+        ModelConfig(provider="local", model="smollm2-135m-instruct", batch=True)
+    with pytest.raises(ValueError, match="batch inference jobs of its own"):
+        ModelConfig(provider="fireworks", model="accounts/fireworks/models/x", api_key_env="FIREWORKS_API_KEY", batch=True)
