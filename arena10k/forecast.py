@@ -105,8 +105,9 @@ def _done(state: ItemState | None) -> bool:
 # ---------------------------------------------------------------- text
 
 
-def describe(result: Forecast) -> str:
+def describe(result: Forecast, plan: Plan = STAGES) -> str:
     config = result.config
+    batchable = {spec.name for spec in plan.specs if spec.batchable}
     lines = [f"Estimate for experiment '{config.name}': {result.prompts} prompts, {result.items} work items, "
              f"{result.done} already done."]
     lines += [f"Recomputing (--force) {what}" for what in result.recomputed]
@@ -116,10 +117,16 @@ def describe(result: Forecast) -> str:
         "What is left, without calling any model (output tokens: max_tokens per call, an upper bound, "
         "except for responses already generated):",
         "",
-        *usage_table(config, result.usage),
+        *usage_table(config, result.usage, batchable, compare=True),
         "",
         "Time implied by rate limits (stages run one after another; the slowest model of a stage sets its pace): "
         + _minutes(_stage_minutes(config, result.usage), none="no rate limits configured"),
+        "With Batch APIs (batch: true, openai provider: OpenAI, Together, DeepInfra; Fireworks' batch jobs are priced, "
+        "not sent): each of generate, judge and oracle within its batch window, outside the online rate limits, at "
+        "batch_price_factor of the online price; teacher forcing and the preflight stay online: "
+        + _minutes(_stage_minutes(config, {unit: use for unit, use in result.usage.items()
+                                           if not _batched(config.models[unit[1]], unit[0], batchable)}),
+                   none="no rate limits configured") + " at the rate limits.",
         "Input tokens counted with: " + ", ".join(
             sorted({f"{m} ({'its own tokenizer' if config.models[m].provider == 'local' else f'{CHARS_PER_TOKEN} characters per token'})"
                     for _, m in result.usage})) + f", plus about {TOKENS_PER_MESSAGE} per chat message.",
@@ -132,19 +139,48 @@ def describe(result: Forecast) -> str:
     return "\n".join(lines)
 
 
-def usage_table(config: ExperimentConfig, usage: dict[tuple[str, str], Usage]) -> list[str]:
-    """Calls, tokens, cost and rate-limited time per stage and model, then totals per provider."""
-    lines = [f"  {'stage':<20}{'model':<18}{'provider':<11}{'calls':>9}{'input tok':>13}{'output tok':>13}{'USD':>11}  time at rate limits"]
-    providers: dict[str, Usage] = {}
+def usage_table(config: ExperimentConfig, usage: dict[tuple[str, str], Usage], batchable: set[str], compare: bool
+                ) -> list[str]:
+    """Calls, tokens and cost per stage and model, then totals per provider. compare (the estimate): each row's cost and
+    time online (at the rate limits) and through a Batch API (at the model's batch_price_factor, within its
+    batch_window) side by side; otherwise (the report): the cost at the price the calls were made at."""
+    header = f"  {'stage':<20}{'model':<18}{'provider':<11}{'calls':>9}{'input tok':>13}{'output tok':>13}"
+    lines = [header + (f"{'online USD':>12}  {'online time':<14}{'batch USD':>11}  batch time" if compare
+                       else f"{'USD':>11}  time at rate limits")]
+    totals: dict[str, tuple[Usage, list[float]]] = {}  # provider -> usage, [online USD, batch USD, USD as made]
     for (name, model), use in usage.items():
         settings = config.models[model]
-        providers.setdefault(settings.provider, Usage()).merge(use)
-        lines.append(f"  {name:<20}{model:<18}{settings.provider:<11}{use.calls:>9,}{use.input_tokens:>13,}"
-                     f"{use.output_tokens:>13,}{use.cost(settings):>11.2f}  {_minutes(rate_limited_minutes(settings, use))}")
-    for provider, use in providers.items():
-        cost = sum(u.cost(config.models[m]) for (_, m), u in usage.items() if config.models[m].provider == provider)
-        lines.append(f"  {'total ' + provider:<49}{use.calls:>9,}{use.input_tokens:>13,}{use.output_tokens:>13,}{cost:>11.2f}")
+        batch = _batched(settings, name, batchable)
+        online, batched = use.cost(settings), use.cost(settings) * (settings.batch_price_factor if batch else 1)
+        total = totals.setdefault(settings.provider, (Usage(), [0.0, 0.0, 0.0]))
+        total[0].merge(use)
+        total[1][0] += online
+        total[1][1] += batched
+        total[1][2] += batched if batch and settings.batch else online
+        row = f"  {name:<20}{model:<18}{settings.provider:<11}{use.calls:>9,}{use.input_tokens:>13,}{use.output_tokens:>13,}"
+        if compare:
+            lines.append(row + f"{online:>12.2f}  {_minutes(rate_limited_minutes(settings, use)):<14}"
+                         + (f"{batched:>11.2f}  {_batch_time(settings, use)}" if batch else f"{'':>11}  "
+                            + ("online only" if settings.provider != "local" else "in-process")))
+        else:
+            made = batched if batch and settings.batch else online
+            lines.append(row + f"{made:>11.2f}  " + ("batch price" if batch and settings.batch
+                                                      else _minutes(rate_limited_minutes(settings, use))))
+    for provider, (use, (online, batched, made)) in totals.items():
+        row = f"  {'total ' + provider:<49}{use.calls:>9,}{use.input_tokens:>13,}{use.output_tokens:>13,}"
+        lines.append(row + (f"{online:>12.2f}  {'':<14}{batched:>11.2f}" if compare else f"{made:>11.2f}"))
     return lines
+
+
+def _batched(model: ModelConfig, checkpoint: str, batchable: set[str]) -> bool:
+    """Whether a Batch API could serve these calls: a hosted model, in a stage whose calls are not echoes."""
+    return model.provider != "local" and checkpoint in batchable
+
+
+def _batch_time(model: ModelConfig, use: Usage) -> str:
+    batches = -(-use.calls // model.batch_max_requests)
+    text = f"{batches} batch{'es' if batches > 1 else ''} within {model.batch_window}"
+    return text + ("" if model.provider == "openai" else " (not sent by arena10k yet)")
 
 
 def rate_limited_minutes(model: ModelConfig, use: Usage) -> float | None:

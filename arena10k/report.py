@@ -26,6 +26,7 @@ import numpy as np
 import yaml
 
 from arena10k import cje_dataset, figures
+from arena10k.batches import Batch, Ledger
 from arena10k.cje_dataset import Rows
 from arena10k.checkpoint import dumps, load_states, may_try, write_atomic
 from arena10k.config import ExperimentConfig
@@ -57,6 +58,7 @@ class RunFacts:
     retryable: dict[str, int]  # checkpoint -> failed items that the next run tries again
     attempts: dict[str, int]  # checkpoint -> attempts, failed ones included
     usage: dict[tuple[str, str], Usage]
+    batches: list[Batch]  # sent to providers' Batch APIs (batches.jsonl), oldest first
 
 
 @dataclass
@@ -110,6 +112,7 @@ def phase2_input(phase2_dir: Path, config: ExperimentConfig | None = None, plan:
             retryable={name: sum(may_try(s, config.max_attempts) for s in st.values()) for name, st in states.items()},
             attempts={name: sum(s.attempts for s in st.values()) for name, st in states.items()},
             usage=usage(config, workspace.load_prompts(), states, plan),
+            batches=list(Ledger(workspace.batches_path).batches.values()),
         )
     return ReportInput(info["experiment"], str(phase2_dir), info["logging_policy"], variants, Diagnostics.from_info(info),
                        tuple(info["clones"]), run)
@@ -599,8 +602,26 @@ def _run_section(run: RunFacts) -> list[str]:
     failures = [f"- {name}: {n} x {reason}" for name, c in run.info["coverage"].items() for reason, n in c["failed"].items()]
     lines += ["", *(["Failed items by their latest error:", "", *failures] if failures else ["No item failed for good."])]
     lines += ["", "Tokens used, failed attempts included (input tokens estimated as in `scripts/estimate.py`; "
-              "prices from the configuration the report was given):", "", "```", *usage_table(run.config, run.usage), "```",
-              "", "### Configuration", "", "```yaml", yaml.safe_dump(run.info["config"], sort_keys=False).rstrip(), "```", ""]
+              "prices from the configuration the report was given):", "", "```", *usage_table(run.config, run.usage, {spec.name for spec in STAGES.specs if spec.batchable}, compare=False), "```",
+              *_batches_lines(run), "", "### Configuration", "", "```yaml", yaml.safe_dump(run.info["config"], sort_keys=False).rstrip(), "```", ""]
+    return lines
+
+
+def _batches_lines(run: RunFacts) -> list[str]:
+    """The batches sent to Batch APIs: what each gave, and its cost, estimated as the requests it served times the mean
+    cost of a call of its stage and model (the table above) at the model's batch price."""
+    if not run.batches:
+        return []
+    lines = ["", "Batches sent to providers' Batch APIs (cost: requests served x the stage's mean call, at the batch price):",
+             "", "| batch | stage | model | requests | state | done | failed | records written | failures written | USD |",
+             "|---|---|---|---:|---|---:|---:|---:|---:|---:|"]
+    for b in run.batches:
+        use, model = run.usage.get((b.checkpoint, b.model)), run.config.models.get(b.model)
+        cost = (use.cost(model) * model.batch_price_factor / use.calls * (b.completed + b.failed)
+                if use and model and use.calls else 0.0)
+        lines.append(f"| {b.batch_id or b.id + ' (not submitted)'} | {b.checkpoint} | {b.model} | {b.requests} | {b.status} "
+                     f"| {b.completed} | {b.failed} | {b.records if b.collected else '-'} "
+                     f"| {b.failures if b.collected else '-'} | {cost:.4f} |")
     return lines
 
 

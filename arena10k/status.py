@@ -12,6 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from arena10k.batches import Batch, Ledger
 from arena10k.checkpoint import Coverage, ItemState, scan_states, tally
 from arena10k.config import ExperimentConfig
 from arena10k.liveness import Claim, finish_times, read_claim
@@ -49,6 +50,7 @@ class RunStatus:
     last_write: float | None  # the latest change to any checkpoint
     stages: list[StageStatus] = field(default_factory=list)
     phase2_written: float | None = None
+    batches: list[Batch] = field(default_factory=list)  # sent to Batch APIs, as the pipeline last saw them
 
 
 def collect(workspace: Workspace, config: ExperimentConfig, now: float | None = None, plan: Plan = STAGES) -> RunStatus:
@@ -60,6 +62,7 @@ def collect(workspace: Workspace, config: ExperimentConfig, now: float | None = 
         root=workspace.root, now=now, claim=claim,
         prompts=None, last_write=max((t for t in checkpoint_times if t is not None), default=None),
         phase2_written=_mtime(workspace.phase2_dir / "dataset_info.json"),
+        batches=list(Ledger(workspace.batches_path).batches.values()),
     )
     if not workspace.prompts_path.exists():
         return status
@@ -140,6 +143,10 @@ def describe(status: RunStatus) -> str:
             retrying = stage.total.coverage.retrying_by_reason[reason]
             where += f"; {retrying} of them awaiting retry" if retrying else ""
             failures.append(f"  {stage.name}: {count} x {reason} ({where})")
+    if status.batches:
+        lines += ["", "Batches (batch: true), in the state the pipeline last saw:",
+                  f"  {'batch':<40}{'stage':<20}{'model':<14}{'state':<22}{'done':>12}{'failed':>8}   submitted"]
+        lines += [_batch_row(batch, status.now) for batch in status.batches]
     if failures:
         lines += ["", "Failed items by reason (their latest error; 'retrying': awaiting retry, within max_attempts):", *failures]
     if status.phase2_written is not None:
@@ -165,6 +172,13 @@ def _row(name: str, progress: Progress, now: float, indent: str) -> str:
     last = "-" if progress.last_finished is None else _when(progress.last_finished, now)
     return (f"  {indent + name:<22}{done:>15}{sum(c.failed.values()) - c.retrying:>8}{c.retrying:>10}{c.missing:>11}"
             f"{rate:>10}{eta:>13}   {last}")
+
+
+def _batch_row(batch: Batch, now: float) -> str:
+    state = batch.status + (", collected" if batch.collected else "")
+    submitted = "not yet" if batch.submitted is None else _when(batch.submitted, now)
+    return (f"  {batch.batch_id or batch.id:<40}{batch.checkpoint:<20}{batch.model:<14}{state:<22}"
+            f"{f'{batch.completed}/{batch.requests}':>12}{batch.failed:>8}   {submitted}")
 
 
 def _describe_claim(status: RunStatus) -> str:

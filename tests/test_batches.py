@@ -71,6 +71,13 @@ def test_a_batch_run_gives_the_online_runs_phase2_files_with_every_batch_on_reco
     assert stats["endpoints"]["/v1/chat/completions"]["received"] < 30
     assert "completed, 30/30 requests done" in result.stderr  # judge: one batch of every response
     assert not (tmp_path / "data" / "batches").exists() or not any((tmp_path / "data" / "batches").iterdir())
+    shown = subprocess.run([sys.executable, str(PROJECT_ROOT / "scripts" / "status.py"), "--data-dir", str(tmp_path / "data")],
+                           capture_output=True, text=True, cwd=PROJECT_ROOT).stdout
+    report = (tmp_path / "data" / "phase2" / "report.md").read_text()
+    for batch in ledger.batches.values():
+        assert f"{batch.batch_id}  {batch.checkpoint}" in shown  # its state, counts and age
+        assert f"| {batch.batch_id} | {batch.checkpoint} | {batch.model} | {batch.requests} | completed |" in report
+    assert shown.count("completed, collected") == 5
 
 
 def test_a_run_killed_at_every_moment_of_a_batchs_life_resumes_without_sending_a_request_twice(online_run, tmp_path):

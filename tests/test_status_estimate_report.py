@@ -14,6 +14,7 @@ from arena10k import tokens as tokens_module
 from arena10k.checkpoint import dumps, scan_states, tally
 from arena10k.stages import analyze, phase2, registry
 from arena10k.stages.base import StageRun
+from arena10k.stages.registry import STAGES
 from arena10k.testing import synthetic_run
 from arena10k.checkpoint import Checkpoint, load_states
 from arena10k.config import ExperimentConfig, load_config
@@ -307,3 +308,32 @@ def test_estimates_are_drawn_and_tabled_as_cje_returned_them_and_flagged(tmp_pat
         ["outside its interval"], ["zero-width interval"], ["not a number"], []]
     path = figures.estimates(tmp_path / "estimates.png", {"deterministic": {"direct": rows}})
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_estimate_prices_each_stage_online_and_in_batches_side_by_side(tmp_path, hosted_config):
+    synthetic_run.write_run(tmp_path, hosted_config, 8, settled={name: 0.0 for name in STAGES.checkpoints})
+    raw = hosted_config.model_dump()
+    raw["models"]["large"] |= dict(batch=True, batch_max_requests=3, batch_price_factor=0.4)
+    config = ExperimentConfig.model_validate(raw)
+    result = forecast.forecast(config, Workspace(tmp_path))
+    rows = {tuple(line.split()[:2]): line for line in forecast.describe(result).splitlines() if line.startswith("  ")}
+    batchable = {spec.name for spec in STAGES.specs if spec.batchable}
+    assert batchable == {"generate", "judge", "oracle_calibration", "oracle_validation"}
+    for (name, model), use in result.usage.items():
+        online = use.cost(config.models[model])
+        row = rows[(name, model)]
+        assert f"{online:.2f}" in row
+        if name not in batchable:
+            assert row.endswith("online only")
+            continue
+        factor = 0.4 if model == "large" else 0.5
+        assert f"{online * factor:.2f}" in row.split("min")[-1]
+        if model == "large":  # three requests per input file
+            assert row.endswith(f"{-(-use.calls // 3)} batches within 24h")
+        else:
+            assert row.endswith("within 24h (not sent by arena10k yet)")  # Fireworks' batch jobs: priced, not sent
+    # The report prices what was made: the batched model's batchable stages at its batch price.
+    made = forecast.usage_table(config, result.usage, batchable, compare=False)
+    judged = next(line for line in made if line.split()[:2] == ["oracle_validation", "large"])
+    assert judged.endswith("batch price")
+    assert f"{result.usage[('oracle_validation', 'large')].cost(config.models['large']) * 0.4:.2f}" in judged

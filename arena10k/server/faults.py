@@ -61,6 +61,8 @@ class FaultConfig:
     batch_fail: bool = _option(False, "Batch API: every batch fails validation")
 
     def __post_init__(self) -> None:
+        if not 0 <= self.batch_line_error_rate <= 1:
+            raise ValueError(f"batch_line_error_rate must be in [0, 1], got {self.batch_line_error_rate}")
         rates = (self.throttle_rate, self.error_rate, self.timeout_rate, self.drop_rate, self.malformed_rate)
         if any(not 0 <= rate <= 1 for rate in rates) or sum(rates) > 1:
             raise ValueError(f"fault rates must be in [0, 1] and sum to at most 1, got {rates}")

@@ -57,6 +57,8 @@ class CheckpointSpec:
     # What an item costs, for the estimate and the report's usage: (token counts, key, attempts, whether its output is
     # on record) -> the calls it makes. None: it calls no model.
     cost: Callable[[TokenCounts, str, int, bool], Calls] | None = None
+    # Whether its items' calls can go through a provider's Batch API (models with batch: true; arena10k/batches.py).
+    batchable: bool = False
     # A made-up record of an item, for the synthetic run writer (readers' tests and benchmarks at any size, no model).
     synthetic: Callable[[SyntheticItem], dict] | None = None
 

@@ -86,6 +86,7 @@ CHECKPOINT = CheckpointSpec(
     cost=_cost,
     synthetic=_synthetic,
     draws=ExperimentConfig.draws,
+    batchable=True,
 )
 STAGE = Stage("generate", "a response from every policy to every prompt (fresh_draws of them from a target)", run, (CHECKPOINT,), ExperimentConfig.policy_models,
               preflighted=True)

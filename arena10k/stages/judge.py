@@ -98,6 +98,7 @@ JUDGE_CHECKPOINT = CheckpointSpec(
     cost=_cost(lambda config: config.judge),
     synthetic=_synthetic_judge,
     draws=ExperimentConfig.draws,
+    batchable=True,
 )
 ORACLE_CALIBRATION = CheckpointSpec(
     name="oracle_calibration",
@@ -107,6 +108,7 @@ ORACLE_CALIBRATION = CheckpointSpec(
     prompts=lambda config, ids: oracle_slice(ids, config.oracle.calibration_fraction, config.oracle.calibration_seed),
     cost=_cost(lambda config: config.oracle),
     synthetic=_synthetic_oracle,
+    batchable=True,
 )
 ORACLE_VALIDATION = CheckpointSpec(
     name="oracle_validation",
@@ -116,6 +118,7 @@ ORACLE_VALIDATION = CheckpointSpec(
     prompts=lambda config, ids: oracle_slice(ids, config.oracle.validation_fraction, config.oracle.validation_seed),
     cost=_cost(lambda config: config.oracle),
     synthetic=_synthetic_oracle,
+    batchable=True,
 )
 
 
