@@ -127,8 +127,10 @@ def run_calls(stage: str, checkpoint: Checkpoint, keys: list[str], make_calls: C
               ) -> StageReport:
     """Runs the items of a stage whose work is model calls: in batches for models with `batch: true` (submitted first),
     online for the others (while the batches run), as run_items does; `lane_of` gives the model an item calls."""
-    batched = [key for key in keys if config.models[lane_of(key)].batch]
-    online = [key for key in keys if not config.models[lane_of(key)].batch]
+    # Items in a batch still running are collected from it, even where their model's batch was turned off since.
+    running = {key for batch in Ledger(workspace.batches_path).live(checkpoint.stage) for key in batch.items}
+    batched = [key for key in keys if config.models[lane_of(key)].batch or key in running]
+    online = [key for key in keys if not config.models[lane_of(key)].batch and key not in running]
 
     def online_work(key: str) -> Callable[[], dict] | str:
         calls = make_calls(key)
@@ -173,8 +175,8 @@ def run_batched(stage: str, checkpoint: Checkpoint, keys: list[str], make_calls:
                 calls = make_calls(key)
                 if isinstance(calls, str):
                     report.blocked[calls] += 1
-                    continue
-                pending.setdefault(calls.model, []).append((key, calls))
+                elif config.models[calls.model].batch:  # not an item left in a batch after batch was turned off
+                    pending.setdefault(calls.model, []).append((key, calls))
             for model, items in pending.items():
                 for chunk in _chunks(checkpoint.stage, items, config.models[model], get_provider(config, model)):
                     _submit(ledger, checkpoint, model, chunk, config, workspace)
@@ -188,7 +190,7 @@ def run_batched(stage: str, checkpoint: Checkpoint, keys: list[str], make_calls:
             report.blocked.clear()  # counted again on the next round
             for batch in _wait_for_an_end(ledger, live, config, seen_running):
                 written = _collect(ledger, batch, checkpoint, make_calls, config)
-                if written == 0 and batch.status in ("expired", "cancelled"):
+                if written == 0 and batch.status == "expired":
                     stalled.update(batch.items)
                     done_round.unreached[f"batch {batch.batch_id} {batch.status} with none of them done"] += len(batch.items)
                 if batch.status == "cancelled" and batch.id in seen_running:
@@ -197,6 +199,9 @@ def run_batched(stage: str, checkpoint: Checkpoint, keys: list[str], make_calls:
                         f"batch {batch.batch_id} ({stage}, {batch.model}) was cancelled at the provider while this run "
                         f"waited for it: its {written} results are saved; {left} of its items are left to do, and a rerun "
                         "submits them again.")
+    except ItemError as error:  # a call to the Files or Batches endpoints, not an item's
+        raise Arena10kError(f"{stage}: the Batch API did not do what was asked ({error}). Every batch is on record in "
+                            f"{ledger.path}: rerun the same command to resume them.") from None
     except KeyboardInterrupt:
         running = [b for b in ledger.live() if b.batch_id]
         if running:

@@ -11,7 +11,13 @@ import time
 
 import pytest
 
+from arena10k import batches
 from arena10k.batches import Ledger
+from arena10k.config import ModelConfig
+from arena10k.providers.base import GenerationRequest, ItemCalls
+from arena10k.providers.batch_api import BatchStatus
+from arena10k.providers.hosted import HostedProvider
+from arena10k.ratelimit import RateLimiter
 from arena10k.server import FaultConfig, ServerConfig, run_in_thread
 from arena10k.testing.loopback_config import KEY_ENV, write_loopback_config
 from conftest import PROJECT_ROOT, phase2_bytes, pipeline_command, run_pipeline
@@ -116,10 +122,16 @@ def test_an_expired_batch_gives_what_it_finished_and_the_rest_is_sent_again(onli
 
 
 def test_lines_a_batch_failed_are_recorded_with_the_reason_and_sent_again_in_a_later_batch(online_run, tmp_path):
+    """With the big model online: its responses are generated while the small model's batch runs."""
     faults = FaultConfig(**QUICK, batch_line_error_rate=0.3)  # each fails the first time it is sent, not after
     with run_in_thread(ServerConfig("synthetic", api_key=KEY, faults=faults)) as server:
-        result = run_pipeline(tmp_path / "data", config=config(tmp_path / "config.yaml", server))
+        path = config(tmp_path / "config.yaml", server)
+        settings = json.loads(path.read_text())
+        settings["models"]["big"]["batch"] = False
+        path.write_text(json.dumps(settings))
+        result = run_pipeline(tmp_path / "data", config=path)
         stats = server.stats()["batch_api"]
+    assert {b.model for b in Ledger(tmp_path / "data" / "batches.jsonl").batches.values()} == {"small", "oracle"}
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_as_online(tmp_path / "data", online_run)
     failures = [json.loads(line) for name in CHECKPOINTS
@@ -162,9 +174,66 @@ def test_ctrl_c_leaves_the_batches_running_and_cancel_batches_cancels_them_then_
     assert cancelled and all(b.collected and b.records < b.requests for b in cancelled)
 
 
-def test_batch_mode_is_refused_where_no_batch_api_is_sent_to(tmp_path):
-    from arena10k.config import ModelConfig
+def test_batch_mode_is_refused_where_no_batch_api_is_sent_to():
     with pytest.raises(ValueError, match="batch: true is for the openai provider"):
         ModelConfig(provider="local", model="smollm2-135m-instruct", batch=True)
     with pytest.raises(ValueError, match="batch inference jobs of its own"):
         ModelConfig(provider="fireworks", model="accounts/fireworks/models/x", api_key_env="FIREWORKS_API_KEY", batch=True)
+
+
+# ---------------------------------------------------------------- the pure parts, without a server
+
+
+def test_the_ledger_ignores_a_torn_last_line_and_folds_events_into_each_batchs_state(tmp_path):
+    ledger = Ledger(tmp_path / "batches.jsonl")
+    ledger.record({"event": "prepared", "id": "a", "checkpoint": "judge", "model": "small", "items": ["q|p0"],
+                   "attempts": {}, "requests": 1})
+    ledger.record({"event": "uploaded", "id": "a", "file_id": "file-1"})
+    ledger.record({"event": "submitted", "id": "a", "batch_id": "batch_1"})
+    with open(ledger.path, "a") as file:
+        file.write('{"event": "collected", "id": "a", "rec')  # killed while writing
+    again = Ledger(ledger.path)
+    batch = again.batches["a"]
+    assert (batch.file_id, batch.batch_id, batch.status, batch.collected) == ("file-1", "batch_1", "submitted", False)
+    assert again.live("judge") == [batch] and again.live("generate") == []
+
+
+def test_custom_ids_give_back_the_item_and_the_call_whatever_the_key_holds():
+    for key in ("arena_1|p0", "arena_1#2|pi_cot", "weird/id#3|p.0"):
+        assert batches._item_of(batches._custom_id("judge", key, 4)) == (key, 4)
+
+
+def test_an_items_calls_stay_in_one_input_file_split_at_the_request_limit():
+    provider = hosted_provider()
+    model = ModelConfig(provider="openai", model="m", api_key_env="K", batch=True, batch_max_requests=7)
+    items = [(f"q{i}|p0", ItemCalls("small", (REQUEST,) * 3, lambda results: {})) for i in range(5)]
+    chunks = batches._chunks("judge", items, model, provider)
+    assert [len(chunk) for chunk in chunks] == [2, 2, 1]  # 6 requests a file: a third item's 3 would make 9
+
+
+def test_a_line_the_provider_failed_is_the_items_failure_with_its_reason():
+    provider, calls = hosted_provider(), ItemCalls("small", (REQUEST, REQUEST), lambda results: {"text": results[1].text})
+    done = BatchStatus("batch_1", "completed", 2, 2, 0, "file-o", None, None)
+
+    def line(index, status, body):
+        return {"custom_id": batches._custom_id("judge", "q|p0", index), "response": {"status_code": status, "body": body}}
+
+    ok = {"choices": [{"message": {"content": "7"}, "finish_reason": "stop"}], "usage": {"completion_tokens": 1}}
+    refused = {"error": {"message": "max_tokens is too large"}}
+    assert batches._outcome(calls, {0: line(0, 200, ok), 1: line(1, 200, ok)}, provider, done) == {"text": "7"}
+    error = batches._outcome(calls, {0: line(0, 200, ok), 1: line(1, 400, refused)}, provider, done)
+    assert (str(error), error.retryable) == ("batch line HTTP 400: max_tokens is too large", False)
+    assert batches._outcome(calls, {0: line(0, 503, {})}, provider, done).retryable
+    expired = BatchStatus("batch_1", "expired", 2, 1, 0, "file-o", None, None)
+    assert batches._outcome(calls, {0: line(0, 200, ok)}, provider, expired) is None  # left to do, not failed
+    failed = BatchStatus("batch_1", "failed", 0, 0, 0, None, None, "line 1: This line is not valid JSON.")
+    error = batches._outcome(calls, {}, provider, failed)
+    assert "line 1: This line is not valid JSON." in str(error) and error.retryable
+
+
+REQUEST = GenerationRequest(({"role": "user", "content": "Rate this."},), 0, 4, seed=0, top_logprobs=0)
+
+
+def hosted_provider():
+    import openai
+    return HostedProvider(openai, None, "m", RateLimiter(1, None, None), 0, None, None, frozenset(), "loopback", 60.0)
