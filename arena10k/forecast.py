@@ -122,11 +122,11 @@ def describe(result: Forecast, plan: Plan = STAGES) -> str:
         "Time implied by rate limits (stages run one after another; the slowest model of a stage sets its pace): "
         + _minutes(_stage_minutes(config, result.usage), none="no rate limits configured"),
         "With Batch APIs (batch: true, openai provider: OpenAI, Together, DeepInfra; Fireworks' batch jobs are priced, "
-        "not sent): each of generate, judge and oracle within its batch window, outside the online rate limits, at "
-        "batch_price_factor of the online price; teacher forcing and the preflight stay online: "
+        "not sent): generate, judge and oracle each within its batch window, outside the online rate limits, at "
+        "batch_price_factor of the online price; teacher forcing and the endpoint checks stay online ("
         + _minutes(_stage_minutes(config, {unit: use for unit, use in result.usage.items()
                                            if not _batched(config.models[unit[1]], unit[0], batchable)}),
-                   none="no rate limits configured") + " at the rate limits.",
+                   none="no rate limits configured") + ").",
         "Input tokens counted with: " + ", ".join(
             sorted({f"{m} ({'its own tokenizer' if config.models[m].provider == 'local' else f'{CHARS_PER_TOKEN} characters per token'})"
                     for _, m in result.usage})) + f", plus about {TOKENS_PER_MESSAGE} per chat message.",

@@ -139,7 +139,7 @@ def planned_calls(config: ExperimentConfig, workspace: Workspace) -> dict[str, i
     """The calls the next preflight makes, per model, for the checks not on record, at most (as _measure and
     _probe_judge make them): two echoes of the probe, one per other temperature, a sampled continuation and its two
     echoes, the cap of alternatives (one echo per rung of TOP_K_LADDER) and a probe response's alternatives per
-    temperature below 1 (where the echo turns out to be at temperature 1), per policy a probe response, an echo that
+    temperature below 1 (where the echo turns out to be at temperature 1), per system prompt and temperature a probe response, an echo that
     clears the server's cache and the probe's teacher forcing, and per system prompt and template probe prompt two
     greedy continuations, each after an echo that clears the cache (not in a dry run); and one grading per hosted judge."""
     stored = _stored(workspace)
@@ -153,7 +153,8 @@ def planned_calls(config: ExperimentConfig, workspace: Workspace) -> dict[str, i
             below = {t for t in temperatures if t < 1}
             certified = len(TOP_K_LADDER) + len(below) if below else 0
             contexts = 0 if workspace.is_dry_run else len({p.system_prompt for p in policies})
-            calls[key] = (calls.get(key, 0) + 2 + len(temperatures) + 3 + certified + 3 * len(policies)
+            samplings = len({(p.system_prompt, p.temperature) for p in policies})
+            calls[key] = (calls.get(key, 0) + 2 + len(temperatures) + 3 + certified + 3 * samplings
                           + 4 * len(GREEDY_PROMPTS) * contexts)
         else:
 
@@ -249,12 +250,17 @@ def _measure(config: ExperimentConfig, model: str, dry_run: bool) -> list[Findin
     rounding = ARITHMETIC_NATS_PER_TOKEN if compared and difference > SAME * compared else 0.0
     tolerance = max(1e-4, 4 * noise * (PROBE_MAX_TOKENS + 1), rounding * (PROBE_MAX_TOKENS + 1))
     greedy: dict[str | None, Finding] = {}  # by system prompt: the policies' contexts differ by nothing else
+    # By system prompt and temperature: a clone samples the probe response its logging policy does, and scores it alike.
+    contexts: dict[tuple[str | None, float], Finding] = {}
     for name, policy in policies.items():
         if policy.temperature in temperature_one_only and policy.temperature not in rescaled:
             findings.append(Finding(model, f"context {name}", "unchecked",
                                     f"not checked: {name}'s temperature cannot be scored on this endpoint"))
         else:
-            findings.append(_context(config, provider, model, name, tolerance, dry_run, rescaled.get(policy.temperature)))
+            sampling = (policy.system_prompt, policy.temperature)
+            if sampling not in contexts:
+                contexts[sampling] = _context(config, provider, model, name, tolerance, dry_run, rescaled.get(policy.temperature))
+            findings.append(Finding(**{**asdict(contexts[sampling]), "check": f"context {name}"}))
         if policy.system_prompt not in greedy:
             greedy[policy.system_prompt] = _template(provider, model, name, policy, noise, dry_run)
         findings.append(Finding(**{**asdict(greedy[policy.system_prompt]), "check": f"template {name}"}))

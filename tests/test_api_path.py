@@ -381,7 +381,7 @@ def test_arena_10k_config_dry_runs_through_the_loopback_server(tmp_path):
     # and the preflight: per model two echoes, one at each other temperature, a sampled continuation and its two
     # echoes, and per policy a probe, an echo that clears a server's cache and the probe's scoring; a probe grading
     # by the judge and by the oracle
-    assert "dry run: 129 requests" in result.stdout
+    assert "dry run: 126 requests" in result.stdout
     assert "unchecked  differs by" in result.stdout  # the loopback server samples in its own chat template
     assert "  llama4_maverick  echo  " in result.stdout  # the preflight's columns apart, whatever the names' lengths
     assert "expected to score apart under the config's; not a gate here" in result.stdout
