@@ -40,7 +40,7 @@ from arena10k.providers import get_provider
 from arena10k.providers.base import Generation, ItemCalls
 from arena10k.providers.batch_api import BatchAPI, BatchStatus
 from arena10k.runner import StageReport, run_items
-from arena10k.workspace import Workspace
+from arena10k.workspace import Workspace, policy_of
 
 log = logging.getLogger("arena10k.batches")
 
@@ -66,6 +66,7 @@ class Batch:
     failed: int = 0
     ended: float | None = None
     collected: bool = False
+    abandoned: bool = False  # sent under a configuration --force replaced: its results are not used
     records: int = 0  # what its collection wrote to the checkpoint
     failures: int = 0
 
@@ -83,7 +84,13 @@ class Ledger:
                 self._apply(event)
 
     def live(self, checkpoint: str | None = None) -> list[Batch]:
-        return [b for b in self.batches.values() if not b.collected and checkpoint in (None, b.checkpoint)]
+        """Batches whose results are still to be written to their checkpoint."""
+        return [b for b in self.batches.values() if not b.collected and not b.abandoned
+                and checkpoint in (None, b.checkpoint)]
+
+    def running(self) -> list[Batch]:
+        """Batches submitted that have not ended as far as this run saw, abandoned ones included: what a provider may still bill."""
+        return [b for b in self.batches.values() if b.batch_id and b.ended is None and not b.collected]
 
     def record(self, event: dict) -> None:
         event = {"time": time.time(), **event}
@@ -110,6 +117,8 @@ class Ledger:
         elif kind == "seen":
             batch.status, batch.completed, batch.failed = event["status"], event["completed"], event["failed"]
             batch.ended = event["time"] if event.get("ended") else batch.ended
+        elif kind == "abandoned":
+            batch.abandoned = True
         elif kind == "collected":
             batch.collected, batch.records, batch.failures = True, event["records"], event["failures"]
 
@@ -203,7 +212,7 @@ def run_batched(stage: str, checkpoint: Checkpoint, keys: list[str], make_calls:
         raise Arena10kError(f"{stage}: the Batch API did not do what was asked ({error}). Every batch is on record in "
                             f"{ledger.path}: rerun the same command to resume them.") from None
     except KeyboardInterrupt:
-        running = [b for b in ledger.live() if b.batch_id]
+        running = ledger.running()
         if running:
             print(f"\n{len(running)} batches stay submitted at the provider and are paid for ("
                   + ", ".join(b.batch_id for b in running) + "): rerun the same command to collect their results, or "
@@ -221,15 +230,34 @@ def cancel_all(config: ExperimentConfig, workspace: Workspace) -> str:
     collects what they finished and submits the rest again."""
     ledger = Ledger(workspace.batches_path)
     lines = []
-    for batch in ledger.live():
-        if batch.batch_id is None or batch.ended is not None:
-            continue
+    for batch in ledger.running():
         status = _api(config, batch.model).cancel(batch.batch_id)
         ledger.record({"event": "seen", "id": batch.id, "status": status.status, "completed": status.completed,
                        "failed": status.failed, "ended": status.ended})
         lines.append(f"batch {batch.batch_id} ({batch.checkpoint}, {batch.model}, {batch.requests} requests): "
                      f"{status.status}, {status.completed} done")
     return "\n".join(lines) or "no batch of this run is running at a provider"
+
+
+def abandon(workspace: Workspace, units: set[tuple[str, str]]) -> list[str]:
+    """--force: the live batches holding items it recomputes were sent under the configuration it replaces, so their
+    results are never written; returns what to tell the user (they keep running at the provider until cancelled)."""
+    ledger = Ledger(workspace.batches_path)
+    lines = []
+    for batch in ledger.live():
+        if any((batch.checkpoint, policy_of(key)) in units for key in batch.items):
+            ledger.record({"event": "abandoned", "id": batch.id})
+            lines.append(f"batch {batch.batch_id or batch.id} ({batch.checkpoint}, {batch.model}) was sent under the "
+                         "configuration --force replaces: its results will not be used"
+                         + (" (it runs on at the provider: --cancel-batches cancels it)" if batch.batch_id else ""))
+    return lines
+
+
+def forgotten_by_fresh(workspace: Workspace) -> list[str]:
+    """--fresh deletes the ledger: the batches still running at a provider, which the new start will not know of."""
+    return [f"batch {b.batch_id} ({b.checkpoint}, {b.model}) is running at the provider and --fresh forgets it: "
+            "it is billed when it finishes (run --cancel-batches before --fresh to cancel it)"
+            for b in Ledger(workspace.batches_path).running()]
 
 
 def _api(config: ExperimentConfig, model: str) -> BatchAPI:

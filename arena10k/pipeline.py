@@ -207,6 +207,8 @@ def _open(args: argparse.Namespace, config: ExperimentConfig, workspace: Workspa
     changed configuration and records the config the run is made with."""
     workspace.mark_run(dry_run=getattr(args, "dry_run", False))
     if getattr(args, "fresh", False):
+        for line in batches.forgotten_by_fresh(workspace):
+            print(f"warning: {line}")
         workspace.delete_run_files()
     log_path = workspace.start_log()
     for line in workspace.quarantine_damaged(plan.checkpoints):
@@ -232,6 +234,9 @@ def _recompute(workspace: Workspace, units: set[Unit]) -> None:
     by_checkpoint: dict[str, set[str]] = defaultdict(set)
     for checkpoint, policy in units:
         by_checkpoint[checkpoint].add(policy)
+    for line in batches.abandon(workspace, units):
+        log.warning("%s", line)
+        print(f"warning: {line}")
     for checkpoint, policies in sorted(by_checkpoint.items()):
         dropped = workspace.drop(checkpoint, policies)
         log.info("--force: dropped %d items of %s (%s)", dropped, checkpoint, ", ".join(sorted(policies)))

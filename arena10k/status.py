@@ -175,7 +175,7 @@ def _row(name: str, progress: Progress, now: float, indent: str) -> str:
 
 
 def _batch_row(batch: Batch, now: float) -> str:
-    state = batch.status + (", collected" if batch.collected else "")
+    state = batch.status + (", collected" if batch.collected else ", abandoned" if batch.abandoned else "")
     submitted = "not yet" if batch.submitted is None else _when(batch.submitted, now)
     return (f"  {batch.batch_id or batch.id:<40}{batch.checkpoint:<20}{batch.model:<14}{state:<22}"
             f"{f'{batch.completed}/{batch.requests}':>12}{batch.failed:>8}   {submitted}")

@@ -18,6 +18,7 @@ from arena10k.providers.base import GenerationRequest, ItemCalls
 from arena10k.providers.batch_api import BatchStatus
 from arena10k.providers.hosted import HostedProvider
 from arena10k.ratelimit import RateLimiter
+from arena10k.workspace import Workspace
 from arena10k.server import FaultConfig, ServerConfig, run_in_thread
 from arena10k.testing.loopback_config import KEY_ENV, write_loopback_config
 from conftest import PROJECT_ROOT, phase2_bytes, pipeline_command, run_pipeline
@@ -237,3 +238,19 @@ REQUEST = GenerationRequest(({"role": "user", "content": "Rate this."},), 0, 4, 
 def hosted_provider():
     import openai
     return HostedProvider(openai, None, "m", RateLimiter(1, None, None), 0, None, None, frozenset(), "loopback", 60.0)
+
+
+def test_force_abandons_the_live_batches_of_what_it_recomputes_and_cancel_batches_still_reaches_them(tmp_path):
+    workspace = Workspace(tmp_path)
+    ledger = Ledger(workspace.batches_path)
+    for batch_id, checkpoint, policy in (("a", "judge", "p0"), ("b", "judge", "pi_cot"), ("c", "generate", "p0")):
+        ledger.record({"event": "prepared", "id": batch_id, "checkpoint": checkpoint, "model": "small",
+                       "items": [f"q1|{policy}", f"q2|{policy}"], "attempts": {}, "requests": 2})
+        ledger.record({"event": "submitted", "id": batch_id, "batch_id": f"batch_{batch_id}"})
+    lines = batches.abandon(workspace, {("judge", "p0"), ("judge", "pi_clone")})
+    assert lines == ["batch batch_a (judge, small) was sent under the configuration --force replaces: its results will "
+                     "not be used (it runs on at the provider: --cancel-batches cancels it)"]
+    again = Ledger(workspace.batches_path)
+    assert [b.id for b in again.live()] == ["b", "c"]  # never collected into the recomputed checkpoint
+    assert [b.id for b in again.running()] == ["a", "b", "c"]  # what the provider may still bill
+    assert [line.split()[1] for line in batches.forgotten_by_fresh(workspace)] == ["batch_a", "batch_b", "batch_c"]
