@@ -187,7 +187,7 @@ def run_batched(stage: str, checkpoint: Checkpoint, keys: list[str], make_calls:
                 elif config.models[calls.model].batch:  # not an item left in a batch after batch was turned off
                     pending.setdefault(calls.model, []).append((key, calls))
             for model, items in pending.items():
-                for chunk in _chunks(checkpoint.stage, items, config.models[model], get_provider(config, model)):
+                for chunk in _chunks(items, config.models[model], get_provider(config, model)):
                     _submit(ledger, checkpoint, model, chunk, config, workspace)
                     done_round.tried.update(key for key, _ in chunk)
             if meanwhile is not None:
@@ -264,25 +264,24 @@ def _api(config: ExperimentConfig, model: str) -> BatchAPI:
     return get_provider(config, model).batch_api()
 
 
-def _custom_id(checkpoint: str, key: str, call: int) -> str:
-    """A request's id in a batch, unique across the run: its checkpoint, its item's key, which of the item's calls."""
-    return f"{checkpoint}/{key}/{call}"
+def _custom_id(item: int, call: int) -> str:
+    """A request's id in its batch: its item's place in the batch's items (the ledger has them), and which of the item's
+    calls it is. Short, since some providers cap custom_id at 64 characters (Together), which item keys can exceed."""
+    return f"{item}.{call}"
 
 
-def _item_of(custom_id: str) -> tuple[str, int]:
-    _, _, rest = custom_id.partition("/")
-    key, _, call = rest.rpartition("/")
-    return key, int(call)
+def _item_of(custom_id: str) -> tuple[int, int]:
+    item, _, call = custom_id.partition(".")
+    return int(item), int(call)
 
 
-def _chunks(checkpoint: str, items: list[tuple[str, ItemCalls]], model: ModelConfig, provider
-            ) -> list[list[tuple[str, ItemCalls]]]:
+def _chunks(items: list[tuple[str, ItemCalls]], model: ModelConfig, provider) -> list[list[tuple[str, ItemCalls]]]:
     """Items split at the provider's limits of one input file (requests and bytes); an item's calls stay together."""
     chunks: list[list[tuple[str, ItemCalls]]] = [[]]
     requests = size = 0
-    for key, calls in items:
+    for position, (key, calls) in enumerate(items):
         lines = len(calls.requests)
-        bytes_ = sum(len(BatchAPI.line(_custom_id(checkpoint, key, i), provider.chat_arguments(r)).encode())
+        bytes_ = sum(len(BatchAPI.line(_custom_id(position, i), provider.chat_arguments(r)).encode())
                      for i, r in enumerate(calls.requests))
         if chunks[-1] and (requests + lines > model.batch_max_requests or size + bytes_ > model.batch_max_bytes):
             chunks.append([])
@@ -310,7 +309,7 @@ def _make_sure_submitted(ledger: Ledger, batch: Batch, config: ExperimentConfig,
     model = config.models[batch.model]
     api, provider = _api(config, batch.model), get_provider(config, batch.model)
     if batch.file_id is not None:  # uploaded; maybe submitted by a process killed before it wrote the id down
-        found = api.find(batch.id, since=batch.prepared - 600)
+        found = api.find(batch.file_id, batch.id, since=batch.prepared - 600)
         if found is not None:
             ledger.record({"event": "submitted", "id": batch.id, "batch_id": found.batch_id})
             return
@@ -318,13 +317,13 @@ def _make_sure_submitted(ledger: Ledger, batch: Batch, config: ExperimentConfig,
         path = workspace.batch_input_path(batch.id)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", encoding="utf-8") as file:
-            for key in batch.items:
+            for item, key in enumerate(batch.items):
                 calls = make_calls(key)
                 if isinstance(calls, str):  # its response was recomputed since: sent as it is now in a later batch
                     continue
-                file.writelines(BatchAPI.line(_custom_id(batch.checkpoint, key, i), provider.chat_arguments(request))
+                file.writelines(BatchAPI.line(_custom_id(item, i), provider.chat_arguments(request))
                                 for i, request in enumerate(calls.requests))
-        ledger.record({"event": "uploaded", "id": batch.id, "file_id": api.upload(path)})
+        ledger.record({"event": "uploaded", "id": batch.id, "file_id": api.upload(path, model.batch_file_purpose)})
         path.unlink()
     status = api.submit(batch.file_id, model.batch_window, batch.id)
     ledger.record({"event": "submitted", "id": batch.id, "batch_id": status.batch_id})
@@ -362,8 +361,8 @@ def _collect(ledger: Ledger, batch: Batch, checkpoint: Checkpoint, make_calls: C
     results: dict[str, dict[int, dict]] = {}
     for file_id in (status.output_file_id, status.error_file_id):
         for line in api.lines(file_id) if file_id else []:
-            key, index = _item_of(line["custom_id"])
-            results.setdefault(key, {})[index] = line
+            item, call = _item_of(line["custom_id"])
+            results.setdefault(batch.items[item], {})[call] = line
     records = failures = 0
     for key in batch.items:
         state = checkpoint.items.get(key)

@@ -83,6 +83,8 @@ class ModelConfig(_Strict):
     batch_price_factor: float = Field(
         0.5, gt=0, le=1, exclude=True,
         description="batch only: the batch price as a share of the online prices below (0.5 at OpenAI, Together, Fireworks).")
+    batch_file_purpose: str = Field(
+        "batch", exclude=True, description="batch only: the purpose an input file is uploaded with (OpenAI: batch; Together: batch-api).")
     batch_max_requests: int = Field(50_000, ge=1, exclude=True, description="batch only: most requests in one input file (OpenAI: 50,000).")
     batch_max_bytes: int = Field(200_000_000, ge=1000, exclude=True, description="batch only: largest input file in bytes (OpenAI: 200 MB).")
     batch_poll_seconds: float = Field(

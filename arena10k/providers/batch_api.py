@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 CHAT_URL = "/v1/chat/completions"
-# The metadata key that names a batch after the run's own id for it: a batch submitted by a process killed before it
-# wrote the provider's id down is found again by it, never submitted a second time.
+# The metadata key that names a batch after the run's own id for it. A batch submitted by a process killed before it
+# wrote the provider's id down is found again by its input file (or this), never submitted a second time.
 TAG = "arena10k_batch"
 ENDED = ("completed", "failed", "expired", "cancelled")
 
@@ -45,18 +45,19 @@ class BatchAPI:
         return json.dumps({"custom_id": custom_id, "method": "POST", "url": CHAT_URL, "body": body},
                           ensure_ascii=False, separators=(",", ":")) + "\n"
 
-    def upload(self, path: Path) -> str:
-        return self._admin(lambda: self._client.files.create(file=path, purpose="batch")).id
+    def upload(self, path: Path, purpose: str) -> str:
+        return self._admin(lambda: self._client.files.create(file=path, purpose=purpose)).id
 
     def submit(self, file_id: str, window: str, tag: str) -> BatchStatus:
         return _status(self._admin(lambda: self._client.batches.create(
             input_file_id=file_id, endpoint=CHAT_URL, completion_window=window, metadata={TAG: tag})))
 
-    def find(self, tag: str, since: float) -> BatchStatus | None:
-        """The batch submitted under `tag`, looked for among those created since `since` (newest first), or None."""
+    def find(self, file_id: str, tag: str, since: float) -> BatchStatus | None:
+        """The batch submitted with this input file (or, where the provider keeps metadata, under `tag`), looked for among
+        those created since `since` (newest first), or None."""
         def search() -> Any:
             for batch in self._client.batches.list(limit=100):  # the SDK fetches the next pages as they are reached
-                if (batch.metadata or {}).get(TAG) == tag:
+                if batch.input_file_id == file_id or (getattr(batch, "metadata", None) or {}).get(TAG) == tag:
                     return batch
                 if batch.created_at < since:
                     break

@@ -8,6 +8,7 @@ quota at the providers."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import random
 import time
@@ -69,7 +70,7 @@ class BatchService:
         self._files: dict[str, tuple[str, bytes, int]] = {}  # id -> (filename, content, created_at)
         self._batches: dict[str, _Batch] = {}
         self._tasks: set[asyncio.Task] = set()
-        self.submitted: Counter[str] = Counter()  # custom_id -> times submitted in a batch that was accepted
+        self.submitted: Counter[str] = Counter()  # digest of a request's body -> times submitted in an accepted batch
         self.lines_served = 0
 
     def routes(self) -> list[web.RouteDef]:
@@ -79,9 +80,9 @@ class BatchService:
                 web.post("/v1/batches/{id}/cancel", self._cancel)]
 
     def stats(self) -> dict:
-        """requests_submitted - custom_ids: requests that were in an earlier batch too."""
+        """requests_submitted - distinct_requests: requests (bodies) that were in an earlier batch too."""
         return {"batches": len(self._batches), "requests_submitted": sum(self.submitted.values()),
-                "custom_ids": len(self.submitted), "lines_served": self.lines_served,
+                "distinct_requests": len(self.submitted), "lines_served": self.lines_served,
                 "by_status": dict(Counter(batch.status for batch in self._batches.values()))}
 
     # ------------------------------------------------------------ files
@@ -160,7 +161,7 @@ class BatchService:
             batch.errors = problems or [{"code": "batch_failed", "message": "The batch failed (injected).", "line": None}]
             return self._end(batch, "failed")
         batch.total = len(lines)
-        self.submitted.update(line["custom_id"] for line in lines)
+        self.submitted.update(map(_digest, lines))
         batch.status, batch.times["in_progress"] = "in_progress", int(time.time())
         expiring = number <= faults.batch_expire_first  # this many of the first batches expire half done
         stop_after = len(lines) // 2 if expiring else len(lines)
@@ -188,8 +189,8 @@ class BatchService:
         self._end(batch, "cancelled" if batch.cancel else "expired" if expiring else "completed")
 
     async def _answer(self, line: dict) -> tuple[int, dict]:
-        first_time = self.submitted[line["custom_id"]] == 1
-        if first_time and random.Random(f"{self._faults.fault_seed}:{line['custom_id']}").random() < self._faults.batch_line_error_rate:
+        digest = _digest(line)
+        if self.submitted[digest] == 1 and random.Random(f"{self._faults.fault_seed}:{digest}").random() < self._faults.batch_line_error_rate:
             return 500, protocol.error_body("The server had an error processing this request (injected).", "server_error")
         return await self._serve_line(line["body"])
 
@@ -219,6 +220,10 @@ def _validated(content: bytes) -> tuple[list[dict], list[dict]]:
     if not lines and not problems:
         problems.append({"code": "empty_file", "message": "The input file has no requests.", "line": None})
     return lines, problems
+
+
+def _digest(line: dict) -> str:
+    return hashlib.sha256(json.dumps(line["body"], sort_keys=True).encode()).hexdigest()
 
 
 def _result(line: dict, status: int, body: dict) -> str:
