@@ -146,7 +146,7 @@ def test_lines_a_batch_failed_are_recorded_with_the_reason_and_sent_again_in_a_l
 def test_ctrl_c_leaves_the_batches_running_and_cancel_batches_cancels_them_then_a_rerun_finishes(online_run, tmp_path):
     data_dir = tmp_path / "data"
     ledger_path = data_dir / "batches.jsonl"
-    with run_in_thread(ServerConfig("synthetic", api_key=KEY, faults=FaultConfig(**QUICK, batch_line_ms=500))) as server:
+    with run_in_thread(ServerConfig("synthetic", api_key=KEY, faults=FaultConfig(**QUICK, batch_line_ms=1000))) as server:
         settings = config(tmp_path / "config.yaml", server)
         process = subprocess.Popen(pipeline_command(data_dir, config=settings), cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True)
@@ -161,7 +161,7 @@ def test_ctrl_c_leaves_the_batches_running_and_cancel_batches_cancels_them_then_
         assert "Traceback" not in error
         cancel = run_pipeline(data_dir, "--cancel-batches", config=settings)
         assert cancel.returncode == 0, cancel.stderr[-2000:]
-        # The small model's batch (24 lines, 4 at a time, 0.5 s each) is still running; the big one's 6 lines may be done.
+        # The small model's batch (24 lines, 4 at a time, 1 s each) is still running; the big one's 6 lines may be done.
         assert "(generate, small, 24 requests): cancelling" in cancel.stdout and cancel.stdout.count("\n") == 2
         deadline = time.monotonic() + 10
         while "cancelling" in server.stats()["batch_api"]["by_status"]:  # it ends once its lines in flight return
@@ -172,7 +172,8 @@ def test_ctrl_c_leaves_the_batches_running_and_cancel_batches_cancels_them_then_
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_as_online(data_dir, online_run)
     cancelled = [b for b in Ledger(ledger_path).batches.values() if b.status == "cancelled"]
-    assert cancelled and all(b.collected and b.records < b.requests for b in cancelled)
+    assert all(b.collected for b in cancelled)  # what each finished is written, the rest was sent again
+    assert any(b.model == "small" and b.records < b.requests for b in cancelled)
 
 
 def test_batch_mode_is_refused_where_no_batch_api_is_sent_to():
