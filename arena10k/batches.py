@@ -203,7 +203,7 @@ def run_batched(stage: str, checkpoint: Checkpoint, keys: list[str], make_calls:
                     stalled.update(batch.items)
                     done_round.unreached[f"batch {batch.batch_id} {batch.status} with none of them done"] += len(batch.items)
                 if batch.status == "cancelled" and batch.id in seen_running:
-                    left = sum(1 for key in batch.items if not _succeeded(checkpoint, key))
+                    left = len(set(batch.items) - checkpoint.done_keys())
                     raise Arena10kError(
                         f"batch {batch.batch_id} ({stage}, {batch.model}) was cancelled at the provider while this run "
                         f"waited for it: its {written} results are saved; {left} of its items are left to do, and a rerun "
@@ -408,7 +408,3 @@ def _outcome(calls: ItemCalls, lines: dict[int, dict], provider, status: BatchSt
     except ItemError as error:
         return error
 
-
-def _succeeded(checkpoint: Checkpoint, key: str) -> bool:
-    state = checkpoint.items.get(key)
-    return state is not None and state.record is not None
