@@ -27,9 +27,8 @@ import os
 import sys
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from arena10k import liveness
@@ -123,14 +122,6 @@ class Ledger:
             batch.collected, batch.records, batch.failures = True, event["records"], event["failures"]
 
 
-@dataclass
-class _Round:
-    """What one call of run_batched did, for its StageReport."""
-
-    tried: set[str] = field(default_factory=set)
-    unreached: Counter = field(default_factory=Counter)
-
-
 def run_calls(stage: str, checkpoint: Checkpoint, keys: list[str], make_calls: Callable[[str], ItemCalls | str],
               config: ExperimentConfig, workspace: Workspace, lanes: dict[str, int], lane_of: Callable[[str], str]
               ) -> StageReport:
@@ -169,7 +160,7 @@ def run_batched(stage: str, checkpoint: Checkpoint, keys: list[str], make_calls:
     started = time.monotonic()
     ledger = Ledger(workspace.batches_path)
     report = StageReport(stage, expected=len(keys))
-    done_round = _Round()
+    report_tried: set[str] = set()  # items sent in this run
     stalled: set[str] = set()  # items of a batch that ended with none of its results: not sent again in this run
     seen_running: set[str] = set()
     try:
@@ -189,7 +180,7 @@ def run_batched(stage: str, checkpoint: Checkpoint, keys: list[str], make_calls:
             for model, items in pending.items():
                 for chunk in _chunks(items, config.models[model], get_provider(config, model)):
                     _submit(ledger, checkpoint, model, chunk, config, workspace)
-                    done_round.tried.update(key for key, _ in chunk)
+                    report_tried.update(key for key, _ in chunk)
             if meanwhile is not None:
                 meanwhile()
                 meanwhile = None
@@ -197,11 +188,11 @@ def run_batched(stage: str, checkpoint: Checkpoint, keys: list[str], make_calls:
             if not live:
                 break
             report.blocked.clear()  # counted again on the next round
-            for batch in _wait_for_an_end(ledger, live, config, seen_running):
-                written = _collect(ledger, batch, checkpoint, make_calls, config)
+            for batch, status in _wait_for_an_end(ledger, live, config, seen_running):
+                written = _collect(ledger, batch, status, checkpoint, make_calls, config)
                 if written == 0 and batch.status == "expired":
                     stalled.update(batch.items)
-                    done_round.unreached[f"batch {batch.batch_id} {batch.status} with none of them done"] += len(batch.items)
+                    report.unreached[f"batch {batch.batch_id} {batch.status} with none of them done"] += len(batch.items)
                 if batch.status == "cancelled" and batch.id in seen_running:
                     left = len(set(batch.items) - checkpoint.done_keys())
                     raise Arena10kError(
@@ -218,8 +209,7 @@ def run_batched(stage: str, checkpoint: Checkpoint, keys: list[str], make_calls:
                   + ", ".join(b.batch_id for b in running) + "): rerun the same command to collect their results, or "
                   "add --cancel-batches to cancel them.", file=sys.stderr, flush=True)
         raise
-    report.attempted = len(done_round.tried)
-    report.unreached = done_round.unreached
+    report.attempted = len(report_tried)
     report.tally(checkpoint, keys)
     report.seconds = time.monotonic() - started
     return report
@@ -330,8 +320,10 @@ def _make_sure_submitted(ledger: Ledger, batch: Batch, config: ExperimentConfig,
     log.info("%s: submitted batch %s (%s, %d requests)", batch.checkpoint, status.batch_id, batch.model, batch.requests)
 
 
-def _wait_for_an_end(ledger: Ledger, live: list[Batch], config: ExperimentConfig, seen_running: set[str]) -> list[Batch]:
-    """Polls the live batches, with a growing interval, until at least one has ended; returns those that have."""
+def _wait_for_an_end(ledger: Ledger, live: list[Batch], config: ExperimentConfig, seen_running: set[str]
+                     ) -> list[tuple[Batch, BatchStatus]]:
+    """Polls the live batches, with a growing interval, until at least one has ended; returns those that have, with the
+    state the provider reported."""
     delay = FIRST_POLL_SECONDS
     while True:
         ended = []
@@ -343,7 +335,7 @@ def _wait_for_an_end(ledger: Ledger, live: list[Batch], config: ExperimentConfig
                 print(f"{batch.checkpoint:>18}: batch {status.batch_id} ({batch.model}): {status.status}, "
                       f"{status.completed}/{batch.requests} requests done, {status.failed} failed", file=sys.stderr, flush=True)
             if status.ended:
-                ended.append(batch)
+                ended.append((batch, status))
             elif status.status != "cancelling":
                 seen_running.add(batch.id)
         if ended:
@@ -352,12 +344,11 @@ def _wait_for_an_end(ledger: Ledger, live: list[Batch], config: ExperimentConfig
         delay = min(2 * delay, min(config.models[b.model].batch_poll_seconds for b in live))
 
 
-def _collect(ledger: Ledger, batch: Batch, checkpoint: Checkpoint, make_calls: Callable[[str], ItemCalls | str],
-             config: ExperimentConfig) -> int:
+def _collect(ledger: Ledger, batch: Batch, status: BatchStatus, checkpoint: Checkpoint,
+             make_calls: Callable[[str], ItemCalls | str], config: ExperimentConfig) -> int:
     """Writes the batch's results to the checkpoint: a record, or a failure with the provider's reason, per item it
     finished; what it did not finish (expired, cancelled) is left to do. Returns how many lines it wrote."""
     api, provider = _api(config, batch.model), get_provider(config, batch.model)
-    status = api.status(batch.batch_id)
     results: dict[str, dict[int, dict]] = {}
     for file_id in (status.output_file_id, status.error_file_id):
         for line in api.lines(file_id) if file_id else []:

@@ -107,7 +107,7 @@ def _done(state: ItemState | None) -> bool:
 
 def describe(result: Forecast, plan: Plan = STAGES) -> str:
     config = result.config
-    batchable = {spec.name for spec in plan.specs if spec.batchable}
+    batchable = plan.batchable
     lines = [f"Estimate for experiment '{config.name}': {result.prompts} prompts, {result.items} work items, "
              f"{result.done} already done."]
     lines += [f"Recomputing (--force) {what}" for what in result.recomputed]
@@ -139,7 +139,7 @@ def describe(result: Forecast, plan: Plan = STAGES) -> str:
     return "\n".join(lines)
 
 
-def usage_table(config: ExperimentConfig, usage: dict[tuple[str, str], Usage], batchable: set[str], compare: bool
+def usage_table(config: ExperimentConfig, usage: dict[tuple[str, str], Usage], batchable: frozenset[str], compare: bool
                 ) -> list[str]:
     """Calls, tokens and cost per stage and model, then totals per provider. compare (the estimate): each row's cost and
     time online (at the rate limits) and through a Batch API (at the model's batch_price_factor, within its
@@ -156,14 +156,14 @@ def usage_table(config: ExperimentConfig, usage: dict[tuple[str, str], Usage], b
         total[0].merge(use)
         total[1][0] += online
         total[1][1] += batched
-        total[1][2] += batched if batch and settings.batch else online
+        made = batched if batch and settings.batch else online  # the price the calls were made at
+        total[1][2] += made
         row = f"  {name:<20}{model:<18}{settings.provider:<11}{use.calls:>9,}{use.input_tokens:>13,}{use.output_tokens:>13,}"
         if compare:
             lines.append(row + f"{online:>12.2f}  {_minutes(rate_limited_minutes(settings, use)):<14}"
                          + (f"{batched:>11.2f}  {_batch_time(settings, use)}" if batch else f"{'':>11}  "
                             + ("online only" if settings.provider != "local" else "in-process")))
         else:
-            made = batched if batch and settings.batch else online
             lines.append(row + f"{made:>11.2f}  " + ("batch price" if batch and settings.batch
                                                       else _minutes(rate_limited_minutes(settings, use))))
     for provider, (use, (online, batched, made)) in totals.items():
@@ -172,7 +172,7 @@ def usage_table(config: ExperimentConfig, usage: dict[tuple[str, str], Usage], b
     return lines
 
 
-def _batched(model: ModelConfig, checkpoint: str, batchable: set[str]) -> bool:
+def _batched(model: ModelConfig, checkpoint: str, batchable: frozenset[str]) -> bool:
     """Whether a Batch API could serve these calls: a hosted model, in a stage whose calls are not echoes."""
     return model.provider != "local" and checkpoint in batchable
 

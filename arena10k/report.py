@@ -602,7 +602,7 @@ def _run_section(run: RunFacts) -> list[str]:
     failures = [f"- {name}: {n} x {reason}" for name, c in run.info["coverage"].items() for reason, n in c["failed"].items()]
     lines += ["", *(["Failed items by their latest error:", "", *failures] if failures else ["No item failed for good."])]
     lines += ["", "Tokens used, failed attempts included (input tokens estimated as in `scripts/estimate.py`; "
-              "prices from the configuration the report was given):", "", "```", *usage_table(run.config, run.usage, {spec.name for spec in STAGES.specs if spec.batchable}, compare=False), "```",
+              "prices from the configuration the report was given):", "", "```", *usage_table(run.config, run.usage, STAGES.batchable, compare=False), "```",
               *_batches_lines(run), "", "### Configuration", "", "```yaml", yaml.safe_dump(run.info["config"], sort_keys=False).rstrip(), "```", ""]
     return lines
 

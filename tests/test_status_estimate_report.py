@@ -317,7 +317,7 @@ def test_the_estimate_prices_each_stage_online_and_in_batches_side_by_side(tmp_p
     config = ExperimentConfig.model_validate(raw)
     result = forecast.forecast(config, Workspace(tmp_path))
     rows = {tuple(line.split()[:2]): line for line in forecast.describe(result).splitlines() if line.startswith("  ")}
-    batchable = {spec.name for spec in STAGES.specs if spec.batchable}
+    batchable = STAGES.batchable
     assert batchable == {"generate", "judge", "oracle_calibration", "oracle_validation"}
     for (name, model), use in result.usage.items():
         online = use.cost(config.models[model])

@@ -128,6 +128,11 @@ class Plan:
         return tuple(spec.name for spec in self.specs)
 
     @cached_property
+    def batchable(self) -> frozenset[str]:
+        """The checkpoints whose calls can go through a Batch API."""
+        return frozenset(spec.name for spec in self.specs if spec.batchable)
+
+    @cached_property
     def spec(self) -> dict[str, CheckpointSpec]:
         return {spec.name: spec for spec in self.specs}
 
