@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,22 +39,25 @@ def prompt_id_for(text: str) -> str:
 
 
 def load_conversations(dataset: str):
-    """Local files and the hub dataset go through the same `datasets` loader."""
-    import datasets
-
+    """The rows of a local JSON/JSONL/Parquet file, or of a Hugging Face hub dataset (through `datasets`, which takes
+    two seconds to import: a local file is read without it)."""
     path = Path(dataset)
     if path.suffix in LOCAL_FORMATS:
         if not path.is_file():
             raise ConfigError(f"Dataset file {path} does not exist.")
         if path.stat().st_size == 0:
             raise ConfigError(f"Dataset file {path} is empty. Expected {ROW_SHAPE}")
+        if LOCAL_FORMATS[path.suffix] == "json":
+            return _JsonRows(path)
         try:
-            return datasets.load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
-        except Exception as error:  # the loader raises many types for a file it cannot parse
+            return _parquet_rows(path)
+        except (ValueError, OSError) as error:  # pyarrow's errors for a file it cannot read are both
             raise ConfigError(f"Could not read {path} ({type(error).__name__}: {str(error)[:200]}). Expected {ROW_SHAPE}") from None
     if path.exists():
         raise ConfigError(f"{path}: a local dataset must be .json, .jsonl or .parquet, not '{path.suffix or path.name}'. "
                           f"Expected {ROW_SHAPE}")
+    import datasets
+
     try:
         return datasets.load_dataset(dataset, split="train")
     except Exception as error:  # the hub client raises many types when offline
@@ -61,6 +65,54 @@ def load_conversations(dataset: str):
             f"Could not load the Hugging Face dataset '{dataset}' ({type(error).__name__}: {error}). "
             "Without network access, pass --dataset PATH with a local JSON/JSONL/Parquet file of ChatBot Arena rows."
         ) from None
+
+
+@dataclass(frozen=True)
+class _JsonRows:
+    """One JSON object per line, or one JSON array of objects, read as they are taken (so that _readable names the
+    row that is wrong); each iteration reads the file again, as a `datasets` Dataset can be iterated again."""
+
+    path: Path
+
+    def __iter__(self) -> Iterator[dict]:
+        return _json_rows(self.path)
+
+
+def _json_rows(path: Path) -> Iterator[dict]:
+    with path.open("rb") as lines:
+        first = next((line for line in lines if line.strip()), b"")
+        if first.lstrip().startswith(b"["):
+            rows = _parsed(first + lines.read(), "the file")
+            if not isinstance(rows, list):
+                raise ValueError("the file's JSON is not an array of rows")
+            yield from (_object(row, f"row {number}") for number, row in enumerate(rows, start=1))
+            return
+        yield _object(_parsed(first, "row 1"), "row 1")
+        number = 1
+        for line in lines:
+            if line.strip():
+                number += 1
+                yield _object(_parsed(line, f"row {number}"), f"row {number}")
+
+
+def _parsed(text: bytes, what: str):
+    decoded = text.decode("utf-8")  # its UnicodeDecodeError is named by _readable
+    try:
+        return json.loads(decoded)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{what} is not JSON: {error}") from None
+
+
+def _object(row, what: str) -> dict:
+    if not isinstance(row, dict):
+        raise ValueError(f"{what} is a JSON {type(row).__name__}, not an object")
+    return row
+
+
+def _parquet_rows(path: Path) -> list[dict]:
+    import pyarrow.parquet
+
+    return pyarrow.parquet.read_table(path).to_pylist()
 
 
 def first_user_turn(row: dict) -> str:
@@ -71,7 +123,7 @@ def first_user_turn(row: dict) -> str:
 
 
 def _readable(rows, source: str):
-    """The rows, or an error naming the one that is not UTF-8 (the loader decodes a row's text as it is read)."""
+    """The rows, or an error naming the one that is not UTF-8 or not a JSON object (rows are decoded as they are read)."""
     rows = iter(rows)
     number = 0
     while True:
@@ -80,8 +132,11 @@ def _readable(rows, source: str):
         except StopIteration:
             return
         except UnicodeDecodeError as error:
-            raise ConfigError(f"{source}: row {number + 1} is not UTF-8 text ({error.reason} at byte {error.start} of a "
-                              "value): save the file as UTF-8.") from None
+            raise ConfigError(f"{source}: row {number + 1} is not UTF-8 text ({error.reason} at byte {error.start} of "
+                              "it): save the file as UTF-8.") from None
+        except ValueError as error:  # not JSON, or not an object
+            raise ConfigError(f"Could not read {source} ({type(error).__name__}: {str(error)[:200]}). "
+                              f"Expected {ROW_SHAPE}") from None
         number += 1
         yield row
 

@@ -242,5 +242,7 @@ class Workspace:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root = logging.getLogger("arena10k")
         root.setLevel(logging.INFO)
+        for earlier in root.handlers:  # an earlier run's, in a process that runs the pipeline again (tests do)
+            earlier.close()
         root.handlers = [handler]
         return path

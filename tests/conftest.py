@@ -1,10 +1,14 @@
+import io
 import json
 import os
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
+
+from arena10k import pipeline, providers, report
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SHARED_ARENA = PROJECT_ROOT.parent / "shared" / "arena"
@@ -28,8 +32,40 @@ def pipeline_command(data_dir: Path, *args: str, config: Path = TINY_CONFIG) -> 
     return [sys.executable, str(PROJECT_ROOT / "run_phase1_pipeline.py"), "--config", str(config), "--data-dir", str(data_dir), *args]
 
 
-def run_pipeline(data_dir: Path, *args: str, config: Path = TINY_CONFIG) -> subprocess.CompletedProcess:
+def run_pipeline_process(data_dir: Path, *args: str, config: Path = TINY_CONFIG) -> subprocess.CompletedProcess:
+    """`python run_phase1_pipeline.py ...` as a user runs it, in a process of its own."""
     return subprocess.run(pipeline_command(data_dir, *args, config=config), capture_output=True, text=True, cwd=PROJECT_ROOT)
+
+
+_embedded_models: dict[str, providers.Provider] = {}
+
+
+def _provider_for_one_run(model) -> providers.Provider:
+    """Hosted clients and rate limiters are made anew for each run, as in a process of its own. An embedded model is
+    loaded once per test process: its results do not depend on what it computed before (test_local_model.py)."""
+    if model.provider != "local":
+        return providers.create(model)
+    key = model.model_dump_json()
+    if key not in _embedded_models:
+        _embedded_models[key] = providers.create(model)
+    return _embedded_models[key]
+
+
+def run_pipeline(data_dir: Path, *args: str, config: Path = TINY_CONFIG) -> subprocess.CompletedProcess:
+    """The same command run in this process (`pipeline.main` returns its exit status): what the output and the exit
+    status show, without a new interpreter's second of imports. Kills, signals and locks need run_pipeline_process."""
+    command = pipeline_command(data_dir, *args, config=config)
+    stdout, stderr = io.StringIO(), io.StringIO()
+    argv, cwd = sys.argv, os.getcwd()
+    sys.argv = command[1:]  # the "resume with" line names the script, as it does in a process of its own
+    os.chdir(PROJECT_ROOT)
+    try:
+        with providers.substituted(_provider_for_one_run), redirect_stdout(stdout), redirect_stderr(stderr):
+            status = pipeline.main(command[2:])
+    finally:
+        sys.argv = argv
+        os.chdir(cwd)
+    return subprocess.CompletedProcess(command, status, stdout.getvalue(), stderr.getvalue())
 
 
 def phase2_bytes(data_dir: Path) -> dict[str, bytes]:
@@ -51,9 +87,28 @@ def clean_run(tmp_path_factory) -> Path:
     data_dir = tmp_path_factory.mktemp("clean_run")
     config = analysed_config(data_dir)
     config.write_text(OWN_CONFIG.read_text().replace("analysis:\n  enabled: false", "analysis:\n  enabled: true"))
-    result = run_pipeline(data_dir, config=config)
+    result = run_pipeline_process(data_dir, config=config)
     assert result.returncode == 0, result.stderr[-3000:]
     return data_dir
+
+
+_draw_figures = report.Figures.draw
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _figures_left_undrawn():
+    """A report's figures take one to two seconds of every run that writes one (matplotlib, seven PNGs): in this
+    process they are drawn only for a test that asks for them (drawn_figures). Runs in processes of their own,
+    such as clean_run's, draw them."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(report.Figures, "draw", lambda figures, directory: None)
+        yield
+
+
+@pytest.fixture
+def drawn_figures(monkeypatch):
+    """The report's figures are drawn in this test."""
+    monkeypatch.setattr(report.Figures, "draw", _draw_figures)
 
 
 @pytest.fixture(scope="session")

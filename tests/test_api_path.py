@@ -451,7 +451,7 @@ def test_a_dry_run_with_a_missing_dataset_stops_before_any_request(tmp_path):
     assert "dry run: 0 requests to the loopback server" in result.stdout
 
 
-def test_where_the_policies_differ_the_estimates_are_checked_against_the_truth_they_should_recover(tmp_path, key):
+def test_where_the_policies_differ_the_estimates_are_checked_against_the_truth_they_should_recover(tmp_path, key, drawn_figures):
     """A loopback run whose synthetic models give the policies different true values and judges that track them
     (benchmarks/oracle_truth_loopback.py at 200 prompts; BENCHMARKS.md has its table): every truth judges, the truths
     are told apart, and the estimators that should recover them do, within a few hundredths."""

@@ -102,3 +102,28 @@ def test_a_prompt_too_long_for_an_embedded_policys_context_is_passed_over_at_sta
     with pytest.raises(ConfigError, match="yields 5 that fit every embedded policy's context"):
         data.prepare_prompts(rows + [{"conversation_a": [{"role": "user", "content": long_prompt + "!"}]}], 6, seed=0,
                              too_long=too_long)
+
+
+def test_a_jsonl_a_json_array_and_a_parquet_file_of_the_same_rows_give_the_same_prompts(tmp_path):
+    import pyarrow
+    import pyarrow.parquet
+
+    source = PROJECT_ROOT / "data" / "prompts" / "arena10k_prompts.jsonl"
+    rows = [json.loads(line) for line in source.read_text().splitlines()]
+    (tmp_path / "rows.json").write_text(json.dumps(rows, indent=1))
+    pyarrow.parquet.write_table(pyarrow.Table.from_pylist(rows), tmp_path / "rows.parquet")
+    expected = data.prepare_prompts(data.load_conversations(str(source)), 20, seed=7)
+    for path in (tmp_path / "rows.json", tmp_path / "rows.parquet"):
+        assert data.prepare_prompts(data.load_conversations(str(path)), 20, seed=7) == expected, path
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"conversation_a": []}\n\n{"conversation_a": [}\n', "row 2 is not JSON"),
+    ('{"conversation_a": []}\n["a row that is a list"]\n', "row 2 is a JSON list, not an object"),
+    ('{"conversation_a": []}', "no row has a conversation_a"),
+])
+def test_a_row_that_is_not_a_json_object_is_named(tmp_path, text, message):
+    path = tmp_path / "rows.jsonl"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        data.prepare_prompts(data.load_conversations(str(path)), 1, seed=0, source=str(path))

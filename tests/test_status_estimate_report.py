@@ -246,7 +246,7 @@ def test_estimate_of_a_finished_run_and_the_usage_of_its_attempts(tmp_path, host
         assert sum(u.calls for (stage, _), u in used.items() if stage == name) == sum(s.attempts for s in states[name].values())
 
 
-def test_report_on_the_shared_reference_sample(shared_arena, tmp_path):
+def test_report_on_the_shared_reference_sample(shared_arena, tmp_path, drawn_figures):
     dataset = shared_arena / "reference_cje_dataset_sample.jsonl"
     path = report.write_report(report.cje_dataset_input(dataset, clones=("clone",)), tmp_path / "a")
     text = path.read_text()
@@ -261,7 +261,7 @@ def test_report_on_the_shared_reference_sample(shared_arena, tmp_path):
     assert (tmp_path / "a" / "figures" / figures[0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_report_on_a_phase2_directory_leaves_the_phase2_files_alone(tmp_path, config):
+def test_report_on_a_phase2_directory_leaves_the_phase2_files_alone(tmp_path, config, drawn_figures):
     synthetic_run.write_run(tmp_path, config, 24, fail_every=9)
     workspace = Workspace(tmp_path)
     phase2.build(config, workspace, registry.STAGES)

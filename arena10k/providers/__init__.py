@@ -27,7 +27,7 @@ def get_provider(config: ExperimentConfig, model_name: str) -> Provider:
     with _loading:  # a stage's threads ask at once; a model is loaded once
         if model_name not in _loaded:
             model = config.models[model_name]
-            _loaded[model_name] = _substitute[-1](model) if _substitute else _create(model)
+            _loaded[model_name] = _substitute[-1](model) if _substitute else create(model)
         return _loaded[model_name]
 
 
@@ -39,14 +39,16 @@ def loaded() -> dict[str, Provider]:
 @contextmanager
 def substituted(factory: Callable[[ModelConfig], Provider]) -> Iterator[None]:
     """Every model is served by `factory(model)` instead of its provider (tests run stages in-process on a
-    fake provider this way). Providers loaded before or inside are forgotten on both sides."""
+    fake provider this way). Providers and rate limiters made before or inside are forgotten on both sides."""
     _loaded.clear()
+    _limiters.clear()
     _substitute.append(factory)
     try:
         yield
     finally:
         _substitute.pop()
         _loaded.clear()
+        _limiters.clear()
 
 
 def stage_lanes(config: ExperimentConfig, model_names: set[str]) -> dict[str, int]:
@@ -60,7 +62,8 @@ def _calls_at_once(model: ModelConfig) -> int:
     return model.concurrency if model.provider != "local" else sequences_decoded_together(model.model, model.sequences)
 
 
-def _create(model: ModelConfig) -> Provider:
+def create(model: ModelConfig) -> Provider:
+    """A new provider for `model` (get_provider keeps one per model for the process; a substitute may wrap this)."""
     if model.provider == "local":
         return LocalProvider(model.model, model.n_ctx, model.reuse_prefix, model.sequences)
     api_key = _api_key(model)
