@@ -11,6 +11,10 @@ analysis.bootstrap_replicates), the one setting that differs from cje's defaults
 With an end (lower or raise), the off-policy estimators only, on `certified_ends/<end>/logged.jsonl` (the log-ratios
 moved to the ends of their certified intervals; the Direct estimate does not reweight, so it does not move).
 
+With --stage, everything stage 7 asks of the variant, in this one process (importing cje takes about 3 seconds of
+each process): the estimators, then at each certified end if the folder has `certified_ends/`, then the coverage
+ablation if --oracle-fractions is given; their results under "estimators", "ends" and "coverage".
+
 With --oracle-fractions, the oracle coverage ablation: ABLATION_ESTIMATORS on copies of the files (in a temporary
 directory) that keep a seeded share of the logged responses' oracle labels, the smaller shares inside the larger, and
 none of the fresh draws' (the target policies' own labels are the truth the estimates are checked against, so no
@@ -104,6 +108,9 @@ def _transform(self, T):
 
 
 IsotonicRegression.fit, IsotonicRegression._transform = _fit, _transform
+
+
+ENDS = ("lower", "raise")  # the certified_ends/ folders stage 6 writes (phase2.CERTIFIED_ENDS)
 
 
 def calls(folder: str, bootstrap_replicates: int, end: str | None = None) -> dict[str, dict]:
@@ -219,19 +226,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", help="a variant's Phase 2 folder (logged.jsonl and fresh_draws/)")
     parser.add_argument("replicates", type=int, help="the Direct estimator's bootstrap replicates")
-    parser.add_argument("end", nargs="?", choices=("lower", "raise"), help="the off-policy estimators at this end")
+    parser.add_argument("end", nargs="?", choices=ENDS, help="the off-policy estimators at this end")
     parser.add_argument("--oracle-fractions", type=lambda text: [float(f) for f in text.split(",")],
                         help="the coverage ablation, at these shares of the oracle labels (comma-separated)")
     parser.add_argument("--seed", type=int, default=0, help="which oracle labels the ablation keeps")
+    parser.add_argument("--stage", action="store_true",
+                        help="the estimators, at each certified end the folder has, and the ablation if asked: all in one")
     options = parser.parse_args()
     logging.getLogger().setLevel(logging.WARNING)  # cje's warnings are kept in the JSON
     results = {"cje_version": version("cje-eval")}
+    if options.stage:
+        results["estimators"] = estimators(options.folder, options.replicates)
+        if Path(options.folder, "certified_ends").is_dir():
+            results["ends"] = {end: estimators(options.folder, options.replicates, end) for end in ENDS}
+    elif not options.oracle_fractions:
+        results["estimators"] = estimators(options.folder, options.replicates, options.end)
     if options.oracle_fractions:
         results["coverage"] = coverage_ablation(options.folder, options.replicates, options.oracle_fractions, options.seed)
-    else:
-        results["estimators"] = {name: _timed(name if options.end is None else f"{name} at the {options.end} end", arguments)
-                                 for name, arguments in calls(options.folder, options.replicates, options.end).items()}
     print(json.dumps(results))
+
+
+def estimators(folder: str, replicates: int, end: str | None = None) -> dict[str, dict]:
+    return {name: _timed(name if end is None else f"{name} at the {end} end", arguments)
+            for name, arguments in calls(folder, replicates, end).items()}
 
 
 if __name__ == "__main__":

@@ -338,24 +338,22 @@ def estimate_policies(config: ExperimentConfig, workspace: Workspace, info: dict
     """cje's estimates of each variant's files (their dataset_info is `info`), and the verdict."""
     folders = {variant: workspace.phase2_dir / variant for variant in phase2.VARIANTS}
     python, replicates = cje_python(config), str(config.analysis.bootstrap_replicates)
-    results = run_cje(python, folders, [replicates])
-    certified = (folders["deterministic"] / "certified_ends").is_dir()
-    at_ends = {end: run_cje(python, folders, [replicates, end]) for end in phase2.CERTIFIED_ENDS} if certified else {}
     truths = on_policy_values(folders["deterministic"], config.target_policies)
-    ablation = {}
+    ablation = []
     if config.analysis.oracle_fractions and any(truth["mean"] is not None for truth in truths.values()):
-        fractions = ",".join(f"{f:g}" for f in config.analysis.oracle_fractions)
-        ablation = run_cje(python, folders, [replicates, "--oracle-fractions", fractions, "--seed", str(config.seed)])
+        ablation = ["--oracle-fractions", ",".join(f"{f:g}" for f in config.analysis.oracle_fractions), "--seed", str(config.seed)]
+    # One process per variant makes every estimate of it (its estimators, at the certified ends, the ablation).
+    results = run_cje(python, folders, [replicates, "--stage", *ablation])
     variants = {}
     for variant, result in results.items():
-        shares = ablation.get(variant, {}).get("coverage", [])
-        for estimator in [*result["estimators"].values(), *(e for r in at_ends.values() for e in r[variant]["estimators"].values()),
+        at_ends, shares = result.get("ends", {}), result.get("coverage", [])
+        for estimator in [*result["estimators"].values(), *(e for made in at_ends.values() for e in made.values()),
                           *(e for share in shares for e in share["estimators"].values())]:
             if "policies" in estimator:  # cje sorts the policies by name; every output keeps the config's order
                 estimator["policies"] = {p: estimator["policies"][p] for p in config.target_policies if p in estimator["policies"]}
         variants[variant] = {"judge": info["judge"][variant], "estimators": result["estimators"]}
         if at_ends:
-            variants[variant]["certified_ends"] = {end: r[variant]["estimators"] for end, r in at_ends.items()}
+            variants[variant]["certified_ends"] = at_ends
             for estimator, made in result["estimators"].items():  # the table, the report and estimates.json read it
                 for policy, row in made.get("policies", {}).items():
                     row["certified_range"] = _certified_range(variants[variant], estimator, policy)
