@@ -233,14 +233,14 @@ def main() -> None:
     parser.add_argument("--stage", action="store_true",
                         help="the estimators, at each certified end the folder has, and the ablation if asked: all in one")
     options = parser.parse_args()
+    if options.stage and options.end:
+        parser.error("--stage makes the estimates at every certified end the folder has: give no end with it")
     logging.getLogger().setLevel(logging.WARNING)  # cje's warnings are kept in the JSON
     results = {"cje_version": version("cje-eval")}
-    if options.stage:
-        results["estimators"] = estimators(options.folder, options.replicates)
-        if Path(options.folder, "certified_ends").is_dir():
-            results["ends"] = {end: estimators(options.folder, options.replicates, end) for end in ENDS}
-    elif not options.oracle_fractions:
+    if options.stage or not options.oracle_fractions:
         results["estimators"] = estimators(options.folder, options.replicates, options.end)
+    if options.stage and Path(options.folder, "certified_ends").is_dir():
+        results["ends"] = {end: estimators(options.folder, options.replicates, end) for end in ENDS}
     if options.oracle_fractions:
         results["coverage"] = coverage_ablation(options.folder, options.replicates, options.oracle_fractions, options.seed)
     print(json.dumps(results))

@@ -49,10 +49,12 @@ def load_conversations(dataset: str):
             raise ConfigError(f"Dataset file {path} is empty. Expected {ROW_SHAPE}")
         if LOCAL_FORMATS[path.suffix] == "json":
             return _JsonRows(path)
+        import pyarrow.parquet
+
         try:
-            return _parquet_rows(path)
+            return pyarrow.parquet.read_table(path).to_pylist()
         except (ValueError, OSError) as error:  # pyarrow's errors for a file it cannot read are both
-            raise ConfigError(f"Could not read {path} ({type(error).__name__}: {str(error)[:200]}). Expected {ROW_SHAPE}") from None
+            raise _unreadable(str(path), error) from None
     if path.exists():
         raise ConfigError(f"{path}: a local dataset must be .json, .jsonl or .parquet, not '{path.suffix or path.name}'. "
                           f"Expected {ROW_SHAPE}")
@@ -75,24 +77,20 @@ class _JsonRows:
     path: Path
 
     def __iter__(self) -> Iterator[dict]:
-        return _json_rows(self.path)
-
-
-def _json_rows(path: Path) -> Iterator[dict]:
-    with path.open("rb") as lines:
-        first = next((line for line in lines if line.strip()), b"")
-        if first.lstrip().startswith(b"["):
-            rows = _parsed(first + lines.read(), "the file")
-            if not isinstance(rows, list):
-                raise ValueError("the file's JSON is not an array of rows")
-            yield from (_object(row, f"row {number}") for number, row in enumerate(rows, start=1))
-            return
-        yield _object(_parsed(first, "row 1"), "row 1")
-        number = 1
-        for line in lines:
-            if line.strip():
-                number += 1
-                yield _object(_parsed(line, f"row {number}"), f"row {number}")
+        with self.path.open("rb") as lines:
+            first = next((line for line in lines if line.strip()), b"")
+            if first.lstrip().startswith(b"["):
+                rows = _parsed(first + lines.read(), "the file")
+                if not isinstance(rows, list):
+                    raise ValueError("the file's JSON is not an array of rows")
+                yield from (_object(row, f"row {number}") for number, row in enumerate(rows, start=1))
+                return
+            yield _object(_parsed(first, "row 1"), "row 1")
+            number = 1
+            for line in lines:
+                if line.strip():
+                    number += 1
+                    yield _object(_parsed(line, f"row {number}"), f"row {number}")
 
 
 def _parsed(text: bytes, what: str):
@@ -109,10 +107,8 @@ def _object(row, what: str) -> dict:
     return row
 
 
-def _parquet_rows(path: Path) -> list[dict]:
-    import pyarrow.parquet
-
-    return pyarrow.parquet.read_table(path).to_pylist()
+def _unreadable(source: str, error: Exception) -> ConfigError:
+    return ConfigError(f"Could not read {source} ({type(error).__name__}: {str(error)[:200]}). Expected {ROW_SHAPE}")
 
 
 def first_user_turn(row: dict) -> str:
@@ -135,8 +131,7 @@ def _readable(rows, source: str):
             raise ConfigError(f"{source}: row {number + 1} is not UTF-8 text ({error.reason} at byte {error.start} of "
                               "it): save the file as UTF-8.") from None
         except ValueError as error:  # not JSON, or not an object
-            raise ConfigError(f"Could not read {source} ({type(error).__name__}: {str(error)[:200]}). "
-                              f"Expected {ROW_SHAPE}") from None
+            raise _unreadable(source, error) from None
         number += 1
         yield row
 
