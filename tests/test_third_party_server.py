@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from types import SimpleNamespace
 
 import llama_cpp
 import pytest
@@ -67,7 +68,7 @@ def server_config(tmp_path, base_url, step_by_step_temperature, temperature=1.0,
              "chat_template": template or served_template(), "end_of_turn": "<|im_end|>", "concurrency": 1,
              "request_timeout": 120}
     policy = {"model": "server", "system_prompt": "You are a helpful assistant.", "temperature": temperature, "max_tokens": 8}
-    config = {"name": "llama_server", "seed": 3, "samples": 3, "dataset": "data/prompts/arena10k_prompts.jsonl",
+    config = {"name": "llama_server", "seed": 3, "samples": 2, "dataset": "data/prompts/arena10k_prompts.jsonl",
               "max_attempts": 2, "logging_policy": "assistant", "models": {"server": model},
               "policies": {"assistant": policy, "twin": policy,
                            "step_by_step": {**policy, "system_prompt": "You are a helpful assistant. Think step by step.",
@@ -105,43 +106,54 @@ class InProcess:
             (), None, ended_turn=row["finish_reason"] == "stop"))
 
 
-def preflight_findings(data_dir, model="server"):
-    findings = json.loads((data_dir / "preflight.json").read_text())[model]["findings"]
+def preflight_findings(data_dir):
+    findings = json.loads((data_dir / "preflight.json").read_text())["server"]["findings"]
     print("\n".join(f"{f['check']:<22}{f['verdict']:<11}{f['detail']}" for f in findings))
     return {f["check"]: f for f in findings}
 
 
-def test_a_policy_above_temperature_one_and_a_template_one_newline_off_are_refused_before_any_generation(
-        llama_server, tmp_path, monkeypatch):
-    """One run, two refusals: step_by_step samples at 1.3 on the server's right template; `newline` is a policy at
-    temperature 1 served through a second model entry (the same server) whose template is one newline off."""
-    monkeypatch.setenv(KEY_ENV, KEY)
+@pytest.fixture(scope="module")
+def refused_then_fixed(llama_server, tmp_path_factory):
+    """A user's first config, refused before any generation: besides policies at 0.5, 0.7 and 1 on the server, `hot`
+    samples at 1.3 (a model entry of its own, the same server) and `newline` is served through an entry whose template
+    is one newline off. The user drops those two and runs again in the same directory: the preflight's findings for
+    the entries kept are on record, so only the run is made."""
     off_by_a_newline = served_template().replace("'<|im_start|>assistant\n'", "'<|im_start|>assistant\n\n'")
     assert off_by_a_newline != served_template()
-    config_path = server_config(tmp_path, llama_server, 1.3)
-    config = json.loads(config_path.read_text())
-    config["models"]["off"] = {**config["models"]["server"], "chat_template": off_by_a_newline}
-    config["policies"]["newline"] = {**config["policies"]["assistant"], "model": "off"}
-    config_path.write_text(json.dumps(config))
-    result = run_pipeline(tmp_path / "data", config=config_path)
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert "above 1 no certified bound exists" in result.stderr and "step_by_step" in result.stderr
-    assert "models.off (template newline): greedy continuations" in result.stderr
-    assert "models.server (template" not in result.stderr  # the right template passes
-    assert not (tmp_path / "data" / "checkpoints" / "generate.jsonl").exists()
-    assert preflight_findings(tmp_path / "data", "server")["temperature 1.3"]["verdict"] == "refused"
-    assert preflight_findings(tmp_path / "data", "off")["template newline"]["verdict"] == "refused"
+    root = tmp_path_factory.mktemp("llama_server_run")
+    config_path = server_config(root, llama_server, 0.7, temperature=0.5)
+    fixed = json.loads(config_path.read_text())
+    fixed["policies"]["plain"] = {**fixed["policies"]["assistant"], "temperature": 1.0}
+    first = json.loads(json.dumps(fixed))
+    first["models"] |= {"hot": fixed["models"]["server"], "off": {**fixed["models"]["server"], "chat_template": off_by_a_newline}}
+    first["policies"] |= {"hot": {**fixed["policies"]["plain"], "model": "hot", "temperature": 1.3},
+                          "newline": {**fixed["policies"]["plain"], "model": "off"}}
+    data_dir = root / "data"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(KEY_ENV, KEY)
+        config_path.write_text(json.dumps(first))
+        refused = run_pipeline(data_dir, config=config_path)
+        refused_findings = json.loads((data_dir / "preflight.json").read_text())
+        generated_when_refused = (data_dir / "checkpoints" / "generate.jsonl").exists()
+        config_path.write_text(json.dumps(fixed))
+        result = run_pipeline(data_dir, config=config_path)
+    return SimpleNamespace(config_path=config_path, data_dir=data_dir, refused=refused, refused_findings=refused_findings,
+                           generated_when_refused=generated_when_refused, result=result)
 
 
-def test_policies_below_temperature_one_get_certified_intervals_that_hold_and_one_at_one_is_exact(
-        llama_server, tmp_path, monkeypatch):
-    monkeypatch.setenv(KEY_ENV, KEY)
-    config_path = server_config(tmp_path, llama_server, 0.7, temperature=0.5)
-    config = json.loads(config_path.read_text())
-    config["policies"]["plain"] = {**config["policies"]["assistant"], "temperature": 1.0}
-    config_path.write_text(json.dumps(config))
-    data_dir = tmp_path / "data"
-    result = run_pipeline(data_dir, config=config_path)
+def test_a_policy_above_temperature_one_and_a_template_one_newline_off_are_refused_before_any_generation(refused_then_fixed):
+    refused, findings = refused_then_fixed.refused, refused_then_fixed.refused_findings
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "above 1 no certified bound exists" in refused.stderr and "models.hot (temperature 1.3)" in refused.stderr
+    assert "models.off (template newline): greedy continuations" in refused.stderr
+    assert "models.server (" not in refused.stderr  # the right template, temperatures up to 1: it passes
+    assert {f["check"]: f["verdict"] for f in findings["hot"]["findings"]}["temperature 1.3"] == "refused"
+    assert {f["check"]: f["verdict"] for f in findings["off"]["findings"]}["template newline"] == "refused"
+    assert not refused_then_fixed.generated_when_refused
+
+
+def test_policies_below_temperature_one_get_certified_intervals_that_hold_and_one_at_one_is_exact(refused_then_fixed):
+    config_path, data_dir, result = refused_then_fixed.config_path, refused_then_fixed.data_dir, refused_then_fixed.result
     print(result.stdout[-3000:])
     assert result.returncode == 0, result.stderr[-3000:]
     findings = preflight_findings(data_dir)
