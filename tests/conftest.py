@@ -19,7 +19,7 @@ PHASE2_FILES = ("deterministic", "uncertainty", "dataset_info.json")
 # many processes. The default tier is what a change is checked with in minutes.
 SLOW_TESTS = ("tests/test_pipeline.py", "tests/test_local_model.py", "tests/test_third_party_server.py",
               "tests/test_server.py::test_the_local_model_serves", "tests/test_api_path.py",
-              "tests/test_safety.py::test_two_pipelines_started_together_run_one_in_each_of_20_rounds",
+              "tests/test_safety.py::test_two_pipelines_started_together_run_one_in_each_of_5_rounds",
               "tests/test_messages.py::test_ctrl_c_in_a_dry_run_stops_it_cleanly_and_names_the_dry_run_to_resume",
               "tests/test_batches.py::test_a_run_killed", "tests/test_batches.py::test_an_expired",
               "tests/test_batches.py::test_lines_a_batch_failed", "tests/test_batches.py::test_ctrl_c")
