@@ -5,15 +5,20 @@ import json
 import math
 import urllib.error
 import urllib.request
+from types import SimpleNamespace
 
 import jinja2
 import openai
 import pytest
 
 from arena10k import judging
+from arena10k.errors import EndpointDownError, ItemError
+from arena10k.providers import hosted
 from arena10k.providers.base import GenerationRequest
+from arena10k.providers.hosted import HostedProvider
 from arena10k.providers.local import LocalProvider
 from arena10k.server import FaultConfig, ServerConfig, run_in_thread, run_subprocess
+from arena10k.ratelimit import RateLimiter
 from arena10k.server.faults import FaultPlan
 
 MESSAGES = [{"role": "system", "content": "You are a helpful assistant."},
@@ -210,6 +215,27 @@ def test_an_injected_throttle_is_a_429_with_retry_after():
         headers = throttled.value.response.headers
         assert (headers["Retry-After"], headers["retry-after-ms"]) == ("1", "250")
         assert outcomes(server) == {"throttled": 1} and server.stats()["completions"] == 1
+
+
+def test_the_provider_retries_a_429_once_its_retry_after_has_passed_and_a_500_after_a_growing_backoff(monkeypatch):
+    """A 429 says when to come back: the rate limiter holds every call to the endpoint until then, and the provider
+    adds no backoff of its own. A 500 says nothing: backoff."""
+    backoffs = []
+    monkeypatch.setattr(hosted, "time", SimpleNamespace(sleep=backoffs.append))
+    request = GenerationRequest(tuple(MESSAGES), 0.7, 8, seed=1)
+
+    def provider(server):
+        return HostedProvider(openai, client(server), "policy-a", RateLimiter(4), 2, None, None, frozenset(), "loopback", 60.0)
+
+    with faulty(throttle_rate=1.0, throttle_retry_after_ms=50) as server:
+        with pytest.raises(ItemError, match=r"rate limited \(HTTP 429\) \(gave up after 3 attempts\)"):
+            provider(server).generate(request)
+        assert outcomes(server) == {"throttled": 3} and backoffs == []
+    with faulty(error_rate=1.0) as server:
+        with pytest.raises(EndpointDownError):  # no call succeeded while the item retried
+            provider(server).generate(request)
+        assert sum(outcomes(server).values()) == 3
+        assert len(backoffs) == 2 and 0.25 <= backoffs[0] <= 0.5 <= backoffs[1] <= 1.0
 
 
 def test_faults_follow_the_seed():

@@ -1,7 +1,8 @@
 """Providers reached over an OpenAI-style HTTP API (the openai and fireworks-ai SDKs share this shape).
 
-What is retryable is decided here, once: 429 (after Retry-After), 5xx, timeouts, dropped connections and
-malformed bodies are retried with exponential backoff and jitter; 400/404/422 fail the item at once with
+What is retryable is decided here, once: a 429 is retried once the server's Retry-After has passed (the rate
+limiter holds every call to the endpoint until then), or with backoff where it sends none; 5xx, timeouts, dropped
+connections and malformed bodies are retried with exponential backoff and jitter; 400/404/422 fail the item at once with
 the provider's reason; 401/403 stop the stage (AuthenticationError). Failures of the second kind that go on
 with no call to the endpoint succeeding for `outage_seconds`, or that outlast an item's retries with none
 succeeding, are an outage: the stage stops (EndpointDownError). An item whose retries ran out on the endpoint alone
@@ -219,6 +220,7 @@ class HostedProvider:
         unreachable = True  # every attempt so far failed for the endpoint, none for the request
         for attempt in range(self._max_retries + 1):
             self._limiter.acquire(tokens)
+            told_to_wait = None  # the Retry-After of a 429: acquire() waits it out, with every other call
             try:
                 response = send()
             except (sdk.AuthenticationError, sdk.PermissionDeniedError) as error:
@@ -228,7 +230,8 @@ class HostedProvider:
                     "Check the key's environment variable; the stage stopped so that no item is recorded as failed."
                 ) from None
             except sdk.RateLimitError as error:
-                self._limiter.release(throttled=True, retry_after=_retry_after(error))
+                told_to_wait = _retry_after(error)
+                self._limiter.release(throttled=True, retry_after=told_to_wait)
                 reason = "rate limited (HTTP 429)"
             except (sdk.BadRequestError, sdk.NotFoundError, sdk.UnprocessableEntityError) as error:
                 self._limiter.release()
@@ -247,7 +250,9 @@ class HostedProvider:
                 else:
                     self._limiter.record_outcome(succeeded=True)
                     return response
-            if attempt < self._max_retries:
+            if attempt < self._max_retries and told_to_wait:
+                log.info("%s: %s; retry %d after the server's Retry-After, %.2fs", self.model, reason, attempt + 1, told_to_wait)
+            elif attempt < self._max_retries:
                 delay = min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** attempt) * random.uniform(0.5, 1.0)
                 log.info("%s: %s; retry %d in %.1fs", self.model, reason, attempt + 1, delay)
                 time.sleep(delay)
