@@ -54,7 +54,8 @@ RUN_MARKER = ".arena10k-run"
 WRITE_CHECK = ".arena10k-write-check"
 # Everything a run writes; --fresh deletes these and nothing else (the lock and marker stay, the run goes on).
 RUN_FILES = ("prompts.jsonl", "filter_report.json", "prepare.meta.json", "config.json", "config_source.txt", "pipeline.pid",
-             "checkpoints", "progress", "logs", "phase2", "analysis", "quarantine", "batches.jsonl", "batches")
+             "preflight.json", "checkpoints", "progress", "logs", "phase2", "analysis", "quarantine", "batches.jsonl",
+             "batches")
 
 
 @dataclass(frozen=True)

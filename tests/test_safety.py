@@ -53,9 +53,11 @@ def test_fresh_deletes_the_runs_files_and_nothing_else(tmp_path):
     data_dir = tmp_path / "run"
     assert run(data_dir, "4")[0] == 0
     (data_dir / "notes.txt").write_text("mine")
+    (data_dir / "preflight.json").write_text("{}\n")  # what a run with hosted models keeps of its endpoints' checks
     code, fake = run(data_dir, "--fresh", "4")
     assert code == 0 and fake.count("teacher_force") == 7 * 4  # everything was recomputed
     assert (data_dir / "notes.txt").read_text() == "mine"
+    assert not (data_dir / "preflight.json").exists()  # a fresh run measures its endpoints again
 
 
 # ---------------------------------------------------------------- 2. the run's size is part of the run
