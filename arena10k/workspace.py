@@ -91,8 +91,9 @@ class Workspace:
                               "where you can create files.") from None
 
     def unmark(self) -> None:
-        """Undoes a start that was refused before its prompts were prepared: the directory is no run's."""
-        self.delete_run_files()
+        """Undoes a start that was refused before its prompts were prepared: the directory is no run's. The preflight's
+        findings stay: the refusal names their file for the user to read."""
+        self.delete_run_files(keep=("preflight.json",))
         self.marker_path.unlink(missing_ok=True)
 
     def mark_run(self, dry_run: bool) -> None:
@@ -112,9 +113,9 @@ class Workspace:
     def is_dry_run(self) -> bool:
         return self.marker_path.exists() and json.loads(self.marker_path.read_text()).get("dry_run", False)
 
-    def delete_run_files(self) -> None:
-        """--fresh: what this run wrote, and only that."""
-        for name in RUN_FILES:
+    def delete_run_files(self, keep: tuple[str, ...] = ()) -> None:
+        """--fresh: what this run wrote (but the files named in `keep`), and only that."""
+        for name in (name for name in RUN_FILES if name not in keep):
             path = self.root / name
             if path.is_dir():
                 shutil.rmtree(path)

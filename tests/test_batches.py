@@ -157,12 +157,17 @@ def test_ctrl_c_leaves_the_batches_running_and_cancel_batches_cancels_them_then_
         process.send_signal(signal.SIGINT)
         _, error = process.communicate(timeout=60)
         assert process.returncode == 130
-        assert "2 batches stay submitted at the provider and are paid for" in error and "--cancel-batches" in error
+        # Both, or only the small one where the big one's 6 lines were done and seen before the interrupt landed.
+        still_running = Ledger(ledger_path).running()
+        assert "small" in {b.model for b in still_running}
+        assert f"{len(still_running)} batches stay submitted at the provider and are paid for" in error
+        assert "--cancel-batches" in error
         assert "Traceback" not in error
         cancel = run_pipeline(data_dir, "--cancel-batches", config=settings)
         assert cancel.returncode == 0, cancel.stderr[-2000:]
         # The small model's batch (24 lines, 4 at a time, 1 s each) is still running; the big one's 6 lines may be done.
-        assert "(generate, small, 24 requests): cancelling" in cancel.stdout and cancel.stdout.count("\n") == 2
+        assert "(generate, small, 24 requests): cancelling" in cancel.stdout
+        assert cancel.stdout.count("\n") == len(still_running)  # a line per batch the interrupt left running
         deadline = time.monotonic() + 10
         while "cancelling" in server.stats()["batch_api"]["by_status"]:  # it ends once its lines in flight return
             assert time.monotonic() < deadline
