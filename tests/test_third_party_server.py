@@ -114,10 +114,10 @@ def preflight_findings(data_dir):
 
 @pytest.fixture(scope="module")
 def refused_then_fixed(llama_server, tmp_path_factory):
-    """A user's first config, refused before any generation: besides policies at 0.5, 0.7 and 1 on the server, `hot`
-    samples at 1.3 (a model entry of its own, the same server) and `newline` is served through an entry whose template
-    is one newline off. The user drops those two and runs again in the same directory: the preflight's findings for
-    the entries kept are on record, so only the run is made."""
+    """A user's first config, refused before any generation: besides policies at 0.5, 0.7 and 1 on the server, a second
+    model entry for the same server has a template one newline off and serves `newline` (at 1) and `hot` (at 1.3). The
+    user drops that entry and its policies and runs again in the same directory: the preflight's findings for the
+    entry kept are on record, so only the run is made."""
     off_by_a_newline = served_template().replace("'<|im_start|>assistant\n'", "'<|im_start|>assistant\n\n'")
     assert off_by_a_newline != served_template()
     root = tmp_path_factory.mktemp("llama_server_run")
@@ -125,9 +125,9 @@ def refused_then_fixed(llama_server, tmp_path_factory):
     fixed = json.loads(config_path.read_text())
     fixed["policies"]["plain"] = {**fixed["policies"]["assistant"], "temperature": 1.0}
     first = json.loads(json.dumps(fixed))
-    first["models"] |= {"hot": fixed["models"]["server"], "off": {**fixed["models"]["server"], "chat_template": off_by_a_newline}}
-    first["policies"] |= {"hot": {**fixed["policies"]["plain"], "model": "hot", "temperature": 1.3},
-                          "newline": {**fixed["policies"]["plain"], "model": "off"}}
+    first["models"]["off"] = {**fixed["models"]["server"], "chat_template": off_by_a_newline}
+    first["policies"] |= {"newline": {**fixed["policies"]["plain"], "model": "off"},
+                          "hot": {**fixed["policies"]["plain"], "model": "off", "temperature": 1.3}}
     data_dir = root / "data"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(KEY_ENV, KEY)
@@ -144,11 +144,11 @@ def refused_then_fixed(llama_server, tmp_path_factory):
 def test_a_policy_above_temperature_one_and_a_template_one_newline_off_are_refused_before_any_generation(refused_then_fixed):
     refused, findings = refused_then_fixed.refused, refused_then_fixed.refused_findings
     assert refused.returncode == 2, refused.stderr[-3000:]
-    assert "above 1 no certified bound exists" in refused.stderr and "models.hot (temperature 1.3)" in refused.stderr
+    assert "above 1 no certified bound exists" in refused.stderr and "models.off (temperature 1.3)" in refused.stderr
     assert "models.off (template newline): greedy continuations" in refused.stderr
     assert "models.server (" not in refused.stderr  # the right template, temperatures up to 1: it passes
-    assert {f["check"]: f["verdict"] for f in findings["hot"]["findings"]}["temperature 1.3"] == "refused"
-    assert {f["check"]: f["verdict"] for f in findings["off"]["findings"]}["template newline"] == "refused"
+    verdicts = {f["check"]: f["verdict"] for f in findings["off"]["findings"]}
+    assert verdicts["temperature 1.3"] == verdicts["template newline"] == "refused"
     assert not refused_then_fixed.generated_when_refused
 
 
