@@ -9,6 +9,7 @@ process at the policy's temperature (up to the server's rounding), and the clone
 1 P0's teacher-forced log-probs must be those the same model computes in process. A template one newline off from
 the server's is refused. The flagship config, every model served by this server, passes the preflight."""
 
+import functools
 import json
 import socket
 import subprocess
@@ -59,25 +60,29 @@ def llama_server():
     process.wait(timeout=30)
 
 
+@functools.cache
 def served_template() -> str:
     return llama_cpp.Llama(str(gguf_path(MODEL)), vocab_only=True, verbose=False).metadata["tokenizer.chat_template"]
 
 
-def server_config(tmp_path, base_url, step_by_step_temperature, temperature=1.0, template=None):
-    model = {"provider": "openai", "base_url": base_url, "api_key_env": KEY_ENV, "model": "smollm2",
-             "chat_template": template or served_template(), "end_of_turn": "<|im_end|>", "concurrency": 1,
-             "request_timeout": 120}
-    policy = {"model": "server", "system_prompt": "You are a helpful assistant.", "temperature": temperature, "max_tokens": 8}
-    config = {"name": "llama_server", "seed": 3, "samples": 2, "dataset": "data/prompts/arena10k_prompts.jsonl",
-              "max_attempts": 2, "logging_policy": "assistant", "models": {"server": model},
-              "policies": {"assistant": policy, "twin": policy,
-                           "step_by_step": {**policy, "system_prompt": "You are a helpful assistant. Think step by step.",
-                                            "temperature": step_by_step_temperature}},
-              "judge": {"model": "server", "max_tokens": 4, "top_logprobs": 20},
-              "oracle": {"enabled": False, "model": "server"}, "analysis": {"enabled": False}}
-    path = tmp_path / "config.yaml"
-    path.write_text(json.dumps(config))  # JSON is YAML
-    return path
+def served_model(base_url) -> dict:
+    """A model entry for the server, as a user writes it: the openai provider, the server's own template."""
+    return {"provider": "openai", "base_url": base_url, "api_key_env": KEY_ENV, "model": "smollm2",
+            "chat_template": served_template(), "end_of_turn": "<|im_end|>", "concurrency": 1, "request_timeout": 120}
+
+
+def server_config(base_url) -> dict:
+    """The experiment a user means to run on the server: the logging policy and its clone at 0.5, step_by_step at 0.7
+    (another system prompt), plain at 1."""
+    policy = {"model": "server", "system_prompt": "You are a helpful assistant.", "temperature": 0.5, "max_tokens": 8}
+    return {"name": "llama_server", "seed": 3, "samples": 2, "dataset": "data/prompts/arena10k_prompts.jsonl",
+            "max_attempts": 2, "logging_policy": "assistant", "models": {"server": served_model(base_url)},
+            "policies": {"assistant": policy, "twin": policy,
+                         "step_by_step": {**policy, "system_prompt": "You are a helpful assistant. Think step by step.",
+                                          "temperature": 0.7},
+                         "plain": {**policy, "temperature": 1.0}},
+            "judge": {"model": "server", "max_tokens": 4, "top_logprobs": 20},
+            "oracle": {"enabled": False, "model": "server"}, "analysis": {"enabled": False}}
 
 
 def records(path):
@@ -121,14 +126,11 @@ def refused_then_fixed(llama_server, tmp_path_factory):
     off_by_a_newline = served_template().replace("'<|im_start|>assistant\n'", "'<|im_start|>assistant\n\n'")
     assert off_by_a_newline != served_template()
     root = tmp_path_factory.mktemp("llama_server_run")
-    config_path = server_config(root, llama_server, 0.7, temperature=0.5)
-    fixed = json.loads(config_path.read_text())
-    fixed["policies"]["plain"] = {**fixed["policies"]["assistant"], "temperature": 1.0}
-    first = json.loads(json.dumps(fixed))
-    first["models"]["off"] = {**fixed["models"]["server"], "chat_template": off_by_a_newline}
-    first["policies"] |= {"newline": {**fixed["policies"]["plain"], "model": "off"},
-                          "hot": {**fixed["policies"]["plain"], "model": "off", "temperature": 1.3}}
-    data_dir = root / "data"
+    fixed = server_config(llama_server)
+    first = {**fixed, "models": {**fixed["models"], "off": {**fixed["models"]["server"], "chat_template": off_by_a_newline}},
+             "policies": {**fixed["policies"], "newline": {**fixed["policies"]["plain"], "model": "off"},
+                          "hot": {**fixed["policies"]["plain"], "model": "off", "temperature": 1.3}}}
+    config_path, data_dir = root / "config.yaml", root / "data"  # JSON is YAML
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(KEY_ENV, KEY)
         config_path.write_text(json.dumps(first))
@@ -200,9 +202,7 @@ def test_the_flagship_config_served_by_the_server_passes_the_preflight_with_its_
     P0, the clone, pi_cot and pi_bigger_model at 0.5 are rescaled, pi_bad at 1 is exact, nothing is refused."""
     monkeypatch.setenv(KEY_ENV, KEY)
     flagship = yaml.safe_load((PROJECT_ROOT / "configs" / "arena_10k.yaml").read_text())
-    server = {"provider": "openai", "base_url": llama_server, "api_key_env": KEY_ENV, "model": "smollm2",
-              "chat_template": served_template(), "end_of_turn": "<|im_end|>", "concurrency": 1, "request_timeout": 120}
-    flagship["models"] = {name: server for name in flagship["models"]}
+    flagship["models"] = {name: served_model(llama_server) for name in flagship["models"]}
     flagship["dataset"] = "data/prompts/arena10k_prompts.jsonl"
     path = tmp_path / "arena_10k.yaml"
     path.write_text(yaml.safe_dump(flagship))
