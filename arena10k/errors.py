@@ -17,9 +17,10 @@ class CheckpointMismatchError(Arena10kError):
     """A checkpoint was written under a different configuration than the one now in use."""
 
 
-class AuthenticationError(Arena10kError):
-    """The provider rejected the credentials. Every further call would fail the same way,
-    so the stage stops instead of recording thousands of failures (or fake scores)."""
+class AccountRefusedError(Arena10kError):
+    """The provider refused the account: its key (401/403), or its credit (a 429 whose code is insufficient_quota).
+    Every further call would fail the same way, so the stage stops instead of recording thousands of failures (or
+    fake scores), or waiting on retries that cannot succeed."""
 
 
 class EndpointDownError(Arena10kError):

@@ -357,6 +357,19 @@ def test_invalid_key_stops_the_stage_at_the_first_401_and_writes_no_scores(tmp_p
     assert not (tmp_path / "data" / "checkpoints" / "judge.jsonl").exists()
 
 
+def test_an_account_out_of_credit_stops_the_run_at_its_first_429_and_writes_nothing(tmp_path, key):
+    """A 429 insufficient_quota is not a rate limit: no retry or wait can succeed, so the run stops at once, as for a
+    wrong key, instead of retrying every item until its retries run out."""
+    with run_in_thread(ServerConfig("synthetic", api_key=KEY, faults=FaultConfig(quota_exhausted=True))) as server:
+        result = run_pipeline(tmp_path / "data", config=api_config(tmp_path / "config.yaml", server.base_url))
+        stats = server.stats()
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "refused the account for its quota (HTTP 429 insufficient_quota: You exceeded your current quota" in result.stderr
+    assert "Add credit or raise the account's limit" in result.stderr and result.stderr.count("refused the account") == 1
+    assert stats["completions"] == 1  # the preflight's first call, not retried
+    assert not (tmp_path / "data" / "checkpoints" / "generate.jsonl").exists()
+
+
 def test_rerun_of_finished_api_run_makes_zero_calls(clean_api_run, key, tmp_path):
     data_dir, _ = clean_api_run
     with run_in_thread(ServerConfig("synthetic", api_key=KEY)) as server:

@@ -3,7 +3,8 @@
 What is retryable is decided here, once: a 429 is retried once the server's Retry-After has passed (the rate
 limiter holds every call to the endpoint until then), or with backoff where it sends none; 5xx, timeouts, dropped
 connections and malformed bodies are retried with exponential backoff and jitter; 400/404/422 fail the item at once with
-the provider's reason; 401/403 stop the stage (AuthenticationError). Failures of the second kind that go on
+the provider's reason; 401/403, and a 429 for an account out of credit (insufficient_quota), stop the
+stage (AccountRefusedError). Failures of the second kind that go on
 with no call to the endpoint succeeding for `outage_seconds`, or that outlast an item's retries with none
 succeeding, are an outage: the stage stops (EndpointDownError). An item whose retries ran out on the endpoint alone
 (unreachable, gateway errors, rate limits) is not charged with it either (ItemError.unreachable).
@@ -30,7 +31,7 @@ from typing import Any
 
 import jinja2
 
-from arena10k.errors import AuthenticationError, EndpointDownError, ItemError
+from arena10k.errors import AccountRefusedError, EndpointDownError, ItemError
 from arena10k.providers.batch_api import BatchAPI
 from arena10k.providers.certified import Interval, response_interval
 from arena10k.providers.base import (
@@ -225,11 +226,17 @@ class HostedProvider:
                 response = send()
             except (sdk.AuthenticationError, sdk.PermissionDeniedError) as error:
                 self._limiter.release()
-                raise AuthenticationError(
+                raise AccountRefusedError(
                     f"{self.model}: the provider rejected the API key (HTTP {error.status_code}). "
                     "Check the key's environment variable; the stage stopped so that no item is recorded as failed."
                 ) from None
             except sdk.RateLimitError as error:
+                if getattr(error, "code", None) == "insufficient_quota":  # OpenAI's answer to an account out of credit
+                    self._limiter.release()
+                    raise AccountRefusedError(
+                        f"{self.model}: the provider refused the account for its quota (HTTP 429 insufficient_quota: "
+                        f"{_message(error)}). Add credit or raise the account's limit, then rerun the same command; the "
+                        "stage stopped so that no item is recorded as failed.") from None
                 told_to_wait = _retry_after(error)
                 self._limiter.release(throttled=True, retry_after=told_to_wait)
                 reason = "rate limited (HTTP 429)"

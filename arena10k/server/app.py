@@ -34,8 +34,8 @@ CHAT, COMPLETIONS, MODELS, TOKENIZE, DETOKENIZE = (
     "/v1/chat/completions", "/v1/completions", "/v1/models", "/tokenize", "/detokenize")
 ENDPOINTS = (CHAT, COMPLETIONS, MODELS, TOKENIZE, DETOKENIZE)
 # rate_limited: over the configured RPM/TPM; throttled and the ones after it: injected faults.
-OUTCOMES = ("ok", "bad_request", "unauthorized", "not_found", "rate_limited", "throttled", "error_500", "error_503",
-            "timeout", "dropped", "malformed", "internal_error")
+OUTCOMES = ("ok", "bad_request", "unauthorized", "not_found", "rate_limited", "throttled", "quota_exhausted", "error_500",
+            "error_503", "timeout", "dropped", "malformed", "internal_error")
 # Cut inside a string: what a client gets when a response is truncated on the way.
 MALFORMED_BODY = b'{"id": "chatcmpl-truncated", "object": "chat.completion", "choices": [{"index": 0, "message": {"content": "'
 
@@ -96,6 +96,7 @@ class Server:
         self._echo_continuation = faults.echo_continuation_tokens
         self._echo_at_temperature_one = faults.echo_at_temperature_one
         self._echo_refused = faults.echo_refused
+        self._quota_exhausted = faults.quota_exhausted
         self._chat_without_logprobs = faults.chat_without_logprobs
         self._top_logprobs_cap = faults.top_logprobs_cap
         self._echo_shifted = faults.echo_shifted
@@ -181,7 +182,11 @@ class Server:
                 "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"))
 
     async def _admit(self, parsed: protocol.ChatRequest | protocol.CompletionRequest) -> str | None:
-        """Rate limits, then latency; returns the fault to inject, if any."""
+        """An account out of credit, the rate limits, then latency; returns the fault to inject, if any."""
+        if self._quota_exhausted:
+            raise _Refusal(429, "quota_exhausted", protocol.error_body(
+                "You exceeded your current quota, please check your plan and billing details (injected).",
+                "insufficient_quota", "insufficient_quota"))
         call = parsed.backend_call()
         refused = self._limiter.admit(estimate_tokens(call.prompt, call.max_tokens))
         if refused:

@@ -29,6 +29,9 @@ class FaultConfig:
     tpm: int | None = _option(None, "tokens per minute, likewise (prompt characters / 4, or token ids, + max_tokens)")
     throttle_rate: float = _option(0.0, "share answered 429 as if over a limit, with Retry-After")
     throttle_retry_after_ms: float = _option(1000.0, "the wait a throttled request is told (ms)")
+    quota_exhausted: bool = _option(
+        False, "every request is answered 429 insufficient_quota, with no Retry-After, as OpenAI answers an account out "
+        "of credit")
     error_rate: float = _option(0.0, "share answered 500 or 503 (equally often)")
     timeout_rate: float = _option(0.0, "share held for timeout-seconds (longer than a client waits), then closed unanswered")
     timeout_seconds: float = _option(120.0, "how long a timed-out request is held (s)")
