@@ -473,7 +473,8 @@ def test_where_the_policies_differ_the_estimates_are_checked_against_the_truth_t
                                        dataset=str(made_up_prompts(tmp_path / "prompts.jsonl", 120)),
                                        calibration_fraction=0.5, validation_fraction=0.5, analysed=True)
         # Direct's bootstrap sets its interval only, which is not checked here: the fewest replicates the config takes.
-        config.write_text(json.dumps({**json.loads(config.read_text()), "analysis": {"enabled": True, "bootstrap_replicates": 200}}))
+        analysis = {"enabled": True, "bootstrap_replicates": 200}
+        config.write_text(json.dumps({**json.loads(config.read_text()), "analysis": analysis}))
         result = run_pipeline(tmp_path / "data", config=config)
     assert result.returncode == 0, result.stderr[-3000:]
     estimates = json.loads((tmp_path / "data" / "analysis" / "estimates.json").read_text())

@@ -257,9 +257,11 @@ class HostedProvider:
                 else:
                     self._limiter.record_outcome(succeeded=True)
                     return response
-            if attempt < self._max_retries and told_to_wait:
+            if attempt == self._max_retries:
+                break
+            if told_to_wait:
                 log.info("%s: %s; retry %d after the server's Retry-After, %.2fs", self.model, reason, attempt + 1, told_to_wait)
-            elif attempt < self._max_retries:
+            else:
                 delay = min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** attempt) * random.uniform(0.5, 1.0)
                 log.info("%s: %s; retry %d in %.1fs", self.model, reason, attempt + 1, delay)
                 time.sleep(delay)
