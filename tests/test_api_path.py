@@ -68,7 +68,9 @@ def test_faults_change_nothing_in_the_result(clean_api_run, tmp_path, key):
     faults = FaultConfig(throttle_rate=0.20, throttle_retry_after_ms=100, error_rate=0.05, timeout_rate=0.02,
                          timeout_seconds=3.0, malformed_rate=0.01, fault_seed=8)
     with run_in_thread(ServerConfig("synthetic", api_key=KEY, faults=faults)) as server:
-        result = run_pipeline(tmp_path / "data", config=api_config(tmp_path / "config.yaml", server.base_url))
+        # The synthetic server answers in milliseconds: a client that gives up on a held request after 0.5 s retries sooner.
+        config = write_loopback_config(tmp_path / "config.yaml", server.base_url, samples=12, request_timeout=0.5)
+        result = run_pipeline(tmp_path / "data", config=config)
     assert result.returncode == 0, result.stderr[-3000:]
     assert phase2_bytes(tmp_path / "data") == phase2_bytes(clean_api_run[0])
 

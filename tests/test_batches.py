@@ -146,7 +146,9 @@ def test_lines_a_batch_failed_are_recorded_with_the_reason_and_sent_again_in_a_l
 def test_ctrl_c_leaves_the_batches_running_and_cancel_batches_cancels_them_then_a_rerun_finishes(online_run, tmp_path):
     data_dir = tmp_path / "data"
     ledger_path = data_dir / "batches.jsonl"
-    with run_in_thread(ServerConfig("synthetic", api_key=KEY, faults=FaultConfig(**QUICK, batch_line_ms=1000))) as server:
+    # The interrupted run's two batches take 1 s a line; those the rerun sends take none.
+    faults = FaultConfig(**QUICK, batch_line_ms=1000, batch_slow_first=2)
+    with run_in_thread(ServerConfig("synthetic", api_key=KEY, faults=faults)) as server:
         settings = config(tmp_path / "config.yaml", server)
         process = subprocess.Popen(pipeline_command(data_dir, config=settings), cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True)

@@ -165,13 +165,15 @@ class BatchService:
         batch.status, batch.times["in_progress"] = "in_progress", int(time.time())
         expiring = number <= faults.batch_expire_first  # this many of the first batches expire half done
         stop_after = len(lines) // 2 if expiring else len(lines)
+        slowed = not faults.batch_slow_first or number <= faults.batch_slow_first
+        line_seconds = faults.batch_line_ms / 1000 if slowed else 0.0
         answered: list[tuple[dict, int, dict]] = []
         queue = list(lines)
 
         async def worker() -> None:
             while queue and not batch.cancel and len(lines) - len(queue) < stop_after:
                 line = queue.pop(0)
-                await asyncio.sleep(faults.batch_line_ms / 1000)
+                await asyncio.sleep(line_seconds)
                 status, body = await self._answer(line)
                 answered.append((line, status, body))
                 self.lines_served += 1

@@ -59,6 +59,7 @@ class FaultConfig:
 
     batch_step_seconds: float = _option(0.2, "Batch API: seconds a batch spends validating, and finalizing")
     batch_line_ms: float = _option(0.0, "Batch API: time each line of a batch takes (ms; four lines at a time)")
+    batch_slow_first: int = _option(0, "Batch API: batch_line_ms holds the lines of the first this many batches only (0: of every batch)")
     batch_expire_first: int = _option(0, "Batch API: the first this many batches expire with half their lines done")
     batch_line_error_rate: float = _option(0.0, "Batch API: share of requests answered 500 in the error file the first time they are sent (seeded by the request)")
     batch_fail: bool = _option(False, "Batch API: every batch fails validation")
