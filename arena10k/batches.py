@@ -43,7 +43,7 @@ from arena10k.workspace import Workspace, policy_of
 
 log = logging.getLogger("arena10k.batches")
 
-FIRST_POLL_SECONDS = 1.0  # then twice as long each time, up to the model's batch_poll_seconds
+FIRST_POLL_SECONDS = 1.0  # or the model's batch_poll_seconds if shorter; then twice as long each time, up to it
 
 
 @dataclass
@@ -324,7 +324,8 @@ def _wait_for_an_end(ledger: Ledger, live: list[Batch], config: ExperimentConfig
                      ) -> list[tuple[Batch, BatchStatus]]:
     """Polls the live batches, with a growing interval, until at least one has ended; returns those that have, with the
     state the provider reported."""
-    delay = FIRST_POLL_SECONDS
+    longest = min(config.models[b.model].batch_poll_seconds for b in live)
+    delay = min(FIRST_POLL_SECONDS, longest)
     while True:
         ended = []
         for batch in live:
@@ -341,7 +342,7 @@ def _wait_for_an_end(ledger: Ledger, live: list[Batch], config: ExperimentConfig
         if ended:
             return ended
         time.sleep(delay)
-        delay = min(2 * delay, min(config.models[b.model].batch_poll_seconds for b in live))
+        delay = min(2 * delay, longest)
 
 
 def _collect(ledger: Ledger, batch: Batch, status: BatchStatus, checkpoint: Checkpoint,

@@ -89,7 +89,7 @@ class ModelConfig(_Strict):
     batch_max_bytes: int = Field(200_000_000, ge=1000, exclude=True, description="batch only: largest input file in bytes (OpenAI: 200 MB).")
     batch_poll_seconds: float = Field(
         60.0, gt=0, exclude=True,
-        description="batch only: the longest wait between two looks at a batch's state (the first after 1 s, then twice as long each time).")
+        description="batch only: the longest wait between two looks at a batch's state (the first after 1 s or this if shorter, then twice as long each time).")
     # Prices and rate limits change no result, so they are left out of model_dump() and with it out of every
     # checkpoint fingerprint and dataset_info.json: updating them never forces a recompute.
     price_per_million_input_tokens: float = Field(

@@ -22,16 +22,15 @@ Per hosted model that serves a policy, and per temperature its policies sample a
   and through the completions endpoint with the configured template must be the same text. Rounding cannot hide a
   template error from this check (a one-newline error moved a 12-token response by 0.4 nats on llama-cpp-python's
   server, inside the context check's tolerance there).
-The findings are kept in the run directory (`preflight.json`) and reused while the endpoint and the settings
-they were measured for are unchanged.
+Model entries that name the same server (endpoint, model, chat template, end of turn) are measured once, for the
+policies of them all. The findings are kept in the run directory (`preflight.json`), per model entry, and reused
+while the endpoint and the settings they were measured for are unchanged.
 """
 
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from arena10k.checkpoint import dumps, write_atomic
 from arena10k.config import ExperimentConfig, JudgeConfig
@@ -71,13 +70,17 @@ def hosted_policy_models(config: ExperimentConfig) -> list[str]:
     return sorted({p.model for p in config.policies.values() if config.models[p.model].provider != "local"})
 
 
+def _served(config: ExperimentConfig, model: str) -> dict:
+    """What the server a model entry names computes with: entries alike in it (a model served once, named twice) are
+    measured once."""
+    settings = config.models[model]
+    return {"endpoint": settings.endpoint(), "model": settings.model, "chat_template": settings.chat_template,
+            "end_of_turn": settings.end_of_turn}
+
+
 def _identity(config: ExperimentConfig, model: str) -> dict:
     """What the findings for a model depend on; a port is not part of it (a server that moved is the same)."""
-
-    settings = config.models[model]
-    return {"checks": CHECKS_VERSION, "endpoint": settings.endpoint(), "model": settings.model,
-            "chat_template": settings.chat_template, "end_of_turn": settings.end_of_turn,
-            "max_certified_width": config.max_certified_width,
+    return {"checks": CHECKS_VERSION, **_served(config, model), "max_certified_width": config.max_certified_width,
             "policies": {n: config.policy_identity(n) for n, p in config.policies.items() if p.model == model}}
 
 
@@ -97,14 +100,8 @@ def _judge_identity(config: ExperimentConfig, judge: JudgeConfig) -> dict:
             "judge": judging.scoring_settings(judge), "rubric": judging.rubric(judge)}
 
 
-def _probes(config: ExperimentConfig, dry_run: bool) -> dict[str, tuple[dict, Callable[[], list[Finding]]]]:
-    """What the preflight measures, under the key its findings are kept by: each model that serves a policy, and
-    each hosted judge (role:model), with what the findings depend on and how to measure them."""
-    probes = {model: (_identity(config, model), functools.partial(_measure, config, model, dry_run))
-              for model in hosted_policy_models(config)}
-    for role, judge in hosted_judges(config).items():
-        probes[f"{role}:{judge.model}"] = (_judge_identity(config, judge), functools.partial(_probe_judge, config, role, judge))
-    return probes
+def _judge_key(role: str, judge: JudgeConfig) -> str:
+    return f"{role}:{judge.model}"
 
 
 def _stored(workspace: Workspace) -> dict:
@@ -117,16 +114,31 @@ def _on_record(stored: dict, key: str, identity: dict) -> bool:
     return key in stored and stored[key]["identity"] == json.loads(dumps(identity))
 
 
+def _unmeasured_servers(config: ExperimentConfig, stored: dict) -> list[tuple[str, ...]]:
+    """The model entries that serve policies and have no findings on record for their settings, grouped by the server
+    they name."""
+    groups: dict[str, list[str]] = {}
+    for model in hosted_policy_models(config):
+        if not _on_record(stored, model, _identity(config, model)):
+            groups.setdefault(json.dumps(_served(config, model), sort_keys=True), []).append(model)
+    return [tuple(models) for models in groups.values()]
+
+
 def check_endpoints(config: ExperimentConfig, workspace: Workspace) -> list[Finding]:
     """Runs the checks not already on record for these settings; refuses (ConfigError) when one fails."""
     path = workspace.root / "preflight.json"
     stored = _stored(workspace)
-    findings: list[Finding] = []
-    for key, (identity, measure) in _probes(config, workspace.is_dry_run).items():
+    for models in _unmeasured_servers(config, stored):
+        for model, found in _measure(config, models, workspace.is_dry_run).items():
+            stored[model] = {"identity": _identity(config, model), "findings": [asdict(f) for f in found]}
+        write_atomic(path, dumps(stored) + "\n")
+    for role, judge in hosted_judges(config).items():
+        key, identity = _judge_key(role, judge), _judge_identity(config, judge)
         if not _on_record(stored, key, identity):
-            stored[key] = {"identity": identity, "findings": [asdict(f) for f in measure()]}
+            stored[key] = {"identity": identity, "findings": [asdict(f) for f in _probe_judge(config, role, judge)]}
             write_atomic(path, dumps(stored) + "\n")
-        findings += [Finding(**f) for f in stored[key]["findings"]]
+    keys = hosted_policy_models(config) + [_judge_key(role, judge) for role, judge in hosted_judges(config).items()]
+    findings = [Finding(**f) for key in keys for f in stored[key]["findings"]]
     refused = [f for f in findings if f.verdict == "refused"]
     if refused:
         raise ConfigError("The preflight found endpoints whose log-probs cannot give valid importance weights; "
@@ -136,30 +148,26 @@ def check_endpoints(config: ExperimentConfig, workspace: Workspace) -> list[Find
 
 
 def planned_calls(config: ExperimentConfig, workspace: Workspace) -> dict[str, int]:
-    """The calls the next preflight makes, per model, for the checks not on record, at most (as _measure and
-    _probe_judge make them): two echoes of the probe, one per other temperature, a sampled continuation and its two
-    echoes, the cap of alternatives (one echo per rung of TOP_K_LADDER) and a probe response's alternatives per
-    temperature below 1 (where the echo turns out to be at temperature 1), per system prompt and temperature a probe response, an echo that
-    clears the server's cache and the probe's teacher forcing, and per system prompt and template probe prompt two
-    greedy continuations, each after an echo that clears the cache (not in a dry run); and one grading per hosted judge."""
+    """The calls the next preflight makes, per model (a server two entries name under the first), for the checks not
+    on record, at most (as _measure and _probe_judge make them): two echoes of the probe, one per other temperature, a
+    sampled continuation and its two echoes, the cap of alternatives (one echo per rung of TOP_K_LADDER) and a probe
+    response's alternatives per temperature below 1 (where the echo turns out to be at temperature 1), per system
+    prompt and temperature a probe response, an echo that clears the server's cache and the probe's teacher forcing,
+    and per system prompt and template probe prompt two greedy continuations, each after an echo that clears the cache
+    (not in a dry run); and one grading per hosted judge."""
     stored = _stored(workspace)
     calls: dict[str, int] = {}
-    for key, (identity, _) in _probes(config, workspace.is_dry_run).items():
-        if _on_record(stored, key, identity):
-            continue
-        if key in config.models:
-            policies = [p for p in config.policies.values() if p.model == key]
-            temperatures = {p.temperature for p in policies} - {1.0}
-            below = {t for t in temperatures if t < 1}
-            certified = len(TOP_K_LADDER) + len(below) if below else 0
-            contexts = 0 if workspace.is_dry_run else len({p.system_prompt for p in policies})
-            samplings = len({(p.system_prompt, p.temperature) for p in policies})
-            calls[key] = (calls.get(key, 0) + 2 + len(temperatures) + 3 + certified + 3 * samplings
-                          + 4 * len(GREEDY_PROMPTS) * contexts)
-        else:
-
-            role, _, model = key.partition(":")
-            calls[model] = calls.get(model, 0) + judging.calls_per_grading(hosted_judges(config)[role])
+    for models in _unmeasured_servers(config, stored):
+        policies = [p for p in config.policies.values() if p.model in models]
+        temperatures = {p.temperature for p in policies} - {1.0}
+        below = {t for t in temperatures if t < 1}
+        certified = len(TOP_K_LADDER) + len(below) if below else 0
+        contexts = 0 if workspace.is_dry_run else len({p.system_prompt for p in policies})
+        samplings = len({(p.system_prompt, p.temperature) for p in policies})
+        calls[models[0]] = 2 + len(temperatures) + 3 + certified + 3 * samplings + 4 * len(GREEDY_PROMPTS) * contexts
+    for role, judge in hosted_judges(config).items():
+        if not _on_record(stored, _judge_key(role, judge), _judge_identity(config, judge)):
+            calls[judge.model] = calls.get(judge.model, 0) + judging.calls_per_grading(judge)
     return calls
 
 
@@ -187,16 +195,18 @@ def describe(findings: list[Finding]) -> str:
     return "\n".join(lines)
 
 
-def _measure(config: ExperimentConfig, model: str, dry_run: bool) -> list[Finding]:
-
+def _measure(config: ExperimentConfig, models: tuple[str, ...], dry_run: bool) -> dict[str, list[Finding]]:
+    """The findings for model entries that name one server, by entry: the server is measured once, for the policies
+    of them all; each entry gets the findings about the server and those about its own temperatures and policies."""
+    model = models[0]
     provider = get_provider(config, model)
     try:
         base = provider.score_text(PROBE_TEXT, 1.0)
     except ItemError as error:
-        return [Finding(model, "echo", "refused", f"{error}; teacher forcing needs the text's log-probs echoed. Serve the "
-                        "model where /v1/completions echoes prompt log-probs (echo with logprobs): vLLM, SGLang, "
-                        "llama-cpp-python's server and Fireworks do; OpenAI's API and llama.cpp's llama-server do not "
-                        "(README, 'Any temperature')")]
+        return {m: [Finding(m, "echo", "refused", f"{error}; teacher forcing needs the text's log-probs echoed. Serve the "
+                            "model where /v1/completions echoes prompt log-probs (echo with logprobs): vLLM, SGLang, "
+                            "llama-cpp-python's server and Fireworks do; OpenAI's API and llama.cpp's llama-server do not "
+                            "(README, 'Any temperature')")] for m in models}
     findings = [Finding(model, "echo", "ok", f"{len(base)} token log-probs for the {len(PROBE_TEXT)}-character probe")]
     again = provider.score_text(PROBE_TEXT, 1.0)
     noise = max((abs(a - b) for a, b in zip(base, again)), default=0.0) if len(again) == len(base) else float("inf")
@@ -205,7 +215,8 @@ def _measure(config: ExperimentConfig, model: str, dry_run: bool) -> list[Findin
                             + ("" if noise <= ARITHMETIC_NATS_PER_TOKEN else
                                f": more than {ARITHMETIC_NATS_PER_TOKEN} nats per token, too noisy for importance weights"),
                             value=noise))
-    policies = {n: p for n, p in config.policies.items() if p.model == model}
+    policies = {n: p for n, p in config.policies.items() if p.model in models}
+    by_temperature: dict[float, Finding] = {}
     temperature_one_only = set()
     for temperature in sorted({p.temperature for p in policies.values()} - {1.0}):
         scored = provider.score_text(PROBE_TEXT, temperature)
@@ -213,8 +224,8 @@ def _measure(config: ExperimentConfig, model: str, dry_run: bool) -> list[Findin
             temperature_one_only.add(temperature)
         else:
             users = ", ".join(n for n, p in policies.items() if p.temperature == temperature)
-            findings.append(Finding(model, f"temperature {temperature:g}", "ok",
-                                    f"exact: echo log-probs follow the request's temperature ({users})"))
+            by_temperature[temperature] = Finding(model, f"temperature {temperature:g}", "ok",
+                                                  f"exact: echo log-probs follow the request's temperature ({users})")
     rescaled: dict[float, int] = {}
     if temperature_one_only:
         cap = _top_k_cap(provider)
@@ -223,12 +234,11 @@ def _measure(config: ExperimentConfig, model: str, dry_run: bool) -> list[Findin
                                 "the echo lists no alternatives per token, so log-probs at another temperature than 1 "
                                 "cannot be bounded", value=cap))
         for temperature in sorted(temperature_one_only):
-            finding = _rescaling(config, provider, model, temperature, policies, cap)
-            findings.append(finding)
+            finding = by_temperature[temperature] = _rescaling(config, provider, model, temperature, policies, cap)
             if finding.verdict == "rescaled":
                 rescaled[temperature] = finding.top_k
     logging = config.policies[config.logging_policy]
-    probe_chat = (logging if logging.model == model else next(iter(policies.values()))).messages(PROBE_PROMPT)
+    probe_chat = (logging if logging.model in models else next(iter(policies.values()))).messages(PROBE_PROMPT)
     try:
         differences = provider.sampling_difference(probe_chat, PROBE_MAX_TOKENS, seed=0)
     except ItemError as error:
@@ -252,19 +262,27 @@ def _measure(config: ExperimentConfig, model: str, dry_run: bool) -> list[Findin
     greedy: dict[str | None, Finding] = {}  # by system prompt: the policies' contexts differ by nothing else
     # By system prompt and temperature: a clone samples the probe response its logging policy does, and scores it alike.
     contexts: dict[tuple[str | None, float], Finding] = {}
+    by_policy: dict[str, list[Finding]] = {}
     for name, policy in policies.items():
         if policy.temperature in temperature_one_only and policy.temperature not in rescaled:
-            findings.append(Finding(model, f"context {name}", "unchecked",
-                                    f"not checked: {name}'s temperature cannot be scored on this endpoint"))
+            context = Finding(model, f"context {name}", "unchecked",
+                              f"not checked: {name}'s temperature cannot be scored on this endpoint")
         else:
             sampling = (policy.system_prompt, policy.temperature)
             if sampling not in contexts:
                 contexts[sampling] = _context(config, provider, model, name, tolerance, dry_run, rescaled.get(policy.temperature))
-            findings.append(Finding(**{**asdict(contexts[sampling]), "check": f"context {name}"}))
+            context = replace(contexts[sampling], check=f"context {name}")
         if policy.system_prompt not in greedy:
             greedy[policy.system_prompt] = _template(provider, model, name, policy, noise, dry_run)
-        findings.append(Finding(**{**asdict(greedy[policy.system_prompt]), "check": f"template {name}"}))
-    return findings
+        by_policy[name] = [context, replace(greedy[policy.system_prompt], check=f"template {name}")]
+    by_entry = {}
+    for entry in models:
+        own = [n for n, p in policies.items() if p.model == entry]
+        temperatures = {policies[n].temperature for n in own}
+        entry_findings = findings + [by_temperature[t] for t in sorted(by_temperature) if t in temperatures]
+        entry_findings += [finding for n in own for finding in by_policy[n]]
+        by_entry[entry] = [replace(finding, model=entry) for finding in entry_findings]
+    return by_entry
 
 
 def _top_k_cap(provider) -> int:

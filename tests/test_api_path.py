@@ -284,6 +284,32 @@ def test_the_estimate_lists_the_preflight_calls_it_will_make(tmp_path, key):
     assert "preflight" not in again.stdout  # its findings are on record now
 
 
+def test_two_model_entries_naming_one_served_model_are_measured_once(tmp_path, key):
+    """`big` names the model `small` names: the preflight measures that server once, for the policies of both, and
+    each entry keeps the findings about the server and about its own policies."""
+    with run_in_thread(ServerConfig("synthetic", api_key=KEY)) as server:
+        config = api_config(tmp_path / "config.yaml", server.base_url)
+        apart = planned_calls(load_config(config), Workspace(tmp_path / "data"))
+        settings = json.loads(config.read_text())
+        settings["models"]["big"]["model"] = settings["models"]["small"]["model"]
+        config.write_text(json.dumps(settings))
+        planned = planned_calls(load_config(config), Workspace(tmp_path / "data"))
+        result = run_pipeline(tmp_path / "data", "--preflight", config=config)
+        made = server.stats()["completions"]
+    assert result.returncode == 0, result.stderr[-2000:]
+    # pi_bigger_model samples as p0 does: measuring big on its own is what the shared server saves.
+    assert sum(apart.values()) - sum(planned.values()) == apart["big"]
+    # As in the test above: all but certifying 0.7, as this endpoint's echo follows the temperature.
+    assert made == sum(planned.values()) - (len(TOP_K_LADDER) + 1)
+    recorded = json.loads((tmp_path / "data" / "preflight.json").read_text())
+    checks = {model: {f["check"]: f for f in recorded[model]["findings"]} for model in ("small", "big")}
+    assert set(checks["big"]) == {"echo", "determinism", "sampling vs echo", "temperature 0.7", "context pi_bigger_model",
+                                  "template pi_bigger_model"}
+    assert {"context p0", "context pi_bad", "template pi_cot"} <= set(checks["small"]) and "pi_bigger_model" not in str(set(checks["small"]))
+    assert all(f["model"] == "big" for f in checks["big"].values())
+    assert checks["big"]["determinism"]["value"] == checks["small"]["determinism"]["value"]
+
+
 def test_killed_api_runs_resume_to_the_clean_result_without_duplicates(clean_api_run, tmp_path, key):
     data_dir = tmp_path / "data"
     rng = random.Random(3)

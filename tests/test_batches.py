@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -205,6 +206,26 @@ def test_the_ledger_ignores_a_torn_last_line_and_folds_events_into_each_batchs_s
     batch = again.batches["a"]
     assert (batch.file_id, batch.batch_id, batch.status, batch.collected) == ("file-1", "batch_1", "submitted", False)
     assert again.live("judge") == [batch] and again.live("generate") == []
+
+
+@pytest.mark.parametrize("longest, waits", [(5.0, [1, 2, 4, 5, 5]), (0.2, [0.2] * 5)])
+def test_polls_wait_1_s_then_twice_as_long_each_time_never_longer_than_batch_poll_seconds(tmp_path, monkeypatch, longest, waits):
+    ledger = Ledger(tmp_path / "batches.jsonl")
+    ledger.record({"event": "prepared", "id": "a", "checkpoint": "judge", "model": "small", "items": ["q|p0"],
+                   "attempts": {}, "requests": 1})
+    ledger.record({"event": "submitted", "id": "a", "batch_id": "batch_1"})
+    states = iter(["validating"] + ["in_progress"] * 4 + ["completed"])
+
+    class Provider:
+        def status(self, batch_id):
+            return BatchStatus(batch_id, next(states), 1, 0, 0, None, None, None)
+
+    waited = []
+    monkeypatch.setattr(batches, "time", SimpleNamespace(sleep=waited.append, time=time.time))
+    monkeypatch.setattr(batches, "_api", lambda config, model: Provider())
+    settings = SimpleNamespace(models={"small": SimpleNamespace(batch_poll_seconds=longest)})
+    [(batch, status)] = batches._wait_for_an_end(ledger, ledger.live(), settings, set())
+    assert (batch.id, status.status, waited) == ("a", "completed", waits)
 
 
 def test_custom_ids_give_back_the_item_and_the_call_and_stay_short():

@@ -19,8 +19,8 @@ def write_loopback_config(path: Path, base_url: str, *, samples: int, dataset: s
     model = {"provider": "openai", "base_url": base_url, "api_key_env": KEY_ENV, "chat_template": CHAT_TEMPLATE,
              "end_of_turn": "<|end|>", "concurrency": concurrency, "request_timeout": request_timeout, "max_retries": max_retries,
              "requests_per_minute": requests_per_minute, "outage_seconds": outage_seconds}
-    if batch:  # generation, judging and oracle labels through the server's Batch API, looked at every second at most
-        model |= {"batch": True, "batch_poll_seconds": 1.0}
+    if batch:  # generation, judging and oracle labels through the server's Batch API, looked at every 0.2 s at most
+        model |= {"batch": True, "batch_poll_seconds": 0.2}
     policy = {"model": "small", "system_prompt": "You are a helpful assistant.", "temperature": 0.7, "max_tokens": 24}
     config = {
         "name": "loopback", "seed": 42, "samples": samples, "dataset": dataset, "max_attempts": max_attempts, "logging_policy": "p0",
