@@ -15,8 +15,8 @@ SHARED_ARENA = PROJECT_ROOT.parent / "shared" / "arena"
 TINY_CONFIG = PROJECT_ROOT / "tests" / "data" / "tiny.yaml"
 OWN_CONFIG = PROJECT_ROOT / "tests" / "data" / "own_policies.yaml"  # a researcher's own policies, seven of them
 PHASE2_FILES = ("deterministic", "uncertainty", "dataset_info.json")
-# The slow tier (`-m slow`): the embedded models, whole pipelines through the loopback server, and tests that start
-# many processes. The default tier is what a change is checked with in minutes.
+# The slow tests: the embedded models, whole pipelines through the loopback server, and tests that start many
+# processes. `-m "not slow"` leaves them out, to check a change in under a minute.
 SLOW_TESTS = ("tests/test_pipeline.py", "tests/test_local_model.py", "tests/test_third_party_server.py",
               "tests/test_server.py::test_the_local_model_serves", "tests/test_api_path.py",
               "tests/test_safety.py::test_two_pipelines_started_together_run_one_in_each_of_5_rounds",
